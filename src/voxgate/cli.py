@@ -1,0 +1,218 @@
+"""The ``voxgate`` command: serve, check-config, bench, --version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import ssl
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from voxgate import __version__
+from voxgate.errors import ConfigError
+from voxgate.settings import Settings, is_loopback, load_settings
+
+
+def _config_path(arg: str | None, environ: Mapping[str, str]) -> str | None:
+    if arg:
+        return arg
+    if environ.get("VOXGATE_CONFIG"):
+        return environ["VOXGATE_CONFIG"]
+    return "voxgate.toml" if Path("voxgate.toml").is_file() else None
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for flag, key in (
+        ("host", "server.host"),
+        ("port", "server.port"),
+        ("log_format", "server.log_format"),
+        ("log_level", "server.log_level"),
+        ("tls_cert", "server.tls_cert"),
+        ("tls_key", "server.tls_key"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, "allow_unauthenticated", False):
+        out["server.allow_unauthenticated"] = True
+    return out
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    return load_settings(_config_path(args.config, environ), environ, overrides=_overrides(args))
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve open gateways on a non-loopback address unless told to."""
+    if is_loopback(settings.server.host) or settings.server.allow_unauthenticated:
+        return
+    open_gws = [f"{g.account}/{g.name}" for g in settings.all_gateways() if not g.tokens]
+    if open_gws:
+        raise ConfigError(
+            f"refusing to bind {settings.server.host}: gateways without tokens "
+            f"({', '.join(open_gws)}) would be open to the network. Configure tokens "
+            "(accounts.NAME.gateways.NAME.tokens) or pass --allow-unauthenticated."
+        )
+
+
+def describe(settings: Settings, providers: Sequence[str]) -> list[str]:
+    lines = [f"config: {settings.source}"]
+    for gw in settings.all_gateways():
+        auth = f"{len(gw.tokens)} token(s)" if gw.tokens else "open (no tokens)"
+        keys = ", ".join(f"{p}={k.describe()}" for p, k in gw.keys.items()) or "none"
+        lim = gw.limits
+        lines.append(
+            f"gateway {gw.account}/{gw.name}: {auth}; stored keys: {keys}; "
+            f"limits: {lim.max_connections} conns, {lim.messages_per_minute} msg/min, "
+            f"{lim.max_message_bytes} B/msg, {lim.max_session_seconds:g}s session, "
+            f"{lim.idle_seconds:g}s idle; capture_payloads={gw.capture_payloads}"
+        )
+    lines.append(f"providers: {', '.join(providers)}")
+    lines.append(f"usage store: {settings.store.url}; state: {settings.state.url}")
+    return lines
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    cert, key = settings.server.tls_cert, settings.server.tls_key
+    if cert is None or key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"server.tls_cert/tls_key: cannot load: {exc}") from None
+    return ctx
+
+
+async def _serve(settings: Settings) -> None:
+    from aiohttp import web
+
+    from voxgate.server.app import SERVICES, create_app
+
+    ssl_ctx = _ssl_context(settings)
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=settings.server.shutdown_timeout_seconds,
+        handle_signals=False,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_ctx)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ConfigError(
+            f"cannot listen on {settings.server.host}:{settings.server.port}: {exc.strerror}"
+        ) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    host, port = runner.addresses[0][:2]
+    scheme = "https" if ssl_ctx else "http"
+    ws_scheme = "wss" if ssl_ctx else "ws"
+    shown = f"[{host}]" if ":" in host else host
+    print(f"voxgate {__version__} listening on {scheme}://{shown}:{port}", flush=True)
+    print(f"  relay: {ws_scheme}://{shown}:{port}/v1/{{account}}/{{gateway}}/{{provider}}")
+    for line in describe(settings, sorted(app[SERVICES].providers)):
+        print(f"  {line}")
+    for warning in settings.warnings():
+        print(f"  warning: {warning}")
+    sys.stdout.flush()
+    await stop.wait()
+    print("voxgate: shutting down", flush=True)
+    await runner.cleanup()
+
+
+def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from voxgate.server.logsetup import configure_logging
+
+    settings = load(args, environ)
+    check_exposure(settings)
+    configure_logging(
+        fmt=settings.server.log_format,
+        level=settings.server.log_level,
+        secrets=settings.secret_values(),
+    )
+    _run(_serve(settings))
+    return 0
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        loop_factory: Any = uvloop.new_event_loop
+    except ImportError:  # uvloop does not exist on Windows
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(coro)
+
+
+def _cmd_check_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from voxgate.protocols.relay.providers import build_registry
+
+    settings = load(args, environ)
+    providers = build_registry(settings)
+    check_exposure(settings)
+    print("configuration is valid")
+    for line in describe(settings, sorted(providers)):
+        print(f"  {line}")
+    for warning in settings.warnings():
+        print(f"  warning: {warning}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from voxgate.bench.relay import main as bench_relay
+
+    return bench_relay(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voxgate", description=__doc__)
+    p.add_argument("--version", action="version", version=f"voxgate {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="TOML file (default: $VOXGATE_CONFIG or ./voxgate.toml)")
+        sp.add_argument("--host", help="address to bind (default 127.0.0.1)")
+        sp.add_argument("--port", type=int, help="port to bind (default 8780)")
+        sp.add_argument(
+            "--allow-unauthenticated",
+            action="store_true",
+            help="serve gateways without tokens on a non-loopback address",
+        )
+        sp.add_argument("--tls-cert", help="PEM certificate: serve https/wss directly")
+        sp.add_argument("--tls-key", help="PEM private key for --tls-cert")
+        sp.add_argument("--log-format", choices=("text", "json"))
+        sp.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+
+    common(sub.add_parser("serve", help="run the server"))
+    common(sub.add_parser("check-config", help="validate the configuration and print it"))
+    b = sub.add_parser("bench", help="benchmarks (voxgate bench relay --help)")
+    b.add_argument("which", choices=("relay",))
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = os.environ if environ is None else environ
+    commands = {"serve": _cmd_serve, "check-config": _cmd_check_config, "bench": _cmd_bench}
+    try:
+        return commands[args.command](args, env)
+    except ConfigError as exc:
+        print(f"voxgate: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

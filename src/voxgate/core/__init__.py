@@ -1,0 +1,1 @@
+"""Long-lived session objects that speak canonical events; no sockets here."""

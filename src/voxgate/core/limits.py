@@ -1,0 +1,63 @@
+"""Limit arithmetic, free of clocks and sockets: callers pass ``now``."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes voxgate sends, documented in the README."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    INTERNAL_ERROR = 1011
+    AUTH_FAILED = 4000
+    RATE_LIMITED = 4001
+    MESSAGE_TOO_LARGE = 4002
+    SESSION_TOO_LONG = 4003
+    IDLE = 4008
+
+
+CLOSE_REASONS: dict[int, str] = {
+    CloseCode.AUTH_FAILED: "authentication failed",
+    CloseCode.RATE_LIMITED: "rate limit exceeded",
+    CloseCode.MESSAGE_TOO_LARGE: "message too large",
+    CloseCode.SESSION_TOO_LONG: "session too long",
+    CloseCode.IDLE: "idle timeout",
+}
+
+#: Codes that may not be sent in a close frame (RFC 6455 §7.4.1).
+_UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
+
+
+def sendable_close_code(code: int | None, *, fallback: int) -> int:
+    """``code`` if it may be put in a close frame, else ``fallback``."""
+    if code is None or code in _UNSENDABLE:
+        return fallback
+    if 1000 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return fallback
+
+
+class TokenBucket:
+    """``rate_per_minute`` events per minute with a burst of one minute's worth."""
+
+    __slots__ = ("_capacity", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate_per_minute: int, now: float) -> None:
+        self._capacity = float(rate_per_minute)
+        self._rate = rate_per_minute / 60.0
+        self._tokens = self._capacity
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        """Spend one token if there is one; ``False`` means over the limit."""
+        tokens = self._tokens + (now - self._last) * self._rate
+        self._last = now
+        if tokens > self._capacity:
+            tokens = self._capacity
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True

@@ -1,0 +1,46 @@
+"""The usage record every session leaves behind."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from voxgate.protocols.relay.capture import CapturedFrame
+
+
+@dataclass(frozen=True)
+class UsageRecord:
+    session_id: str
+    account: str
+    gateway: str
+    provider: str
+    model: str | None
+    #: The name of the token used (never the token itself); None on an open gateway.
+    token_name: str | None
+    client_address: str | None
+    started_at: float  # Unix seconds
+    ended_at: float
+    duration_seconds: float
+    #: Frames and bytes the client sent (relayed upstream) ...
+    client_frames: int
+    client_bytes: int
+    #: ... and the upstream sent (relayed to the client).
+    upstream_frames: int
+    upstream_bytes: int
+    client_close_code: int | None
+    upstream_close_code: int | None
+    error: str | None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    kind: str = "relay"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SessionCapture:
+    session_id: str
+    frames: tuple[CapturedFrame, ...]
+    dropped: int

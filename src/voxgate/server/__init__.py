@@ -1,0 +1,1 @@
+"""Composition root: settings → app, routes, auth, metrics, usage store."""

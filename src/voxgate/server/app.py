@@ -1,0 +1,173 @@
+"""The app factory: builds every long-lived service from one :class:`Settings`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import web
+
+from voxgate import __version__
+from voxgate.clock import Clock, IdFactory, SystemClock, random_id
+from voxgate.errors import GatewayRejection, UpstreamError
+from voxgate.protocols.relay.providers import Provider, build_registry
+from voxgate.server.metrics import Metrics
+from voxgate.settings import Settings
+from voxgate.state import StateBackend, open_state
+from voxgate.store import UsageStore, open_store
+from voxgate.transports.relay import RelayConnection
+from voxgate.transports.upstream import UpstreamConnector
+
+log = logging.getLogger("voxgate.server")
+
+
+@dataclass
+class Services:
+    """Everything a request handler may use; one per app."""
+
+    settings: Settings
+    providers: dict[str, Provider]
+    store: UsageStore
+    state: StateBackend
+    connector: UpstreamConnector
+    clock: Clock
+    ids: IdFactory
+    metrics: Metrics = field(default_factory=Metrics)
+    live: set[RelayConnection] = field(default_factory=set)
+    ready: bool = False
+    #: Usage writes still in flight, awaited at shutdown so no record is lost.
+    pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+SERVICES = web.AppKey("voxgate_services", Services)
+
+
+def json_response(body: object, *, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def error_response(status: int, code: str, message: str, **extra: object) -> web.Response:
+    return json_response({"error": {"code": code, "message": message, **extra}}, status=status)
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Turn every failure into a JSON body; internal detail never reaches the peer."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except GatewayRejection as exc:
+        status = exc.status
+        return error_response(exc.status, exc.code, exc.public_message)
+    except UpstreamError as exc:
+        status = 502
+        return error_response(
+            502,
+            exc.code,
+            exc.public_message,
+            reason=exc.reason,
+            upstream_status=exc.upstream_status,
+        )
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else "http_error"
+        return error_response(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error")
+    finally:
+        log.info(
+            "%s %s %s %.1fms",
+            request.method,
+            request.path,  # the path only: query strings may carry keys
+            status,
+            (time.perf_counter() - started) * 1000,
+        )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    ids: IdFactory | None = None,
+    store: UsageStore | None = None,
+    state: StateBackend | None = None,
+) -> web.Application:
+    """Build the aiohttp application. Raises ConfigError for unusable settings."""
+    from voxgate.server import logs_api, ops, relay_routes
+
+    services = Services(
+        settings=settings,
+        providers=build_registry(settings),
+        store=store if store is not None else open_store(settings.store.url),
+        state=state if state is not None else open_state(settings.state.url),
+        connector=UpstreamConnector(
+            connect_timeout=settings.relay.connect_timeout_seconds,
+            max_message_bytes=settings.relay.max_upstream_message_bytes,
+            buffer_bytes=settings.relay.buffer_bytes,
+            close_timeout=settings.server.shutdown_timeout_seconds,
+        ),
+        clock=clock or SystemClock(),
+        ids=ids or random_id,
+    )
+    app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
+    app[SERVICES] = services
+    ops.add_routes(app)
+    logs_api.add_routes(app)
+    relay_routes.add_routes(app)  # last: its path patterns are the most general
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    app.on_cleanup.append(_cleanup)
+    return app
+
+
+async def _startup(app: web.Application) -> None:
+    s = app[SERVICES]
+    await s.store.open()
+    await s.connector.start()
+    s.ready = True
+
+
+async def _shutdown(app: web.Application) -> None:
+    s = app[SERVICES]
+    s.ready = False
+    for conn in list(s.live):
+        conn.stop()
+    waiters: list[asyncio.Future[None]] = [c.finished for c in s.live]
+    if waiters:
+        await asyncio.wait(waiters, timeout=s.settings.server.shutdown_timeout_seconds)
+    # Usage records are written after a session's close; wait for those too.
+    if s.pending_writes:
+        await asyncio.wait(
+            list(s.pending_writes), timeout=s.settings.server.shutdown_timeout_seconds
+        )
+
+
+async def _cleanup(app: web.Application) -> None:
+    s = app[SERVICES]
+    await s.connector.close()
+    await s.store.close()
+    await s.state.close()
+
+
+def index(request: web.Request) -> web.Response:
+    return json_response(
+        {
+            "name": "voxgate",
+            "version": __version__,
+            "relay": "ws /v1/{account}/{gateway}/{provider}[/{path}]",
+            "logs": "GET /v1/{account}/{gateway}/logs",
+            "operations": ["/healthz", "/readyz", "/metrics"],
+        }
+    )

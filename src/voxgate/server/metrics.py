@@ -1,0 +1,149 @@
+"""Prometheus text metrics, aggregated at scrape time.
+
+Per-frame counters live in each :class:`RelaySession` (plain integer adds on the hot
+path); :meth:`Metrics.render` sums the open sessions with the totals of closed ones.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from collections.abc import Iterable
+
+from voxgate.core.relay import RelaySession
+
+CONNECT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)
+        self.total = 0.0
+        self.n = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.total += value
+        self.n += 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.open_sessions: set[RelaySession] = set()
+        #: (provider, direction, "frames"|"bytes") → total of closed sessions
+        self.closed_totals: Counter[tuple[str, str, str]] = Counter()
+        self.connect_latency: dict[str, Histogram] = {}
+        #: (side, code) → count; side is "client" or "upstream"
+        self.close_codes: Counter[tuple[str, int]] = Counter()
+        #: limit name → count
+        self.limit_rejections: Counter[str] = Counter()
+        #: (status, reason) → handshakes refused before the upgrade
+        self.handshake_rejections: Counter[tuple[int, str]] = Counter()
+        self.upstream_failures: Counter[tuple[str, str]] = Counter()
+
+    def session_opened(self, s: RelaySession) -> None:
+        self.open_sessions.add(s)
+
+    def session_closed(self, s: RelaySession, client_code: int, upstream_code: int) -> None:
+        self.open_sessions.discard(s)
+        p = s.info.provider
+        t = self.closed_totals
+        t[(p, "client_to_upstream", "frames")] += s.client_frames
+        t[(p, "client_to_upstream", "bytes")] += s.client_bytes
+        t[(p, "upstream_to_client", "frames")] += s.upstream_frames
+        t[(p, "upstream_to_client", "bytes")] += s.upstream_bytes
+        self.close_codes[("client", client_code)] += 1
+        self.close_codes[("upstream", upstream_code)] += 1
+
+    def observe_connect(self, provider: str, seconds: float) -> None:
+        h = self.connect_latency.get(provider)
+        if h is None:
+            h = self.connect_latency[provider] = Histogram(CONNECT_BUCKETS)
+        h.observe(seconds)
+
+    def render(self) -> str:
+        out: list[str] = []
+        active: Counter[str] = Counter()
+        totals = Counter(self.closed_totals)
+        for s in self.open_sessions:
+            p = s.info.provider
+            active[p] += 1
+            totals[(p, "client_to_upstream", "frames")] += s.client_frames
+            totals[(p, "client_to_upstream", "bytes")] += s.client_bytes
+            totals[(p, "upstream_to_client", "frames")] += s.upstream_frames
+            totals[(p, "upstream_to_client", "bytes")] += s.upstream_bytes
+        _family(
+            out,
+            "voxgate_relay_active_sessions",
+            "gauge",
+            "Open relayed sessions by provider.",
+            ((f'provider="{p}"', n) for p, n in sorted(active.items())),
+        )
+        for unit in ("frames", "bytes"):
+            _family(
+                out,
+                f"voxgate_relay_{unit}_total",
+                "counter",
+                f"{unit.capitalize()} relayed, by provider and direction.",
+                (
+                    (f'provider="{p}",direction="{d}"', n)
+                    for (p, d, u), n in sorted(totals.items())
+                    if u == unit
+                ),
+            )
+        name = "voxgate_upstream_connect_seconds"
+        out.append(f"# HELP {name} Time to open the upstream WebSocket, by provider.")
+        out.append(f"# TYPE {name} histogram")
+        for p, h in sorted(self.connect_latency.items()):
+            cum = 0
+            for bound, c in zip(h.buckets, h.counts, strict=False):
+                cum += c
+                out.append(f'{name}_bucket{{provider="{p}",le="{bound:g}"}} {cum}')
+            out.append(f'{name}_bucket{{provider="{p}",le="+Inf"}} {h.n}')
+            out.append(f'{name}_sum{{provider="{p}"}} {h.total:.6f}')
+            out.append(f'{name}_count{{provider="{p}"}} {h.n}')
+        _family(
+            out,
+            "voxgate_relay_close_codes_total",
+            "counter",
+            "Close codes of relayed sessions, by side.",
+            ((f'side="{s}",code="{c}"', n) for (s, c), n in sorted(self.close_codes.items())),
+        )
+        _family(
+            out,
+            "voxgate_limit_rejections_total",
+            "counter",
+            "Connections refused or closed because of a limit.",
+            ((f'limit="{k}"', n) for k, n in sorted(self.limit_rejections.items())),
+        )
+        _family(
+            out,
+            "voxgate_handshake_rejections_total",
+            "counter",
+            "WebSocket handshakes refused before the upgrade.",
+            (
+                (f'status="{s}",reason="{r}"', n)
+                for (s, r), n in sorted(self.handshake_rejections.items())
+            ),
+        )
+        _family(
+            out,
+            "voxgate_upstream_failures_total",
+            "counter",
+            "Upstream connections that failed, by provider and reason.",
+            (
+                (f'provider="{p}",reason="{r}"', n)
+                for (p, r), n in sorted(self.upstream_failures.items())
+            ),
+        )
+        return "\n".join(out) + "\n"
+
+
+def _family(
+    out: list[str], name: str, kind: str, help_: str, samples: Iterable[tuple[str, int]]
+) -> None:
+    out.append(f"# HELP {name} {help_}")
+    out.append(f"# TYPE {name} {kind}")
+    for labels, value in samples:
+        out.append(f"{name}{{{labels}}} {value}")

@@ -1,0 +1,235 @@
+"""``ws /v1/{account}/{gateway}/{provider}[/{path}]``: the provider relay endpoint.
+
+Everything that can fail is checked before the upgrade so the client gets an HTTP
+answer it can read: 404 unknown account/gateway/provider, 400 bad path, 426 not a
+WebSocket request, 401 token, 429 connection limit, 502 upstream failure (with the
+upstream's status). Only then is the client's upgrade accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import hdrs, web
+
+from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.errors import AuthenticationFailed, BadRequest, LimitExceeded, NotFound, UpstreamError
+from voxgate.protocols.relay.auth import (
+    Credentials,
+    parse_subprotocols,
+    read_credentials,
+    select_subprotocol,
+)
+from voxgate.protocols.relay.capture import Capture
+from voxgate.protocols.relay.providers import UpstreamRequest, build_upstream_request
+from voxgate.protocols.relay.usage import meter_for
+from voxgate.server.app import SERVICES, Services
+from voxgate.server.auth import authenticate
+from voxgate.settings import GatewaySettings, Limits, TokenSettings
+from voxgate.transports.relay import RelayConnection
+from voxgate.transports.ws import AiohttpChannel, GatewayWebSocketResponse
+
+log = logging.getLogger("voxgate.relay")
+
+
+async def relay(request: web.Request) -> web.StreamResponse:
+    s = request.app[SERVICES]
+    mi = request.match_info
+    account, gateway, provider_name = mi["account"], mi["gateway"], mi["provider"]
+    gw = s.settings.gateway(account, gateway)
+    if gw is None:
+        raise NotFound(f"unknown account or gateway {account}/{gateway}")
+    provider = s.providers.get(provider_name)
+    if provider is None:
+        raise NotFound(f"unknown provider {provider_name!r}")
+    if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
+        raise _UpgradeRequired()
+    offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
+    creds = read_credentials(provider, request.headers, offered, request.query.keys())
+    try:
+        token = authenticate(gw, creds.gateway_token)
+    except AuthenticationFailed:
+        s.metrics.handshake_rejections[(401, "auth")] += 1
+        raise
+    upstream_req = build_upstream_request(
+        provider,
+        path=mi.get("path", ""),
+        query_string=request.query_string,
+        client_headers=request.headers.items(),
+        upstream_subprotocols=creds.upstream_subprotocols,
+        client_key=creds.client_key,
+        client_key_in_query=creds.client_key_in_query,
+        stored_key=gw.keys[provider.name].value if provider.name in gw.keys else None,
+    )
+    limits = token.limits if token is not None and token.limits is not None else gw.limits
+    loop = asyncio.get_running_loop()
+    session = RelaySession(
+        SessionInfo(
+            session_id=s.ids("sess"),
+            account=account,
+            gateway=gateway,
+            provider=provider.name,
+            model=request.query.get(provider.model_param) if provider.model_param else None,
+            token_name=token.name if token is not None else None,
+            client_address=request.remote,
+        ),
+        limits,
+        now=loop.time(),
+        wall=s.clock.wall(),
+        meter=meter_for(provider.usage),
+        capture=(
+            Capture(
+                max_frames=s.settings.relay.capture_max_frames,
+                max_bytes=s.settings.relay.capture_max_bytes,
+            )
+            if gw.capture_payloads
+            else None
+        ),
+    )
+    slots = await _acquire_slots(s, gw, token, limits, session.info.session_id)
+    try:
+        return await _run(request, s, session, upstream_req, creds, limits)
+    finally:
+        for key in slots:
+            await s.state.release_slot(key, session.info.session_id)
+
+
+async def _acquire_slots(
+    s: Services, gw: GatewaySettings, token: TokenSettings | None, limits: Limits, holder: str
+) -> list[str]:
+    """Take the gateway's connection slot and, for a token with its own limits, the
+    token's. Raises :class:`LimitExceeded` (HTTP 429) when either is full."""
+    wanted = [(f"conn:{gw.account}/{gw.name}", gw.limits.max_connections)]
+    if token is not None and token.limits is not None:
+        wanted.append((f"conn:{gw.account}/{gw.name}/token:{token.name}", limits.max_connections))
+    taken: list[str] = []
+    for key, limit in wanted:
+        if not await s.state.acquire_slot(key, holder, limit):
+            for k in taken:
+                await s.state.release_slot(k, holder)
+            s.metrics.limit_rejections["max_connections"] += 1
+            s.metrics.handshake_rejections[(429, "max_connections")] += 1
+            raise LimitExceeded(f"too many connections (limit {limit})", limit="max_connections")
+        taken.append(key)
+    return taken
+
+
+async def _run(
+    request: web.Request,
+    s: Services,
+    session: RelaySession,
+    upstream_req: UpstreamRequest,
+    creds: Credentials,
+    limits: Limits,
+) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    provider = session.info.provider
+    started = loop.time()
+    try:
+        upstream_ws = await s.connector.connect(upstream_req, heartbeat=limits.heartbeat_seconds)
+    except UpstreamError as exc:
+        log.warning("upstream connect failed: %s", exc, extra={"session": session.info.session_id})
+        s.metrics.upstream_failures[(provider, exc.reason)] += 1
+        s.metrics.handshake_rejections[(502, exc.reason)] += 1
+        await _save(s, session, None, None, f"upstream_{exc.reason}")
+        raise
+    s.metrics.observe_connect(provider, loop.time() - started)
+    selected = select_subprotocol(creds, upstream_ws.protocol)
+    ws = GatewayWebSocketResponse(
+        protocols=(selected,) if selected else (),
+        autoclose=False,
+        autoping=True,
+        heartbeat=limits.heartbeat_seconds,
+        max_msg_size=limits.max_message_bytes,
+        compress=False,
+        timeout=s.settings.server.shutdown_timeout_seconds,
+    )
+    try:
+        await ws.prepare(request)
+    except (ConnectionError, RuntimeError):
+        await upstream_ws.close(code=1001, message=b"client went away")
+        await _save(s, session, None, 1001, "client_disconnected")
+        raise
+    if request.transport is not None:
+        request.transport.set_write_buffer_limits(high=s.settings.relay.buffer_bytes)
+    conn = RelayConnection(
+        session,
+        AiohttpChannel(ws),
+        AiohttpChannel(upstream_ws),
+        close_timeout=s.settings.server.shutdown_timeout_seconds,
+    )
+    s.live.add(conn)
+    s.metrics.session_opened(session)
+    log.info(
+        "relay open",
+        extra={
+            "session": session.info.session_id,
+            "provider": provider,
+            "upstream": upstream_req.redacted_url(),
+            "token_name": session.info.token_name,
+        },
+    )
+    try:
+        ending = await conn.run()
+    finally:
+        s.live.discard(conn)
+    if ending.limit is not None:
+        s.metrics.limit_rejections[_LIMIT_NAMES.get(ending.limit, str(ending.limit))] += 1
+    s.metrics.session_closed(session, ending.client_code, ending.upstream_code)
+    await _save(s, session, ending.client_code, ending.upstream_code, ending.error)
+    log.info(
+        "relay closed",
+        extra={
+            "session": session.info.session_id,
+            "client_code": ending.client_code,
+            "upstream_code": ending.upstream_code,
+            "error": ending.error,
+        },
+    )
+    return ws
+
+
+_LIMIT_NAMES = {
+    4001: "messages_per_minute",
+    4002: "max_message_bytes",
+    4003: "max_session_seconds",
+    4008: "idle_seconds",
+}
+
+
+async def _save(
+    s: Services,
+    session: RelaySession,
+    client_code: int | None,
+    upstream_code: int | None,
+    error: str | None,
+) -> None:
+    """Write the usage record; shielded so a cancelled handler still leaves its record."""
+    record = session.record(
+        now=asyncio.get_running_loop().time(),
+        wall=s.clock.wall(),
+        client_close_code=client_code,
+        upstream_close_code=upstream_code,
+        error=error,
+    )
+    task = asyncio.create_task(s.store.add(record, session.capture()))
+    s.pending_writes.add(task)
+    task.add_done_callback(s.pending_writes.discard)
+    try:
+        await asyncio.shield(task)
+    except Exception:
+        log.exception("usage record for %s not saved", record.session_id)
+
+
+class _UpgradeRequired(BadRequest):
+    status = 426
+    code = "upgrade_required"
+
+    def __init__(self) -> None:
+        super().__init__("this address takes WebSocket connections only")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/{account}/{gateway}/{provider}", relay)
+    app.router.add_get("/v1/{account}/{gateway}/{provider}/{path:.+}", relay)

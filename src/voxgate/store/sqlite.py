@@ -1,0 +1,165 @@
+"""SQLite usage store. All sqlite3 calls run on one dedicated worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from voxgate.core.records import SessionCapture, UsageRecord
+from voxgate.errors import ConfigError, StoreError
+from voxgate.protocols.relay.capture import CapturedFrame
+from voxgate.store.base import UsageQuery, UsageStore
+
+T = TypeVar("T")
+
+_COLUMNS = [f.name for f in fields(UsageRecord)]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS usage_records (
+    {", ".join(f"{c} {'TEXT PRIMARY KEY' if c == 'session_id' else ''}" for c in _COLUMNS)}
+);
+CREATE INDEX IF NOT EXISTS usage_by_gateway ON usage_records (account, gateway, ended_at);
+CREATE TABLE IF NOT EXISTS captured_frames (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    direction TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+);
+CREATE TABLE IF NOT EXISTS captures (
+    session_id TEXT PRIMARY KEY,
+    dropped INTEGER NOT NULL
+);
+"""
+
+
+class SQLiteStore(UsageStore):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-sqlite")
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``sqlite:///:memory:``."""
+        rest = url[len("sqlite://") :]
+        if not rest.startswith("/") or len(rest) < 2:
+            raise ConfigError(f"store.url: expected sqlite:///PATH, got {url!r}")
+        return cls(rest[1:])
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            return conn
+
+        loop = asyncio.get_running_loop()
+        try:
+            self._conn = await loop.run_in_executor(self._executor, connect)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"cannot open usage store {self.path!r}: {exc}") from exc
+
+    async def add(self, record: UsageRecord, capture: SessionCapture | None = None) -> None:
+        row = [getattr(record, c) for c in _COLUMNS]
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("BEGIN")
+                conn.execute(
+                    f"INSERT OR REPLACE INTO usage_records ({', '.join(_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    row,
+                )
+                if capture is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO captures VALUES (?, ?)",
+                        (capture.session_id, capture.dropped),
+                    )
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO captured_frames VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                capture.session_id,
+                                f.seq,
+                                f.direction,
+                                f.at,
+                                f.kind,
+                                f.size,
+                                f.payload,
+                            )
+                            for f in capture.frames
+                        ],
+                    )
+
+        await self._run(write)
+
+    async def query(self, q: UsageQuery) -> list[UsageRecord]:
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM usage_records WHERE account = ? AND gateway = ?"
+        args: list[Any] = [q.account, q.gateway]
+        if q.since is not None:
+            sql += " AND ended_at >= ?"
+            args.append(q.since)
+        sql += " ORDER BY ended_at DESC LIMIT ?"
+        args.append(q.limit)
+        rows = await self._run(lambda c: c.execute(sql, args).fetchall())
+        return [UsageRecord(*r) for r in rows]
+
+    async def get(self, account: str, gateway: str, session_id: str) -> UsageRecord | None:
+        sql = (
+            f"SELECT {', '.join(_COLUMNS)} FROM usage_records "
+            "WHERE account = ? AND gateway = ? AND session_id = ?"
+        )
+        row = await self._run(lambda c: c.execute(sql, (account, gateway, session_id)).fetchone())
+        return UsageRecord(*row) if row else None
+
+    async def get_capture(self, session_id: str) -> SessionCapture | None:
+        def read(conn: sqlite3.Connection) -> SessionCapture | None:
+            head = conn.execute(
+                "SELECT dropped FROM captures WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            if head is None:
+                return None
+            rows = conn.execute(
+                "SELECT seq, direction, at, kind, size, payload FROM captured_frames "
+                "WHERE session_id = ? ORDER BY seq",
+                (session_id,),
+            ).fetchall()
+            return SessionCapture(session_id, tuple(CapturedFrame(*r) for r in rows), head[0])
+
+        return await self._run(read)
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(lambda c: c.execute("SELECT 1").fetchone())
+        except StoreError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=False)

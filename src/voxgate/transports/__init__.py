@@ -1,0 +1,1 @@
+"""Thin asyncio drivers: WebSocket server and upstream client, timers, backpressure."""

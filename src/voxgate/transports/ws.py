@@ -1,0 +1,89 @@
+"""The WebSocket channel interface the relay is written against, and its aiohttp form.
+
+A :class:`Channel` delivers text frames as ``str``, binary frames as ``bytes``, and the
+end of the connection as one :class:`Closed`. After ``Closed`` the caller must not call
+``receive`` again. ``voxgate.testing.MemoryChannel`` is the in-memory twin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import ClientWebSocketResponse, WSCloseCode, WSMsgType, web
+
+from voxgate.core.limits import CloseCode
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    code: int
+    reason: str
+    #: True when the peer sent a close frame; False when the connection dropped or
+    #: broke the protocol (then ``code`` is what the connection was closed with).
+    clean: bool
+
+
+class Channel(Protocol):
+    async def receive(self) -> str | bytes | Closed: ...
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def send_bytes(self, data: bytes) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send a close frame (or answer the peer's) and wait briefly for the end."""
+        ...
+
+
+class GatewayWebSocketResponse(web.WebSocketResponse):
+    """aiohttp's server WebSocket, closing oversize messages with 4002 instead of 1009.
+
+    aiohttp's reader rejects a frame over ``max_msg_size`` from its header alone (the
+    payload is never buffered) and closes with 1009 from inside ``receive()``; the
+    gateway's documented code for that is 4002. ``test_relay_limits`` fails if an
+    aiohttp upgrade changes this path.
+    """
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG:
+            code, message = CloseCode.MESSAGE_TOO_LARGE, b"message too large"
+        return await super().close(code=code, message=message, drain=drain)
+
+
+def close_reason_bytes(reason: str) -> bytes:
+    """A close reason cut to the 123 bytes a close frame can carry."""
+    raw = reason.encode()
+    if len(raw) <= 123:
+        return raw
+    return raw[:123].decode(errors="ignore").encode()
+
+
+class AiohttpChannel:
+    """A :class:`Channel` over an aiohttp server or client WebSocket.
+
+    The WebSocket must have been made with ``autoclose=False`` so that close frames
+    reach the caller with their code.
+    """
+
+    __slots__ = ("_ws", "send_bytes", "send_text")
+
+    def __init__(self, ws: web.WebSocketResponse | ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self.send_text: Any = ws.send_str
+        self.send_bytes: Any = ws.send_bytes
+
+    async def receive(self) -> str | bytes | Closed:
+        ws = self._ws
+        msg = await ws.receive()
+        t = msg.type
+        if t is WSMsgType.TEXT or t is WSMsgType.BINARY:
+            return msg.data  # type: ignore[no-any-return]
+        if t is WSMsgType.CLOSE:
+            return Closed(int(msg.data), str(msg.extra or ""), clean=True)
+        return Closed(ws.close_code or WSCloseCode.ABNORMAL_CLOSURE, "", clean=False)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code=code, message=close_reason_bytes(reason))
