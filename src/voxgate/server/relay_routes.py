@@ -55,7 +55,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     upstream_req = build_upstream_request(
         provider,
         path=mi.get("path", ""),
-        query_string=request.query_string,
+        query_string=request.raw_path.partition("?")[2],
         client_headers=request.headers.items(),
         upstream_subprotocols=creds.upstream_subprotocols,
         client_key=creds.client_key,

@@ -100,7 +100,7 @@ class RecordingUpstream:
         )
         hs = Handshake(
             path=request.path,
-            query_string=request.query_string,
+            query_string=request.raw_path.partition("?")[2],
             headers={k.lower(): v for k, v in request.headers.items()},
             subprotocols=offered,
         )

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 import aiohttp
+from yarl import URL
 
 from voxgate.errors import UpstreamError
 from voxgate.protocols.relay.providers import UpstreamRequest
@@ -56,7 +57,7 @@ class UpstreamConnector:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 ws = await self._session.ws_connect(
-                    req.url,
+                    URL(req.url, encoded=True),  # the query passes exactly as the client sent it
                     headers=list(req.headers),
                     protocols=req.subprotocols,
                     autoclose=False,

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from voxgate.server.app import SERVICES, Services, create_app
+from voxgate.settings import Settings, load_settings
+from voxgate.testing import RecordingUpstream
+
+
+@dataclass
+class Gateway:
+    """A voxgate server running on 127.0.0.1 for one test."""
+
+    port: int
+    services: Services
+    runner: web.AppRunner
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+def make_settings(
+    toml: str, tmp_path: Path, env: Mapping[str, str] | None = None
+) -> Settings:
+    cfg = tmp_path / "voxgate.toml"
+    store = tmp_path / "usage.db"
+    cfg.write_text(f'[store]\nurl = "sqlite:///{store}"\n' + toml)
+    return load_settings(cfg, dict(env or {}))
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    started: list[Gateway] = []
+
+    async def start(toml: str = "", env: Mapping[str, str] | None = None) -> Gateway:
+        settings = make_settings(toml, tmp_path, env)
+        app = create_app(settings)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        gw = Gateway(runner.addresses[0][1], app[SERVICES], runner)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        await gw.stop()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RecordingUpstream]:
+    async with RecordingUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as cs:
+        yield cs
+
+
+def provider_overrides(url: str, *names: str) -> str:
+    """TOML pointing built-in providers at a test upstream (keeping their base path)."""
+    return "".join(f'[providers.{n}]\nurl = "{url}/{n}"\n' for n in names)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds, checking after each loop turn (tests only)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def settled(gw: Gateway) -> None:
+    """Wait until every session has ended and its usage record is written."""
+    await asyncio.sleep(0)
+    await wait_for(lambda: not gw.services.live and not gw.services.pending_writes)
+    # a handler between its close and its record write is in neither set for one turn
+    await asyncio.sleep(0.05)
+    await wait_for(lambda: not gw.services.live and not gw.services.pending_writes)
