@@ -36,9 +36,7 @@ class Gateway:
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
-def make_settings(
-    toml: str, tmp_path: Path, env: Mapping[str, str] | None = None
-) -> Settings:
+def make_settings(toml: str, tmp_path: Path, env: Mapping[str, str] | None = None) -> Settings:
     cfg = tmp_path / "voxgate.toml"
     store = tmp_path / "usage.db"
     cfg.write_text(f'[store]\nurl = "sqlite:///{store}"\n' + toml)

@@ -17,12 +17,14 @@ AUTH = {"voxgate-authorization": f"Bearer {TOKEN}"}
 
 
 def gateway_toml(up: RecordingUpstream, extra: str = "") -> str:
-    return provider_overrides(up.url, "openai", "google", "cartesia", "elevenlabs", "deepgram", "fal") + (
+    return provider_overrides(
+        up.url, "openai", "google", "cartesia", "elevenlabs", "deepgram", "fal"
+    ) + (
         "[accounts.local.gateways.default]\n"
         'tokens = [{ name = "ci", env = "GW_TOKEN" }]\n'
-        "keys = { openai = { env = \"K_OPENAI\" }, google = { env = \"K_GOOGLE\" }, "
-        "cartesia = { env = \"K_CARTESIA\" }, elevenlabs = { env = \"K_ELEVEN\" }, "
-        "deepgram = { env = \"K_DEEPGRAM\" }, fal = { env = \"K_FAL\" } }\n" + extra
+        'keys = { openai = { env = "K_OPENAI" }, google = { env = "K_GOOGLE" }, '
+        'cartesia = { env = "K_CARTESIA" }, elevenlabs = { env = "K_ELEVEN" }, '
+        'deepgram = { env = "K_DEEPGRAM" }, fal = { env = "K_FAL" } }\n' + extra
     )
 
 
@@ -46,25 +48,74 @@ def assert_no_gateway_token(hs) -> None:
 @pytest.mark.parametrize(
     ("provider", "path", "query", "want_path", "want_query", "header"),
     [
-        ("openai", "", "model=gpt-realtime", "/openai", "model=gpt-realtime",
-         ("authorization", "Bearer sk-openai-stored")),
-        ("google", "", "", "/google/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
-         "key=g-stored", None),
-        ("cartesia", "", "", "/cartesia/tts/websocket",
-         "cartesia_version=2025-04-16&api_key=c-stored", None),
-        ("elevenlabs", "/text-to-speech/v1d/stream-input", "model_id=m1",
-         "/elevenlabs/text-to-speech/v1d/stream-input", "model_id=m1", ("xi-api-key", "x-stored")),
-        ("elevenlabs", "/convai/conversation", "agent_id=ag", "/elevenlabs/convai/conversation",
-         "agent_id=ag", ("xi-api-key", "x-stored")),
-        ("deepgram", "/speak", "model=aura", "/deepgram/speak", "model=aura",
-         ("authorization", "Token d-stored")),
-        ("fal", "/fal-ai/app/realtime", "", "/fal/fal-ai/app/realtime", "",
-         ("authorization", "Key f-stored")),
+        (
+            "openai",
+            "",
+            "model=gpt-realtime",
+            "/openai",
+            "model=gpt-realtime",
+            ("authorization", "Bearer sk-openai-stored"),
+        ),
+        (
+            "google",
+            "",
+            "",
+            "/google/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+            "key=g-stored",
+            None,
+        ),
+        (
+            "cartesia",
+            "",
+            "",
+            "/cartesia/tts/websocket",
+            "cartesia_version=2025-04-16&api_key=c-stored",
+            None,
+        ),
+        (
+            "elevenlabs",
+            "/text-to-speech/v1d/stream-input",
+            "model_id=m1",
+            "/elevenlabs/text-to-speech/v1d/stream-input",
+            "model_id=m1",
+            ("xi-api-key", "x-stored"),
+        ),
+        (
+            "elevenlabs",
+            "/convai/conversation",
+            "agent_id=ag",
+            "/elevenlabs/convai/conversation",
+            "agent_id=ag",
+            ("xi-api-key", "x-stored"),
+        ),
+        (
+            "deepgram",
+            "/speak",
+            "model=aura",
+            "/deepgram/speak",
+            "model=aura",
+            ("authorization", "Token d-stored"),
+        ),
+        (
+            "fal",
+            "/fal-ai/app/realtime",
+            "",
+            "/fal/fal-ai/app/realtime",
+            "",
+            ("authorization", "Key f-stored"),
+        ),
     ],
 )
 async def test_stored_key_injection_per_provider(
-    gateway: GatewayFactory, upstream: RecordingUpstream, http: aiohttp.ClientSession,
-    provider: str, path: str, query: str, want_path: str, want_query: str, header: tuple[str, str] | None,
+    gateway: GatewayFactory,
+    upstream: RecordingUpstream,
+    http: aiohttp.ClientSession,
+    provider: str,
+    path: str,
+    query: str,
+    want_path: str,
+    want_query: str,
+    header: tuple[str, str] | None,
 ) -> None:
     gw = await gateway(gateway_toml(upstream), ENV)
     url = gw.ws(f"/v1/local/default/{provider}{path}") + (f"?{query}" if query else "")
@@ -82,15 +133,25 @@ async def test_stored_key_injection_per_provider(
 @pytest.mark.parametrize(
     ("provider", "protocols", "header", "query_has"),
     [
-        ("openai", ["realtime", "openai-insecure-api-key.sk-own"], ("authorization", "Bearer sk-own"), None),
+        (
+            "openai",
+            ["realtime", "openai-insecure-api-key.sk-own"],
+            ("authorization", "Bearer sk-own"),
+            None,
+        ),
         ("elevenlabs", ["xi-api-key.x-own"], ("xi-api-key", "x-own"), None),
         ("fal", ["fal-api-key.f-own"], ("authorization", "Key f-own"), None),
         ("deepgram", ["token", "d-own"], ("authorization", "Token d-own"), None),
     ],
 )
 async def test_browser_brings_its_own_key_by_subprotocol(
-    gateway: GatewayFactory, upstream: RecordingUpstream, http: aiohttp.ClientSession,
-    provider: str, protocols: list[str], header: tuple[str, str], query_has: str | None,
+    gateway: GatewayFactory,
+    upstream: RecordingUpstream,
+    http: aiohttp.ClientSession,
+    provider: str,
+    protocols: list[str],
+    header: tuple[str, str],
+    query_has: str | None,
 ) -> None:
     gw = await gateway(gateway_toml(upstream), ENV)
     offered = [*protocols, f"voxgate-authorization.{TOKEN}"]
@@ -100,7 +161,9 @@ async def test_browser_brings_its_own_key_by_subprotocol(
         await ws.receive()
     hs = upstream.handshakes[0]
     assert hs.headers[header[0]] == header[1]
-    assert not any(p.startswith(("openai-insecure", "xi-api-key", "fal-api-key")) for p in hs.subprotocols)
+    assert not any(
+        p.startswith(("openai-insecure", "xi-api-key", "fal-api-key")) for p in hs.subprotocols
+    )
     assert "d-own" not in hs.subprotocols
     assert_no_gateway_token(hs)
 
@@ -114,7 +177,9 @@ async def test_realtime_subprotocol_is_selected_and_forwarded(
         assert ws.protocol == "realtime"
     assert upstream.handshakes[0].subprotocols == ("realtime",)
     # only the gateway entry offered: it is the one answered
-    async with http.ws_connect(gw.ws("/v1/local/default/openai"), protocols=[f"cf-aig-authorization.{TOKEN}"]) as ws:
+    async with http.ws_connect(
+        gw.ws("/v1/local/default/openai"), protocols=[f"cf-aig-authorization.{TOKEN}"]
+    ) as ws:
         assert ws.protocol == f"cf-aig-authorization.{TOKEN}"
     assert upstream.handshakes[1].subprotocols == ()
 
@@ -125,7 +190,9 @@ async def test_query_keys_pass_through_for_google_and_cartesia(
     gw = await gateway(gateway_toml(upstream), ENV)
     async with http.ws_connect(gw.ws("/v1/local/default/google?key=g-own&alt=x"), headers=AUTH):
         pass
-    async with http.ws_connect(gw.ws("/v1/local/default/cartesia/tts/websocket?api_key=c-own"), headers=AUTH):
+    async with http.ws_connect(
+        gw.ws("/v1/local/default/cartesia/tts/websocket?api_key=c-own"), headers=AUTH
+    ):
         pass
     assert upstream.handshakes[0].query_string == "key=g-own&alt=x"
     assert upstream.handshakes[1].query_string == "api_key=c-own&cartesia_version=2025-04-16"
@@ -142,7 +209,9 @@ async def test_cloudflare_header_and_only_allowed_headers_forwarded(
         "Origin": "https://evil.example",
         "X-Custom": "1",
     }
-    async with http.ws_connect(gw.ws("/v1/local/default/openai?model=m&flag&sp=%20x"), headers=headers):
+    async with http.ws_connect(
+        gw.ws("/v1/local/default/openai?model=m&flag&sp=%20x"), headers=headers
+    ):
         pass
     hs = upstream.handshakes[0]
     assert hs.headers["openai-beta"] == "realtime=v1"
@@ -249,8 +318,13 @@ async def _status(http: aiohttp.ClientSession, url: str, **kw) -> tuple[int, dic
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await http.ws_connect(url, **kw)
     # the handshake error hides the body; fetch it with the same upgrade headers
-    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", **kw.get("headers", {})}
+    headers = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        **kw.get("headers", {}),
+    }
     async with http.get(url.replace("ws://", "http://"), headers=headers) as r:
         body = await r.json()
         assert r.status == info.value.status
@@ -280,11 +354,15 @@ async def test_bad_or_missing_token_401(
     status, body = await _status(http, gw.ws("/v1/local/default/openai"))
     assert (status, body["error"]["code"]) == (401, "unauthorized")
     assert "missing" in body["error"]["message"]
-    status, body = await _status(http, gw.ws("/v1/local/default/openai"), headers={"voxgate-authorization": "Bearer wrong"})
+    status, body = await _status(
+        http, gw.ws("/v1/local/default/openai"), headers={"voxgate-authorization": "Bearer wrong"}
+    )
     assert status == 401
     assert "invalid" in body["error"]["message"]
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-        await http.ws_connect(gw.ws("/v1/local/default/openai"), protocols=["realtime", "voxgate-authorization.wrong"])
+        await http.ws_connect(
+            gw.ws("/v1/local/default/openai"), protocols=["realtime", "voxgate-authorization.wrong"]
+        )
     assert info.value.status == 401
     assert upstream.handshakes == []
 
@@ -324,7 +402,11 @@ async def test_upstream_unreachable_and_timeout_are_502(
         dead_url = dead.url
     gw = await gateway(provider_overrides(dead_url, "openai"))
     status, body = await _status(http, gw.ws("/v1/local/default/openai"))
-    assert (status, body["error"]["reason"], body["error"]["upstream_status"]) == (502, "unreachable", None)
+    assert (status, body["error"]["reason"], body["error"]["upstream_status"]) == (
+        502,
+        "unreachable",
+        None,
+    )
     async with RecordingUpstream(accept_delay=2.0) as slow:
         gw = await gateway(
             provider_overrides(slow.url, "openai") + "[relay]\nconnect_timeout_seconds = 0.3\n"

@@ -18,7 +18,9 @@ def make(limits: Limits | None = None):
     upstream_gw, upstream = memory_pair()
     loop = asyncio.get_running_loop()
     info = SessionInfo("s", "local", "default", "openai", None, None, None)
-    session = RelaySession(info, limits or Limits(), now=loop.time(), wall=0.0, meter=meter_for("openai"))
+    session = RelaySession(
+        info, limits or Limits(), now=loop.time(), wall=0.0, meter=meter_for("openai")
+    )
     conn = RelayConnection(session, client_gw, upstream_gw, close_timeout=1)
     return client, upstream, conn
 

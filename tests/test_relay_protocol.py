@@ -32,7 +32,10 @@ P = BUILTIN_PROVIDERS
 
 def creds(provider: str, headers: dict[str, str] | None = None, protos: str = "", query=()):
     return read_credentials(
-        P[provider], CIMultiDict(headers or {}), parse_subprotocols([protos] if protos else []), query
+        P[provider],
+        CIMultiDict(headers or {}),
+        parse_subprotocols([protos] if protos else []),
+        query,
     )
 
 
@@ -77,7 +80,9 @@ def test_client_keys_are_read_and_removed_from_subprotocols() -> None:
 
 
 def test_credentials_repr_hides_secrets() -> None:
-    c = creds("openai", {"voxgate-authorization": "Bearer topsecret"}, "openai-insecure-api-key.sk-x")
+    c = creds(
+        "openai", {"voxgate-authorization": "Bearer topsecret"}, "openai-insecure-api-key.sk-x"
+    )
     assert "topsecret" not in repr(c)
     assert "sk-x" not in repr(c)
 
@@ -108,7 +113,12 @@ def test_select_subprotocol(protos: str, upstream: str | None, expected: str | N
 
 
 def build(provider: str, path: str = "", query: str = "", **kw):
-    c = creds(provider, kw.pop("headers", None), kw.pop("protos", ""), [q.split("=")[0] for q in query.split("&") if q])
+    c = creds(
+        provider,
+        kw.pop("headers", None),
+        kw.pop("protos", ""),
+        [q.split("=")[0] for q in query.split("&") if q],
+    )
     return build_upstream_request(
         P[provider],
         path=path,
@@ -122,8 +132,12 @@ def build(provider: str, path: str = "", query: str = "", **kw):
 
 
 def test_openai_stored_key_header_and_query_passthrough() -> None:
-    r = build("openai", query="model=gpt-realtime", stored="sk-stored",
-              client_headers={"OpenAI-Beta": "realtime=v1", "Cookie": "x=1"})
+    r = build(
+        "openai",
+        query="model=gpt-realtime",
+        stored="sk-stored",
+        client_headers={"OpenAI-Beta": "realtime=v1", "Cookie": "x=1"},
+    )
     assert r.url == "wss://api.openai.com/v1/realtime?model=gpt-realtime"
     assert ("Authorization", "Bearer sk-stored") in r.headers
     assert ("OpenAI-Beta", "realtime=v1") in r.headers
@@ -158,7 +172,12 @@ def test_cartesia_key_and_version_defaults() -> None:
 
 
 def test_elevenlabs_any_path_and_header() -> None:
-    r = build("elevenlabs", "text-to-speech/voice1/stream-input", "model_id=eleven_flash_v2_5", stored="xk")
+    r = build(
+        "elevenlabs",
+        "text-to-speech/voice1/stream-input",
+        "model_id=eleven_flash_v2_5",
+        stored="xk",
+    )
     assert r.url == (
         "wss://api.elevenlabs.io/v1/text-to-speech/voice1/stream-input?model_id=eleven_flash_v2_5"
     )
@@ -194,7 +213,10 @@ def test_bad_paths_are_rejected(provider: str, path: str) -> None:
 
 
 def test_redact_query() -> None:
-    assert redact_query("wss://h/p?model=m&key=abc&api_key=x") == "wss://h/p?model=m&key=***&api_key=***"
+    assert (
+        redact_query("wss://h/p?model=m&key=abc&api_key=x")
+        == "wss://h/p?model=m&key=***&api_key=***"
+    )
     assert redact_query("wss://h/p") == "wss://h/p"
 
 
@@ -227,8 +249,12 @@ def test_registry_custom_provider_and_errors(tmp_path) -> None:
 def test_openai_usage_from_response_done_only() -> None:
     m = meter_for("openai")
     m.feed_text('{"type":"response.output_audio.delta","delta":"AAAA"}')
-    m.feed_text('{"type":"response.done","response":{"usage":{"input_tokens":10,"output_tokens":5,"total_tokens":15}}}')
-    m.feed_text('{"type": "response.done", "response": {"usage": {"input_tokens": 1, "output_tokens": 2}}}')
+    m.feed_text(
+        '{"type":"response.done","response":{"usage":{"input_tokens":10,"output_tokens":5,"total_tokens":15}}}'
+    )
+    m.feed_text(
+        '{"type": "response.done", "response": {"usage": {"input_tokens": 1, "output_tokens": 2}}}'
+    )
     m.feed_text('{"type":"response.done", broken')
     m.feed_binary(b'{"type":"response.done","response":{"usage":{"input_tokens":100}}}')
     assert (m.input_tokens, m.output_tokens, m.total_tokens) == (11, 7, 18)
@@ -236,7 +262,9 @@ def test_openai_usage_from_response_done_only() -> None:
 
 def test_gemini_usage_in_text_and_binary_frames() -> None:
     m = meter_for("gemini")
-    m.feed_binary(b'{"usageMetadata":{"promptTokenCount":3,"responseTokenCount":4,"totalTokenCount":7}}')
+    m.feed_binary(
+        b'{"usageMetadata":{"promptTokenCount":3,"responseTokenCount":4,"totalTokenCount":7}}'
+    )
     m.feed_text('{"usageMetadata":{"promptTokenCount":1,"candidatesTokenCount":1}}')
     m.feed_binary(b"\x00\x01usageMetadata")  # not JSON: ignored
     assert (m.input_tokens, m.output_tokens, m.total_tokens) == (4, 5, 9)
@@ -244,11 +272,19 @@ def test_gemini_usage_in_text_and_binary_frames() -> None:
 
 def test_capture_redacts_audio_and_keeps_text() -> None:
     audio = "A" * 4000
-    red = orjson.loads(redact_text(orjson.dumps({"type": "input_audio_buffer.append", "audio": audio}).decode(), 65536))
+    red = orjson.loads(
+        redact_text(
+            orjson.dumps({"type": "input_audio_buffer.append", "audio": audio}).decode(), 65536
+        )
+    )
     assert red == {"type": "input_audio_buffer.append", "audio": "<redacted 4000 bytes>"}
     red = orjson.loads(redact_text('{"type":"response.output_text.delta","delta":"hello"}', 65536))
     assert red["delta"] == "hello"
-    red = orjson.loads(redact_text(orjson.dumps({"type": "response.output_audio.delta", "delta": "QUJD"}).decode(), 65536))
+    red = orjson.loads(
+        redact_text(
+            orjson.dumps({"type": "response.output_audio.delta", "delta": "QUJD"}).decode(), 65536
+        )
+    )
     assert red["delta"] == "<redacted 4 bytes>"
     nested = {"realtimeInput": {"mediaChunks": [{"mimeType": "audio/pcm", "data": audio}]}}
     assert audio not in redact_text(orjson.dumps(nested).decode(), 65536)
@@ -258,7 +294,10 @@ def test_capture_redacts_audio_and_keeps_text() -> None:
     cap.add("client", 0.0, b"\x00" * 960)
     cap.add("upstream", 0.1, '{"type":"x"}')
     cap.add("upstream", 0.2, '{"type":"y"}')
-    assert [(f.kind, f.size, f.payload) for f in cap.frames] == [("binary", 960, ""), ("text", 12, '{"type":"x"}')]
+    assert [(f.kind, f.size, f.payload) for f in cap.frames] == [
+        ("binary", 960, ""),
+        ("text", 12, '{"type":"x"}'),
+    ]
     assert cap.dropped == 1
 
 
@@ -288,16 +327,22 @@ def session(limits: Limits, now: float = 0.0) -> RelaySession:
 
 
 def test_session_counts_and_limits() -> None:
-    s = session(Limits(messages_per_minute=3, max_message_bytes=10, idle_seconds=5, max_session_seconds=60))
+    s = session(
+        Limits(messages_per_minute=3, max_message_bytes=10, idle_seconds=5, max_session_seconds=60)
+    )
     assert s.client_frame(1.0, "hello") == 0
     assert s.client_frame(1.0, b"\x00" * 10) == 0
     assert s.client_frame(1.0, "x" * 11) == CloseCode.MESSAGE_TOO_LARGE
     assert s.client_frame(1.0, "a") == 0
     assert s.client_frame(1.0, "b") == CloseCode.RATE_LIMITED
-    s.upstream_frame(2.0, '{"type":"response.done","response":{"usage":{"input_tokens":2,"output_tokens":3}}}')
+    s.upstream_frame(
+        2.0, '{"type":"response.done","response":{"usage":{"input_tokens":2,"output_tokens":3}}}'
+    )
     assert s.idle_deadline() == 7.0
     assert s.session_deadline() == 60.0
-    rec = s.record(now=3.0, wall=1e9 + 3, client_close_code=1000, upstream_close_code=1000, error=None)
+    rec = s.record(
+        now=3.0, wall=1e9 + 3, client_close_code=1000, upstream_close_code=1000, error=None
+    )
     assert (rec.client_frames, rec.client_bytes) == (3, 16)
     assert rec.upstream_frames == 1
     assert (rec.input_tokens, rec.output_tokens, rec.total_tokens) == (2, 3, 5)

@@ -125,7 +125,11 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
             {},
             r"tokens: expected a list of tables",
         ),
-        ("[providers.x]\nurl = 'http://x'\n", {}, r"providers\.x\.url: must be a ws:// or wss:// URL"),
+        (
+            "[providers.x]\nurl = 'http://x'\n",
+            {},
+            r"providers\.x\.url: must be a ws:// or wss:// URL",
+        ),
         (
             "[providers.x]\nurl = 'ws://x'\nauth = { format = 'no key' }\n",
             {},
@@ -136,7 +140,9 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
         ("not toml [", {}, r"is not valid TOML"),
     ],
 )
-def test_bad_config_names_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
+def test_bad_config_names_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
     p = write(tmp_path, text)
     with pytest.raises(ConfigError, match=message):
         load_settings(p, env)
@@ -156,7 +162,9 @@ def test_missing_config_file(tmp_path: Path) -> None:
 
 
 def test_unset_token_env_warns_and_fails_closed(tmp_path: Path) -> None:
-    p = write(tmp_path, "[accounts.local.gateways.default]\ntokens = [{ name = 'ci', env = 'NOPE' }]\n")
+    p = write(
+        tmp_path, "[accounts.local.gateways.default]\ntokens = [{ name = 'ci', env = 'NOPE' }]\n"
+    )
     s = load_settings(p, {})
     assert any("NOPE (not set)" in w and "matches nothing" in w for w in s.warnings())
     gw = s.gateway("local", "default")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
@@ -88,11 +89,23 @@ async def relay(request: web.Request) -> web.StreamResponse:
         ),
     )
     slots = await _acquire_slots(s, gw, token, limits, session.info.session_id)
+    outcome = _Outcome()
     try:
-        return await _run(request, s, session, upstream_req, creds, limits)
+        return await _run(request, s, session, upstream_req, creds, limits, outcome)
     finally:
+        # the slot is free as soon as the session is over, before the record is written
         for key in slots:
             await s.state.release_slot(key, session.info.session_id)
+        await _save(s, session, outcome)
+
+
+@dataclass
+class _Outcome:
+    """What the usage record says about how the session ended."""
+
+    client_code: int | None = None
+    upstream_code: int | None = None
+    error: str | None = "internal_error"
 
 
 async def _acquire_slots(
@@ -122,6 +135,7 @@ async def _run(
     upstream_req: UpstreamRequest,
     creds: Credentials,
     limits: Limits,
+    outcome: _Outcome,
 ) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     provider = session.info.provider
@@ -132,7 +146,7 @@ async def _run(
         log.warning("upstream connect failed: %s", exc, extra={"session": session.info.session_id})
         s.metrics.upstream_failures[(provider, exc.reason)] += 1
         s.metrics.handshake_rejections[(502, exc.reason)] += 1
-        await _save(s, session, None, None, f"upstream_{exc.reason}")
+        outcome.error = f"upstream_{exc.reason}"
         raise
     s.metrics.observe_connect(provider, loop.time() - started)
     selected = select_subprotocol(creds, upstream_ws.protocol)
@@ -141,7 +155,8 @@ async def _run(
         autoclose=False,
         autoping=True,
         heartbeat=limits.heartbeat_seconds,
-        max_msg_size=limits.max_message_bytes,
+        # aiohttp refuses a message whose size is >= max_msg_size; ours is the largest allowed
+        max_msg_size=limits.max_message_bytes + 1,
         compress=False,
         timeout=s.settings.server.shutdown_timeout_seconds,
     )
@@ -149,7 +164,7 @@ async def _run(
         await ws.prepare(request)
     except (ConnectionError, RuntimeError):
         await upstream_ws.close(code=1001, message=b"client went away")
-        await _save(s, session, None, 1001, "client_disconnected")
+        outcome.upstream_code, outcome.error = 1001, "client_disconnected"
         raise
     if request.transport is not None:
         request.transport.set_write_buffer_limits(high=s.settings.relay.buffer_bytes)
@@ -177,7 +192,8 @@ async def _run(
     if ending.limit is not None:
         s.metrics.limit_rejections[_LIMIT_NAMES.get(ending.limit, str(ending.limit))] += 1
     s.metrics.session_closed(session, ending.client_code, ending.upstream_code)
-    await _save(s, session, ending.client_code, ending.upstream_code, ending.error)
+    outcome.client_code, outcome.upstream_code = ending.client_code, ending.upstream_code
+    outcome.error = ending.error
     log.info(
         "relay closed",
         extra={
@@ -198,20 +214,14 @@ _LIMIT_NAMES = {
 }
 
 
-async def _save(
-    s: Services,
-    session: RelaySession,
-    client_code: int | None,
-    upstream_code: int | None,
-    error: str | None,
-) -> None:
+async def _save(s: Services, session: RelaySession, outcome: _Outcome) -> None:
     """Write the usage record; shielded so a cancelled handler still leaves its record."""
     record = session.record(
         now=asyncio.get_running_loop().time(),
         wall=s.clock.wall(),
-        client_close_code=client_code,
-        upstream_close_code=upstream_code,
-        error=error,
+        client_close_code=outcome.client_code,
+        upstream_close_code=outcome.upstream_code,
+        error=outcome.error,
     )
     task = asyncio.create_task(s.store.add(record, session.capture()))
     s.pending_writes.add(task)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from aiohttp import ClientWebSocketResponse, WSCloseCode, WSMsgType, web
+from aiohttp import ClientWebSocketResponse, WebSocketError, WSCloseCode, WSMsgType, web
 
 from voxgate.core.limits import CloseCode
 
@@ -83,6 +83,11 @@ class AiohttpChannel:
             return msg.data  # type: ignore[no-any-return]
         if t is WSMsgType.CLOSE:
             return Closed(int(msg.data), str(msg.extra or ""), clean=True)
+        if t is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
+            code = msg.data.code
+            if code == WSCloseCode.MESSAGE_TOO_BIG:
+                code = CloseCode.MESSAGE_TOO_LARGE
+            return Closed(code, "", clean=False)
         return Closed(ws.close_code or WSCloseCode.ABNORMAL_CLOSURE, "", clean=False)
 
     async def close(self, code: int, reason: str) -> None:
