@@ -80,10 +80,11 @@ def provider_overrides(url: str, *names: str) -> str:
     return "".join(f'[providers.{n}]\nurl = "{url}/{n}"\n' for n in names)
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``predicate()`` holds, checking after each loop turn (tests only)."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
+async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds (tests only: the server has no event for
+    "every handler finished", and adding one just for tests would be worse)."""
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
 
 

@@ -8,8 +8,8 @@ import os
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-
 from tests.conftest import GatewayFactory, provider_overrides, settled
+
 from voxgate.testing import RecordingUpstream
 
 TOKEN = "gw-token-123456"

@@ -9,8 +9,8 @@ import time
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-
 from tests.conftest import GatewayFactory, provider_overrides, settled, wait_for
+
 from voxgate.store import UsageQuery
 from voxgate.testing import RecordingUpstream
 

@@ -77,10 +77,10 @@ async def test_rate_limit_closes_with_4001_and_does_not_relay_the_excess() -> No
 
 
 async def test_idle_and_session_timers() -> None:
-    client, _upstream, conn = make(Limits(idle_seconds=0.05))
+    _client, _upstream, conn = make(Limits(idle_seconds=0.05))
     ending = await asyncio.wait_for(conn.run(), 2)
     assert ending.client_code == CloseCode.IDLE
-    client, _upstream, conn = make(Limits(idle_seconds=10, max_session_seconds=0.05))
+    _client, _upstream, conn = make(Limits(idle_seconds=10, max_session_seconds=0.05))
     ending = await asyncio.wait_for(conn.run(), 2)
     assert ending.client_code == CloseCode.SESSION_TOO_LONG
 

@@ -1,0 +1,48 @@
+# The two commands a newcomer needs:
+#   make run    install voxgate into .venv and start it on embedded defaults
+#   make test   install everything the tests need and run lint, types and the whole suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint system-deps bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+run: $(VENV)/.installed-run
+	$(BIN)/voxgate serve
+
+# System programs some tests use. Installed with apt when we are root; otherwise the
+# tests that need them are skipped and pytest prints the reason (-ra).
+system-deps:
+	@if ! command -v openssl >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq openssl >/dev/null) || \
+	      echo "make: could not install openssl; the TLS test will be skipped"; \
+	  else echo "make: openssl not found and not root; the TLS test will be skipped"; fi; \
+	fi
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy src
+
+test: system-deps lint
+	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed-test
+	$(BIN)/voxgate bench relay
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
