@@ -9,8 +9,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from voxgate.config import load_settings
 from voxgate.server.app import SERVICES, Services, create_app
-from voxgate.settings import Settings, load_settings
+from voxgate.settings import Settings
 from voxgate.testing import RecordingUpstream
 
 

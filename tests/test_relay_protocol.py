@@ -6,6 +6,7 @@ import orjson
 import pytest
 from multidict import CIMultiDict
 
+from voxgate.config import load_settings
 from voxgate.core.limits import CloseCode, TokenBucket, sendable_close_code
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.errors import BadRequest, ConfigError
@@ -25,7 +26,7 @@ from voxgate.protocols.relay.providers import (
     validate_path,
 )
 from voxgate.protocols.relay.usage import meter_for
-from voxgate.settings import Limits, load_settings
+from voxgate.settings import Limits
 
 P = BUILTIN_PROVIDERS
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from voxgate.cli import check_exposure
+from voxgate.config import load_settings
 from voxgate.errors import ConfigError
-from voxgate.settings import Limits, Settings, load_settings
+from voxgate.settings import Limits, Settings
 
 
 def write(tmp_path: Path, text: str) -> Path:

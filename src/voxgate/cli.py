@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from voxgate import __version__
+from voxgate.config import load_settings
 from voxgate.errors import ConfigError
-from voxgate.settings import Settings, is_loopback, load_settings
+from voxgate.settings import Settings, is_loopback
 
 
 def _config_path(arg: str | None, environ: Mapping[str, str]) -> str | None:

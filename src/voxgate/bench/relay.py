@@ -274,8 +274,10 @@ async def run(args: argparse.Namespace) -> None:
     }
     try:
         print(f"# voxgate bench relay — {os.cpu_count()} cores, python {sys.version.split()[0]}")
-        print("## round trip, one connection (µs; added = over direct)")
-        for size in (1024, 8192):
+        sections = set(args.only or ("latency", "throughput", "idle"))
+        if "latency" in sections:
+            print("## round trip, one connection (µs; added = over direct)")
+        for size in (1024, 8192) if "latency" in sections else ():
             res = await latency(urls, size, args.rounds, args.block)
             d50, d99 = pct(res["direct"], 0.5), pct(res["direct"], 0.99)
             for name, samples in res.items():
@@ -285,8 +287,9 @@ async def run(args: argparse.Namespace) -> None:
                     line += f"  added p50 {(p50 - d50) * 1e6:6.1f}"
                     line += f"  added p99 {(p99 - d99) * 1e6:6.1f}"
                 print(line)
-        print(f"## throughput, {args.conns} connections, window {args.window}, 1 KiB frames")
-        for name in ("bare relay", "voxgate"):
+        if "throughput" in sections:
+            print(f"## throughput, {args.conns} connections, window {args.window}, 1 KiB frames")
+        for name in ("bare relay", "voxgate") if "throughput" in sections else ():
             runs = [
                 await throughput(urls[name], args.conns, args.window, args.seconds, 1024)
                 for _ in range(args.repeat)
@@ -296,8 +299,11 @@ async def run(args: argparse.Namespace) -> None:
                 f"{name:<11} round trips/s {rt:9.0f}  frames relayed/s (both ways) {2 * rt:9.0f}"
                 f"  (median of {args.repeat}: {', '.join(f'{r:.0f}' for r in runs)})"
             )
-        print(f"## idle relayed sessions: {args.idle} open")
-        for name, proc in (("bare relay", bare), ("voxgate", gateway)):
+        if "idle" in sections:
+            print(f"## idle relayed sessions: {args.idle} open")
+        for name, proc in (
+            (("bare relay", bare), ("voxgate", gateway)) if "idle" in sections else ()
+        ):
             per = await idle_rss(proc, urls[name], args.idle)
             print(f"{name:<11} RSS per idle session {per / 1024:6.1f} KiB")
     finally:
@@ -318,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--idle", type=int, default=2000)
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=("latency", "throughput", "idle"),
+        help="run only this section (repeatable)",
+    )
     p.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bare-relay", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

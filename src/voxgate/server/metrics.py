@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from voxgate.core.relay import RelaySession
 
@@ -62,8 +63,8 @@ class Metrics:
             h = self.connect_latency[provider] = Histogram(CONNECT_BUCKETS)
         h.observe(seconds)
 
-    def render(self) -> str:
-        out: list[str] = []
+    def _totals(self) -> tuple[Counter[str], Counter[tuple[str, str, str]]]:
+        """Open sessions by provider, and frames/bytes of closed plus open sessions."""
         active: Counter[str] = Counter()
         totals = Counter(self.closed_totals)
         for s in self.open_sessions:
@@ -73,6 +74,11 @@ class Metrics:
             totals[(p, "client_to_upstream", "bytes")] += s.client_bytes
             totals[(p, "upstream_to_client", "frames")] += s.upstream_frames
             totals[(p, "upstream_to_client", "bytes")] += s.upstream_bytes
+        return active, totals
+
+    def render(self) -> str:
+        out: list[str] = []
+        active, totals = self._totals()
         _family(
             out,
             "voxgate_relay_active_sessions",
@@ -92,6 +98,37 @@ class Metrics:
                     if u == unit
                 ),
             )
+        self._render_connect_latency(out)
+        for name, help_, counter, labels in (
+            (
+                "voxgate_relay_close_codes_total",
+                "Close codes of relayed sessions, by side.",
+                self.close_codes,
+                ("side", "code"),
+            ),
+            (
+                "voxgate_limit_rejections_total",
+                "Connections refused or closed because of a limit.",
+                self.limit_rejections,
+                ("limit",),
+            ),
+            (
+                "voxgate_handshake_rejections_total",
+                "WebSocket handshakes refused before the upgrade.",
+                self.handshake_rejections,
+                ("status", "reason"),
+            ),
+            (
+                "voxgate_upstream_failures_total",
+                "Upstream connections that failed, by provider and reason.",
+                self.upstream_failures,
+                ("provider", "reason"),
+            ),
+        ):
+            _family(out, name, "counter", help_, _labelled(counter, labels))
+        return "\n".join(out) + "\n"
+
+    def _render_connect_latency(self, out: list[str]) -> None:
         name = "voxgate_upstream_connect_seconds"
         out.append(f"# HELP {name} Time to open the upstream WebSocket, by provider.")
         out.append(f"# TYPE {name} histogram")
@@ -103,41 +140,12 @@ class Metrics:
             out.append(f'{name}_bucket{{provider="{p}",le="+Inf"}} {h.n}')
             out.append(f'{name}_sum{{provider="{p}"}} {h.total:.6f}')
             out.append(f'{name}_count{{provider="{p}"}} {h.n}')
-        _family(
-            out,
-            "voxgate_relay_close_codes_total",
-            "counter",
-            "Close codes of relayed sessions, by side.",
-            ((f'side="{s}",code="{c}"', n) for (s, c), n in sorted(self.close_codes.items())),
-        )
-        _family(
-            out,
-            "voxgate_limit_rejections_total",
-            "counter",
-            "Connections refused or closed because of a limit.",
-            ((f'limit="{k}"', n) for k, n in sorted(self.limit_rejections.items())),
-        )
-        _family(
-            out,
-            "voxgate_handshake_rejections_total",
-            "counter",
-            "WebSocket handshakes refused before the upgrade.",
-            (
-                (f'status="{s}",reason="{r}"', n)
-                for (s, r), n in sorted(self.handshake_rejections.items())
-            ),
-        )
-        _family(
-            out,
-            "voxgate_upstream_failures_total",
-            "counter",
-            "Upstream connections that failed, by provider and reason.",
-            (
-                (f'provider="{p}",reason="{r}"', n)
-                for (p, r), n in sorted(self.upstream_failures.items())
-            ),
-        )
-        return "\n".join(out) + "\n"
+
+
+def _labelled(counter: Mapping[Any, int], names: tuple[str, ...]) -> Iterable[tuple[str, int]]:
+    for key, value in sorted(counter.items()):
+        parts = key if isinstance(key, tuple) else (key,)
+        yield ",".join(f'{n}="{v}"' for n, v in zip(names, parts, strict=True)), value
 
 
 def _family(

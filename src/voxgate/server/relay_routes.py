@@ -23,7 +23,7 @@ from voxgate.protocols.relay.auth import (
     select_subprotocol,
 )
 from voxgate.protocols.relay.capture import Capture
-from voxgate.protocols.relay.providers import UpstreamRequest, build_upstream_request
+from voxgate.protocols.relay.providers import Provider, UpstreamRequest, build_upstream_request
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.server.app import SERVICES, Services
 from voxgate.server.auth import authenticate
@@ -64,30 +64,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
         stored_key=gw.keys[provider.name].value if provider.name in gw.keys else None,
     )
     limits = token.limits if token is not None and token.limits is not None else gw.limits
-    loop = asyncio.get_running_loop()
-    session = RelaySession(
-        SessionInfo(
-            session_id=s.ids("sess"),
-            account=account,
-            gateway=gateway,
-            provider=provider.name,
-            model=request.query.get(provider.model_param) if provider.model_param else None,
-            token_name=token.name if token is not None else None,
-            client_address=request.remote,
-        ),
-        limits,
-        now=loop.time(),
-        wall=s.clock.wall(),
-        meter=meter_for(provider.usage),
-        capture=(
-            Capture(
-                max_frames=s.settings.relay.capture_max_frames,
-                max_bytes=s.settings.relay.capture_max_bytes,
-            )
-            if gw.capture_payloads
-            else None
-        ),
-    )
+    session = _new_session(request, s, gw, provider, token, limits)
     slots = await _acquire_slots(s, gw, token, limits, session.info.session_id)
     outcome = _Outcome()
     try:
@@ -97,6 +74,37 @@ async def relay(request: web.Request) -> web.StreamResponse:
         for key in slots:
             await s.state.release_slot(key, session.info.session_id)
         await _save(s, session, outcome)
+
+
+def _new_session(
+    request: web.Request,
+    s: Services,
+    gw: GatewaySettings,
+    provider: Provider,
+    token: TokenSettings | None,
+    limits: Limits,
+) -> RelaySession:
+    capture = None
+    if gw.capture_payloads:
+        relay = s.settings.relay
+        capture = Capture(max_frames=relay.capture_max_frames, max_bytes=relay.capture_max_bytes)
+    info = SessionInfo(
+        session_id=s.ids("sess"),
+        account=gw.account,
+        gateway=gw.name,
+        provider=provider.name,
+        model=request.query.get(provider.model_param) if provider.model_param else None,
+        token_name=token.name if token is not None else None,
+        client_address=request.remote,
+    )
+    return RelaySession(
+        info,
+        limits,
+        now=asyncio.get_running_loop().time(),
+        wall=s.clock.wall(),
+        meter=meter_for(provider.usage),
+        capture=capture,
+    )
 
 
 @dataclass
@@ -149,25 +157,14 @@ async def _run(
         outcome.error = f"upstream_{exc.reason}"
         raise
     s.metrics.observe_connect(provider, loop.time() - started)
-    selected = select_subprotocol(creds, upstream_ws.protocol)
-    ws = GatewayWebSocketResponse(
-        protocols=(selected,) if selected else (),
-        autoclose=False,
-        autoping=True,
-        heartbeat=limits.heartbeat_seconds,
-        # aiohttp refuses a message whose size is >= max_msg_size; ours is the largest allowed
-        max_msg_size=limits.max_message_bytes + 1,
-        compress=False,
-        timeout=s.settings.server.shutdown_timeout_seconds,
-    )
     try:
-        await ws.prepare(request)
+        ws = await _accept_client(
+            request, s, limits, select_subprotocol(creds, upstream_ws.protocol)
+        )
     except (ConnectionError, RuntimeError):
         await upstream_ws.close(code=1001, message=b"client went away")
         outcome.upstream_code, outcome.error = 1001, "client_disconnected"
         raise
-    if request.transport is not None:
-        request.transport.set_write_buffer_limits(high=s.settings.relay.buffer_bytes)
     conn = RelayConnection(
         session,
         AiohttpChannel(ws),
@@ -203,6 +200,26 @@ async def _run(
             "error": ending.error,
         },
     )
+    return ws
+
+
+async def _accept_client(
+    request: web.Request, s: Services, limits: Limits, subprotocol: str | None
+) -> GatewayWebSocketResponse:
+    """Complete the client's upgrade, answering ``subprotocol`` when it offered any."""
+    ws = GatewayWebSocketResponse(
+        protocols=(subprotocol,) if subprotocol else (),
+        autoclose=False,
+        autoping=True,
+        heartbeat=limits.heartbeat_seconds,
+        # aiohttp refuses a message whose size is >= max_msg_size; ours is the largest allowed
+        max_msg_size=limits.max_message_bytes + 1,
+        compress=False,
+        timeout=s.settings.server.shutdown_timeout_seconds,
+    )
+    await ws.prepare(request)
+    if request.transport is not None:
+        request.transport.set_write_buffer_limits(high=s.settings.relay.buffer_bytes)
     return ws
 
 
