@@ -8,7 +8,7 @@ close code the transport must close the session with; the frame must not be rela
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from voxgate.core.limits import CloseCode, TokenBucket
 from voxgate.core.records import SessionCapture, UsageRecord
@@ -19,6 +19,8 @@ from voxgate.settings import Limits
 
 @dataclass(frozen=True)
 class SessionInfo:
+    """Who and what a session is; its fields open the session's :class:`UsageRecord`."""
+
     session_id: str
     account: str
     gateway: str
@@ -83,7 +85,8 @@ class RelaySession:
             self._capture.add("client", now - self.started_mono, data)
         return 0
 
-    def upstream_frame(self, now: float, data: str | bytes) -> None:
+    def upstream_frame(self, now: float, data: str | bytes) -> int:
+        """Account an upstream frame. Always 0: upstream frames are not limited."""
         self.upstream_frames += 1
         self.upstream_bytes += len(data)
         self.last_activity = now
@@ -93,6 +96,7 @@ class RelaySession:
             self._meter.feed_binary(data)
         if self._capture is not None:
             self._capture.add("upstream", now - self.started_mono, data)
+        return 0
 
     def idle_deadline(self) -> float:
         """Monotonic time at which the session is idle unless a frame comes first."""
@@ -110,16 +114,9 @@ class RelaySession:
         upstream_close_code: int | None,
         error: str | None,
     ) -> UsageRecord:
-        i = self.info
         m = self._meter
         return UsageRecord(
-            session_id=i.session_id,
-            account=i.account,
-            gateway=i.gateway,
-            provider=i.provider,
-            model=i.model,
-            token_name=i.token_name,
-            client_address=i.client_address,
+            **asdict(self.info),
             started_at=self.started_wall,
             ended_at=wall,
             duration_seconds=round(now - self.started_mono, 6),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from voxgate.core.limits import CLOSE_REASONS, CloseCode, sendable_close_code
@@ -111,9 +112,28 @@ class RelayConnection:
 
     async def run(self) -> Ending:
         loop = self._loop
+        s = self.session
         pumps = [
-            asyncio.create_task(self._pump_client(), name="relay-client"),
-            asyncio.create_task(self._pump_upstream(), name="relay-upstream"),
+            asyncio.create_task(
+                self._pump(
+                    self.client,
+                    self.upstream,
+                    s.client_frame,
+                    _client_closed,
+                    _upstream_closed(Closed(CloseCode.INTERNAL_ERROR, "", clean=False)),
+                ),
+                name="relay-client",
+            ),
+            asyncio.create_task(
+                self._pump(
+                    self.upstream,
+                    self.client,
+                    s.upstream_frame,
+                    _upstream_closed,
+                    _client_closed(Closed(1006, "", clean=False)),
+                ),
+                name="relay-upstream",
+            ),
         ]
         deadline = loop.call_at(
             self.session.session_deadline(), self.stop, _limit_ending(CloseCode.SESSION_TOO_LONG)
@@ -157,17 +177,26 @@ class RelayConnection:
             close(self.upstream, ending.upstream_code, ending.upstream_reason),
         )
 
-    async def _pump_client(self) -> None:
-        receive = self.client.receive
-        send_text = self.upstream.send_text
-        send_bytes = self.upstream.send_bytes
-        account = self.session.client_frame
+    async def _pump(
+        self,
+        src: Channel,
+        dst: Channel,
+        account: Callable[[float, str | bytes], int],
+        on_closed: Callable[[Closed], Ending],
+        on_broken: Ending,
+    ) -> None:
+        """Relay ``src`` → ``dst`` until ``src`` closes or ``account`` returns a close code.
+
+        ``account`` sees each frame first; a non-zero result is the code of the limit
+        that ends the session, and that frame is not relayed.
+        """
+        receive, send_text, send_bytes = src.receive, dst.send_text, dst.send_bytes
         time = self._loop.time
         try:
             while True:
                 data = await receive()
                 if isinstance(data, Closed):
-                    self.stop(_client_closed(data))
+                    self.stop(on_closed(data))
                     return
                 verdict = account(time(), data)
                 if verdict:
@@ -177,33 +206,10 @@ class RelayConnection:
                     await send_text(data)
                 else:
                     await send_bytes(data)
-        except ConnectionError:
-            self.stop(_upstream_closed(Closed(CloseCode.INTERNAL_ERROR, "", clean=False)))
+        except ConnectionError:  # writing to the other side failed: it is gone
+            self.stop(on_broken)
         except Exception:
-            log.exception("relay client pump failed")
-            self.stop(_internal_error())
-
-    async def _pump_upstream(self) -> None:
-        receive = self.upstream.receive
-        send_text = self.client.send_text
-        send_bytes = self.client.send_bytes
-        account = self.session.upstream_frame
-        time = self._loop.time
-        try:
-            while True:
-                data = await receive()
-                if isinstance(data, Closed):
-                    self.stop(_upstream_closed(data))
-                    return
-                account(time(), data)
-                if isinstance(data, str):
-                    await send_text(data)
-                else:
-                    await send_bytes(data)
-        except ConnectionError:
-            self.stop(_client_closed(Closed(1006, "", clean=False)))
-        except Exception:
-            log.exception("relay upstream pump failed")
+            log.exception("relay pump failed")
             self.stop(_internal_error())
 
 
