@@ -413,3 +413,40 @@ async def test_upstream_unreachable_and_timeout_are_502(
         )
         status, body = await _status(http, gw.ws("/v1/local/default/openai"))
         assert (status, body["error"]["reason"]) == (502, "timeout")
+
+
+async def test_custom_provider_from_config(
+    gateway: GatewayFactory, upstream: RecordingUpstream, http: aiohttp.ClientSession
+) -> None:
+    toml = (
+        "[providers.mymodel]\n"
+        f'url = "{upstream.url}/models/ws"\n'
+        'auth = { query = "token" }\n'
+        'paths = ["v1/*"]\n'
+        'forward_headers = ["X-Trace"]\n'
+        'model_param = "m"\n'
+        "[accounts.acme.gateways.prod]\n"
+        'tokens = [{ name = "app", env = "ACME_TOKEN" }]\n'
+        'keys = { mymodel = { env = "MYMODEL_KEY" } }\n'
+    )
+    gw = await gateway(toml, {"ACME_TOKEN": "acme-tok-1", "MYMODEL_KEY": "mm-secret"})
+    headers = {"voxgate-authorization": "Bearer acme-tok-1", "X-Trace": "t-1"}
+    async with http.ws_connect(
+        gw.ws("/v1/acme/prod/mymodel/v1/stream?m=small"), headers=headers
+    ) as ws:
+        await ws.send_str("hello custom")
+        assert (await ws.receive()).data == "hello custom"
+    hs = upstream.handshakes[0]
+    assert hs.path == "/models/ws/v1/stream"
+    assert hs.query_string == "m=small&token=mm-secret"
+    assert hs.headers["x-trace"] == "t-1"
+    await settled(gw)
+    from voxgate.store import UsageQuery
+
+    rec = (await gw.services.store.query(UsageQuery("acme", "prod")))[0]
+    assert (rec.provider, rec.model, rec.token_name) == ("mymodel", "small", "app")
+    # a path outside the declared ones is refused before dialling
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await http.ws_connect(gw.ws("/v1/acme/prod/mymodel/admin"), headers=headers)
+    assert info.value.status == 400
+    assert len(upstream.handshakes) == 1
