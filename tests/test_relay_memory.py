@@ -107,3 +107,14 @@ async def test_stop_closes_both_sides_going_away() -> None:
     assert await client.receive() == Closed(1001, "server shutting down", clean=True)
     assert await upstream.receive() == Closed(1001, "server shutting down", clean=True)
     assert conn.finished.done()
+
+
+async def test_dropped_client_is_recorded_1006_but_upstream_gets_a_sendable_code() -> None:
+    client, upstream, conn = make()
+    task = asyncio.create_task(conn.run())
+    client.drop()
+    ending = await task
+    assert (ending.client_code, ending.error) == (1006, "client_disconnected")
+    assert await upstream.receive() == Closed(1001, "client went away", clean=True)
+    # and the gateway never tries to put 1006 in a close frame
+    assert conn.client.closed_with == Closed(1011, "", clean=True)

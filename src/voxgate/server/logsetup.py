@@ -17,7 +17,8 @@ from typing import Any
 import orjson
 
 _PATTERNS = [
-    re.compile(r"(?i)\b(bearer|token|key)\s+[A-Za-z0-9._~+/=-]{6,}"),
+    # HTTP auth schemes (capitalised as in headers) followed by a credential-length value
+    re.compile(r"\b(Bearer|bearer|Token|Key)\s+[A-Za-z0-9._~+/=-]{12,}"),
     re.compile(r"(?i)([?&](?:key|api_key|access_token|token|xi-api-key)=)[^&\s\"']+"),
     re.compile(r"(?i)((?:voxgate|cf-aig)-authorization\.)[^,\s\"']+"),
     re.compile(r"(?i)((?:openai-insecure-api-key|xi-api-key|fal-api-key)\.)[^,\s\"']+"),

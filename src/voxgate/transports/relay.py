@@ -166,6 +166,9 @@ class RelayConnection:
 
     async def _close_both(self, ending: Ending) -> None:
         async def close(ch: Channel, code: int, reason: str) -> None:
+            # An Ending records what was observed (1006 for a dropped connection); the
+            # close frame itself may only carry a sendable code.
+            code = sendable_close_code(code, fallback=CloseCode.INTERNAL_ERROR)
             try:
                 async with asyncio.timeout(self.close_timeout):
                     await ch.close(code, reason)
