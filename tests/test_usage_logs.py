@@ -202,3 +202,28 @@ async def test_shutdown_closes_sessions_going_away_and_keeps_records(
     assert len(recs) == 1
     assert recs[0].client_close_code == 1001
     assert upstream.connections[0].close_code == 1001
+
+
+async def test_internal_errors_do_not_leak_detail(tmp_path, http: aiohttp.ClientSession) -> None:
+    from aiohttp import web
+
+    from tests.conftest import make_settings
+    from voxgate.server.app import create_app
+
+    app = create_app(make_settings("", tmp_path))
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("internal detail: /etc/secret-path")
+
+    app.router.add_get("/broken", broken)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with http.get(f"http://127.0.0.1:{runner.addresses[0][1]}/broken") as r:
+            assert r.status == 500
+            body = await r.json()
+        assert body == {"error": {"code": "internal_error", "message": "internal error"}}
+    finally:
+        await runner.cleanup()
