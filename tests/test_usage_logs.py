@@ -206,8 +206,8 @@ async def test_shutdown_closes_sessions_going_away_and_keeps_records(
 
 async def test_internal_errors_do_not_leak_detail(tmp_path, http: aiohttp.ClientSession) -> None:
     from aiohttp import web
-
     from tests.conftest import make_settings
+
     from voxgate.server.app import create_app
 
     app = create_app(make_settings("", tmp_path))
