@@ -202,3 +202,24 @@ async def test_flood_from_one_client_leaves_other_session_responsive(
     assert relayed < 64 * 1024 * 1024
     flooder._response.connection.transport.abort()
     await quiet.close()
+
+
+async def test_keepalive_pings_on_each_side(gateway: GatewayFactory, http) -> None:
+    async with RecordingUpstream(autoping=False) as up:
+        gw = await gateway(toml(up, "heartbeat_seconds = 1"))
+        # a client that answers pings (aiohttp does, while it is inside receive()) stays
+        async with http.ws_connect(gw.ws("/v1/local/default/openai")) as ws:
+            reader = asyncio.create_task(ws.receive())
+            await asyncio.sleep(2.3)
+            assert not reader.done()
+            await ws.send_str("alive")
+            async with asyncio.timeout(5):
+                assert (await reader).data == "alive"
+        assert up.connections[0].pings >= 2  # the gateway pinged the upstream by itself
+        # a client that never answers pings is dropped; the upstream is told it went away
+        silent = await http.ws_connect(gw.ws("/v1/local/default/openai"), autoping=False)
+        conn = await up.wait_for_connection(2)
+        async with asyncio.timeout(6):
+            await conn.closed.wait()
+        assert conn.close_code == 1001
+        await silent.close()

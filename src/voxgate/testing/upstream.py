@@ -25,6 +25,8 @@ class Connection:
     close_code: int | None = None
     close_reason: str | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: WebSocket pings received (seen only when the server runs with ``autoping=False``).
+    pings: int = 0
 
 
 Behaviour = Callable[[Connection], Awaitable[None]]
@@ -39,12 +41,16 @@ async def echo(conn: Connection) -> None:
         elif msg.type is WSMsgType.BINARY:
             conn.received.append(msg.data)
             await conn.ws.send_bytes(msg.data)
+        elif msg.type is WSMsgType.PING:
+            conn.pings += 1
+            await conn.ws.pong(msg.data)
 
 
 class RecordingUpstream:
     """Start with ``async with RecordingUpstream() as up:``; ``up.url`` is its base.
 
-    ``behaviour`` runs for each accepted connection (default: echo). ``reject_status``
+    ``behaviour`` runs for each accepted connection (default: echo, which also counts
+    and answers pings when ``autoping=False``). ``reject_status``
     makes every handshake fail with that HTTP status; ``select`` picks the subprotocol
     the server answers (default: the first offered).
     """
@@ -56,11 +62,13 @@ class RecordingUpstream:
         reject_status: int | None = None,
         select: Callable[[tuple[str, ...]], str | None] | None = None,
         accept_delay: float = 0.0,
+        autoping: bool = True,
     ) -> None:
         self.behaviour = behaviour
         self.reject_status = reject_status
         self.select = select or (lambda offered: offered[0] if offered else None)
         self.accept_delay = accept_delay
+        self.autoping = autoping
         self.connections: list[Connection] = []
         self.handshakes: list[Handshake] = []
         self._new_conn = asyncio.Condition()
@@ -110,7 +118,9 @@ class RecordingUpstream:
         if self.reject_status is not None:
             return web.Response(status=self.reject_status, text="rejected by test upstream")
         chosen = self.select(offered)
-        ws = web.WebSocketResponse(protocols=(chosen,) if chosen else (), max_msg_size=0)
+        ws = web.WebSocketResponse(
+            protocols=(chosen,) if chosen else (), max_msg_size=0, autoping=self.autoping
+        )
         await ws.prepare(request)
         conn = Connection(handshake=hs, ws=ws)
         async with self._new_conn:
