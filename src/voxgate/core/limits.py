@@ -26,6 +26,14 @@ CLOSE_REASONS: dict[int, str] = {
     CloseCode.IDLE: "idle timeout",
 }
 
+#: The setting whose limit each close code enforces (metrics label them so).
+LIMIT_NAMES: dict[int, str] = {
+    CloseCode.RATE_LIMITED: "messages_per_minute",
+    CloseCode.MESSAGE_TOO_LARGE: "max_message_bytes",
+    CloseCode.SESSION_TOO_LONG: "max_session_seconds",
+    CloseCode.IDLE: "idle_seconds",
+}
+
 #: Codes that may not be sent in a close frame (RFC 6455 §7.4.1).
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from voxgate.errors import AuthenticationFailed
-from voxgate.protocols.relay.auth import GATEWAY_HEADERS, bearer, token_matches
+from voxgate.protocols.relay import auth as relay_auth
+from voxgate.protocols.relay.auth import GATEWAY_HEADERS, token_matches
 from voxgate.settings import GatewaySettings, TokenSettings
 
 
@@ -28,8 +29,4 @@ def authenticate(gw: GatewaySettings, presented: str | None) -> TokenSettings | 
 def token_from_headers(headers: Mapping[str, str], *, allow_authorization: bool) -> str | None:
     """A gateway token from the gateway headers (and ``Authorization`` where allowed)."""
     names = (*GATEWAY_HEADERS, "authorization") if allow_authorization else GATEWAY_HEADERS
-    for name in names:
-        token = bearer(headers.get(name))
-        if token:
-            return token
-    return None
+    return relay_auth.token_from_headers(headers, names)

@@ -48,12 +48,7 @@ class Metrics:
 
     def session_closed(self, s: RelaySession, client_code: int, upstream_code: int) -> None:
         self.open_sessions.discard(s)
-        p = s.info.provider
-        t = self.closed_totals
-        t[(p, "client_to_upstream", "frames")] += s.client_frames
-        t[(p, "client_to_upstream", "bytes")] += s.client_bytes
-        t[(p, "upstream_to_client", "frames")] += s.upstream_frames
-        t[(p, "upstream_to_client", "bytes")] += s.upstream_bytes
+        _add_counts(self.closed_totals, s)
         self.close_codes[("client", client_code)] += 1
         self.close_codes[("upstream", upstream_code)] += 1
 
@@ -68,12 +63,8 @@ class Metrics:
         active: Counter[str] = Counter()
         totals = Counter(self.closed_totals)
         for s in self.open_sessions:
-            p = s.info.provider
-            active[p] += 1
-            totals[(p, "client_to_upstream", "frames")] += s.client_frames
-            totals[(p, "client_to_upstream", "bytes")] += s.client_bytes
-            totals[(p, "upstream_to_client", "frames")] += s.upstream_frames
-            totals[(p, "upstream_to_client", "bytes")] += s.upstream_bytes
+            active[s.info.provider] += 1
+            _add_counts(totals, s)
         return active, totals
 
     def render(self) -> str:
@@ -140,6 +131,14 @@ class Metrics:
             out.append(f'{name}_bucket{{provider="{p}",le="+Inf"}} {h.n}')
             out.append(f'{name}_sum{{provider="{p}"}} {h.total:.6f}')
             out.append(f'{name}_count{{provider="{p}"}} {h.n}')
+
+
+def _add_counts(totals: Counter[tuple[str, str, str]], s: RelaySession) -> None:
+    p = s.info.provider
+    totals[(p, "client_to_upstream", "frames")] += s.client_frames
+    totals[(p, "client_to_upstream", "bytes")] += s.client_bytes
+    totals[(p, "upstream_to_client", "frames")] += s.upstream_frames
+    totals[(p, "upstream_to_client", "bytes")] += s.upstream_bytes
 
 
 def _labelled(counter: Mapping[Any, int], names: tuple[str, ...]) -> Iterable[tuple[str, int]]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
+from voxgate.core.limits import LIMIT_NAMES
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.errors import AuthenticationFailed, BadRequest, LimitExceeded, NotFound, UpstreamError
 from voxgate.protocols.relay.auth import (
@@ -187,7 +188,7 @@ async def _run(
     finally:
         s.live.discard(conn)
     if ending.limit is not None:
-        s.metrics.limit_rejections[_LIMIT_NAMES.get(ending.limit, str(ending.limit))] += 1
+        s.metrics.limit_rejections[LIMIT_NAMES[ending.limit]] += 1
     s.metrics.session_closed(session, ending.client_code, ending.upstream_code)
     outcome.client_code, outcome.upstream_code = ending.client_code, ending.upstream_code
     outcome.error = ending.error
@@ -221,14 +222,6 @@ async def _accept_client(
     if request.transport is not None:
         request.transport.set_write_buffer_limits(high=s.settings.relay.buffer_bytes)
     return ws
-
-
-_LIMIT_NAMES = {
-    4001: "messages_per_minute",
-    4002: "max_message_bytes",
-    4003: "max_session_seconds",
-    4008: "idle_seconds",
-}
 
 
 async def _save(s: Services, session: RelaySession, outcome: _Outcome) -> None:

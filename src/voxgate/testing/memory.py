@@ -14,11 +14,10 @@ class MemoryChannel:
     sender, as a real socket would.
     """
 
-    def __init__(self, inbox: asyncio.Queue[str | bytes | Closed], maxsize: int) -> None:
+    def __init__(self, inbox: asyncio.Queue[str | bytes | Closed]) -> None:
         self._inbox = inbox
         self.peer: MemoryChannel | None = None
         self.closed_with: Closed | None = None
-        self._maxsize = maxsize
 
     async def receive(self) -> str | bytes | Closed:
         return await self._inbox.get()
@@ -51,7 +50,7 @@ class MemoryChannel:
 
 
 def memory_pair(maxsize: int = 64) -> tuple[MemoryChannel, MemoryChannel]:
-    a = MemoryChannel(asyncio.Queue(maxsize), maxsize)
-    b = MemoryChannel(asyncio.Queue(maxsize), maxsize)
+    a = MemoryChannel(asyncio.Queue(maxsize))
+    b = MemoryChannel(asyncio.Queue(maxsize))
     a.peer, b.peer = b, a
     return a, b

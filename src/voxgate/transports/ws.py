@@ -36,6 +36,11 @@ class Channel(Protocol):
         ...
 
 
+def gateway_close_code(code: int) -> int:
+    """aiohttp's 1009 (message too big) is the gateway's documented 4002."""
+    return CloseCode.MESSAGE_TOO_LARGE if code == WSCloseCode.MESSAGE_TOO_BIG else code
+
+
 class GatewayWebSocketResponse(web.WebSocketResponse):
     """aiohttp's server WebSocket, closing oversize messages with 4002 instead of 1009.
 
@@ -48,8 +53,8 @@ class GatewayWebSocketResponse(web.WebSocketResponse):
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
-        if code == WSCloseCode.MESSAGE_TOO_BIG:
-            code, message = CloseCode.MESSAGE_TOO_LARGE, b"message too large"
+        if gateway_close_code(code) != code:
+            code, message = gateway_close_code(code), b"message too large"
         return await super().close(code=code, message=message, drain=drain)
 
 
@@ -84,10 +89,7 @@ class AiohttpChannel:
         if t is WSMsgType.CLOSE:
             return Closed(int(msg.data), str(msg.extra or ""), clean=True)
         if t is WSMsgType.ERROR and isinstance(msg.data, WebSocketError):
-            code = msg.data.code
-            if code == WSCloseCode.MESSAGE_TOO_BIG:
-                code = CloseCode.MESSAGE_TOO_LARGE
-            return Closed(code, "", clean=False)
+            return Closed(gateway_close_code(msg.data.code), "", clean=False)
         return Closed(ws.close_code or WSCloseCode.ABNORMAL_CLOSURE, "", clean=False)
 
     async def close(self, code: int, reason: str) -> None:

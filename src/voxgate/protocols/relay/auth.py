@@ -66,6 +66,17 @@ def bearer(value: str | None) -> str | None:
     return value or None
 
 
+def token_from_headers(
+    headers: Mapping[str, str], names: Iterable[str] = GATEWAY_HEADERS
+) -> str | None:
+    """The first bearer token found in ``names`` (case-insensitive ``headers``)."""
+    for name in names:
+        token = bearer(headers.get(name))
+        if token:
+            return token
+    return None
+
+
 def read_credentials(
     provider: Provider,
     headers: Mapping[str, str],
@@ -76,11 +87,7 @@ def read_credentials(
 
     ``headers`` must be case-insensitive (aiohttp's ``CIMultiDictProxy`` is).
     """
-    token: str | None = None
-    for name in GATEWAY_HEADERS:
-        token = bearer(headers.get(name))
-        if token:
-            break
+    token = token_from_headers(headers)
     gateway_entry = None
     key: str | None = None
     key_entries: list[str] = []
