@@ -205,3 +205,10 @@ def test_settings_object_is_frozen() -> None:
     s = Settings()
     with pytest.raises(AttributeError):
         s.server.port = 1  # type: ignore[misc]
+
+
+def test_malformed_environment_overrides_are_named() -> None:
+    with pytest.raises(ConfigError, match=r"VOXGATE_SERVER____PORT: empty key segment"):
+        load_settings(None, {"VOXGATE_SERVER____PORT": "1"})
+    with pytest.raises(ConfigError, match=r"VOXGATE_SERVER__PORT__X: server\.port is not a table"):
+        load_settings(None, {"VOXGATE_SERVER__PORT": "1", "VOXGATE_SERVER__PORT__X": "2"})
