@@ -15,12 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from voxgate.engines.options import ENGINE_OPTIONS, speech_engine_names
 from voxgate.errors import ConfigError
 from voxgate.settings import (
     DEFAULT_ACCOUNT,
     DEFAULT_GATEWAY,
     AccountSettings,
     AppSettings,
+    EngineSettings,
     GatewaySettings,
     Limits,
     LLMSettings,
@@ -30,6 +32,7 @@ from voxgate.settings import (
     Secret,
     ServerSettings,
     Settings,
+    SpeechSettings,
     StateSettings,
     StoreSettings,
     TokenSettings,
@@ -237,7 +240,7 @@ def _check_name(reader: _Reader, key: str, name: str) -> None:
 
 
 def _build(r: _Reader, environ: Mapping[str, str], source: str) -> Settings:
-    return Settings(
+    settings = Settings(
         server=_server(r.table("server")),
         relay=_relay(r.table("relay")),
         store=_store(r.table("store")),
@@ -246,8 +249,76 @@ def _build(r: _Reader, environ: Mapping[str, str], source: str) -> Settings:
         accounts=_accounts(r, environ),
         llm=_llms(r, environ),
         apps=_apps(r, environ),
+        speech=_speech(r.table("speech")),
         source=source,
     )
+    _check_default_gateway(r, settings)
+    return settings
+
+
+def _check_default_gateway(r: _Reader, settings: Settings) -> None:
+    name = settings.server.default_gateway
+    key = "server.default_gateway"
+    if name is not None:
+        account, _, gateway = name.partition("/")
+        if settings.gateway(account, gateway) is None:
+            r.error(key, f"names no configured gateway: {name!r} (expected ACCOUNT/GATEWAY)")
+        return
+    if len(settings.all_gateways()) > 1 and settings.gateway("local", "default") is None:
+        r.error(
+            key,
+            "is required when several gateways are configured and none is local/default "
+            "(it picks the gateway of /v1/tts and /v1/stt)",
+        )
+
+
+def _speech(sp: _Reader) -> SpeechSettings:
+    d = SpeechSettings()
+    engines = {}
+    for name, t in sp.tables("engines"):
+        _check_name(sp, sp.key(f"engines.{name}"), name)
+        engines[name] = _engine(t, name)
+    speech = SpeechSettings(
+        default_tts=sp.string("default_tts", d.default_tts),
+        default_stt=sp.string("default_stt", d.default_stt),
+        workers=sp.integer("workers", d.workers, minimum=1, maximum=64),
+        preload=sp.string_list("preload") or (),
+        cache_dir=sp.string("cache_dir", d.cache_dir),
+        engines=engines,
+    )
+    tts, stt = speech_engine_names(speech)
+    if speech.default_tts not in tts:
+        sp.error(sp.key("default_tts"), f"is not a TTS engine ({', '.join(sorted(tts))})")
+    if speech.default_stt not in stt:
+        sp.error(sp.key("default_stt"), f"is not an STT engine ({', '.join(sorted(stt))})")
+    for name in speech.preload:
+        if name not in tts and name not in stt:
+            sp.error(sp.key("preload"), f"unknown engine {name!r}")
+    return speech
+
+
+def _engine(t: _Reader, name: str) -> EngineSettings:
+    kind = t.string("type", name if name in ENGINE_OPTIONS else _MISSING)
+    schema = ENGINE_OPTIONS.get(kind)
+    if schema is None:
+        t.error(t.key("type"), f"must be one of {', '.join(ENGINE_OPTIONS)}; got {kind!r}")
+        return EngineSettings(name=name, type=kind)
+    options: dict[str, Any] = {}
+    for option, spec in schema.items():
+        if t.raw(option) is _MISSING:
+            continue
+        if spec is int:
+            options[option] = t.integer(option, 0, minimum=1)
+        elif spec is float:
+            options[option] = t.number(option, 0.0)
+        elif spec is dict:
+            table = t.table(option)
+            options[option] = {k: table.string(k) for k in list(table.data)}
+        elif isinstance(spec, tuple):
+            options[option] = t.string(option, choices=spec)
+        else:
+            options[option] = t.string(option)
+    return EngineSettings(name=name, type=kind, options=options)
 
 
 def _server(s: _Reader) -> ServerSettings:
@@ -261,6 +332,7 @@ def _server(s: _Reader) -> ServerSettings:
         tls_cert=s.string("tls_cert", None),
         tls_key=s.string("tls_key", None),
         shutdown_timeout_seconds=s.number("shutdown_timeout_seconds", d.shutdown_timeout_seconds),
+        default_gateway=s.string("default_gateway", None),
     )
     if (server.tls_cert is None) != (server.tls_key is None):
         s.error(s.key("tls_cert"), "tls_cert and tls_key must be given together")
@@ -383,6 +455,9 @@ def _limits(r: _Reader, base: Limits) -> Limits:
         idle_seconds=r.number("idle_seconds", base.idle_seconds, minimum=1),
         heartbeat_seconds=r.number("heartbeat_seconds", base.heartbeat_seconds, minimum=1),
         max_text_chars=r.integer("max_text_chars", base.max_text_chars, minimum=1),
+        max_audio_chunk_bytes=r.integer(
+            "max_audio_chunk_bytes", base.max_audio_chunk_bytes, minimum=2
+        ),
     )
 
 

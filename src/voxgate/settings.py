@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_ACCOUNT = "local"
 DEFAULT_GATEWAY = "default"
@@ -40,6 +41,8 @@ class Limits:
     idle_seconds: float = 300.0
     heartbeat_seconds: float = 30.0
     max_text_chars: int = 20_000
+    #: Largest audio chunk a speech client may send in one message.
+    max_audio_chunk_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,9 @@ class ServerSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     shutdown_timeout_seconds: float = 5.0
+    #: ``account/gateway`` whose tokens, keys and limits apply to addresses that name
+    #: no gateway (``/v1/tts``, ``/v1/stt``). ``None``: the only gateway, else local/default.
+    default_gateway: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,28 @@ class AppSettings:
 
 
 @dataclass(frozen=True)
+class EngineSettings:
+    """A ``[speech.engines.NAME]`` entry: an engine of ``type`` with typed ``options``."""
+
+    name: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SpeechSettings:
+    default_tts: str = "piper"
+    default_stt: str = "pocketsphinx"
+    #: Threads for engine work (synthesis, recognition, VAD).
+    workers: int = 2
+    #: Engines loaded at start-up instead of on first use.
+    preload: tuple[str, ...] = ()
+    #: Where derived model files (the joined whisper model) are kept.
+    cache_dir: str = "~/.cache/voxgate"
+    engines: Mapping[str, EngineSettings] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
@@ -147,12 +175,26 @@ class Settings:
     )
     llm: Mapping[str, LLMSettings] = field(default_factory=dict)
     apps: Mapping[str, AppSettings] = field(default_factory=dict)
+    speech: SpeechSettings = field(default_factory=SpeechSettings)
     #: Where the settings came from, for start-up messages.
     source: str = "built-in defaults"
 
     def gateway(self, account: str, gateway: str) -> GatewaySettings | None:
         acc = self.accounts.get(account)
         return acc.gateways.get(gateway) if acc is not None else None
+
+    def speech_gateway(self) -> GatewaySettings:
+        """The gateway of addresses that name none (see ``server.default_gateway``)."""
+        name = self.server.default_gateway
+        if name is not None:
+            account, _, gateway = name.partition("/")
+            gw = self.gateway(account, gateway)
+        else:
+            gws = self.all_gateways()
+            gw = gws[0] if len(gws) == 1 else self.gateway(DEFAULT_ACCOUNT, DEFAULT_GATEWAY)
+        if gw is None:  # config validation makes this unreachable
+            raise LookupError("no default gateway")
+        return gw
 
     def all_gateways(self) -> list[GatewaySettings]:
         return [g for a in self.accounts.values() for g in a.gateways.values()]

@@ -33,7 +33,12 @@ class UsageRecord:
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    #: ``relay``, ``tts`` or ``stt``.
     kind: str = "relay"
+    #: Characters of text synthesized (TTS).
+    characters: int = 0
+    #: Seconds of audio produced (TTS) or received (STT).
+    audio_seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

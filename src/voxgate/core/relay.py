@@ -28,6 +28,7 @@ class SessionInfo:
     model: str | None
     token_name: str | None
     client_address: str | None
+    kind: str = "relay"
 
 
 class RelaySession:
@@ -36,6 +37,8 @@ class RelaySession:
         "_capture",
         "_max_bytes",
         "_meter",
+        "audio_seconds",
+        "characters",
         "client_bytes",
         "client_frames",
         "info",
@@ -66,6 +69,9 @@ class RelaySession:
         self.client_bytes = 0
         self.upstream_frames = 0
         self.upstream_bytes = 0
+        #: Speech sessions meter text and audio here.
+        self.characters = 0
+        self.audio_seconds = 0.0
         self._bucket = TokenBucket(limits.messages_per_minute, now)
         self._max_bytes = limits.max_message_bytes
         self._meter = meter
@@ -130,6 +136,8 @@ class RelaySession:
             input_tokens=m.input_tokens,
             output_tokens=m.output_tokens,
             total_tokens=m.total_tokens,
+            characters=self.characters,
+            audio_seconds=round(self.audio_seconds, 3),
         )
 
     def capture(self) -> SessionCapture | None:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from voxgate import __version__
 from voxgate.clock import Clock, IdFactory, SystemClock, random_id
+from voxgate.engines.registry import EngineRegistry
 from voxgate.errors import GatewayRejection, UpstreamError
 from voxgate.protocols.relay.providers import Provider, build_registry
 from voxgate.server.metrics import Metrics
@@ -20,6 +21,7 @@ from voxgate.settings import Settings
 from voxgate.state import StateBackend, open_state
 from voxgate.store import UsageStore, open_store
 from voxgate.transports.relay import RelayConnection
+from voxgate.transports.speech import SpeechConnection
 from voxgate.transports.upstream import UpstreamConnector
 
 log = logging.getLogger("voxgate.server")
@@ -36,8 +38,10 @@ class Services:
     connector: UpstreamConnector
     clock: Clock
     ids: IdFactory
+    engines: EngineRegistry
     metrics: Metrics = field(default_factory=Metrics)
     live: set[RelayConnection] = field(default_factory=set)
+    live_speech: set[SpeechConnection] = field(default_factory=set)
     ready: bool = False
     #: Usage writes still in flight, awaited at shutdown so no record is lost.
     pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
@@ -103,9 +107,10 @@ def create_app(
     ids: IdFactory | None = None,
     store: UsageStore | None = None,
     state: StateBackend | None = None,
+    engines: EngineRegistry | None = None,
 ) -> web.Application:
     """Build the aiohttp application. Raises ConfigError for unusable settings."""
-    from voxgate.server import logs_api, ops, relay_routes
+    from voxgate.server import logs_api, ops, relay_routes, speech_routes
 
     services = Services(
         settings=settings,
@@ -120,11 +125,13 @@ def create_app(
         ),
         clock=clock or SystemClock(),
         ids=ids or random_id,
+        engines=engines if engines is not None else EngineRegistry(settings.speech),
     )
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     app[SERVICES] = services
     ops.add_routes(app)
     logs_api.add_routes(app)
+    speech_routes.add_routes(app)
     relay_routes.add_routes(app)  # last: its path patterns are the most general
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
@@ -136,6 +143,7 @@ async def _startup(app: web.Application) -> None:
     s = app[SERVICES]
     await s.store.open()
     await s.connector.start()
+    await s.engines.preload()
     s.ready = True
 
 
@@ -144,7 +152,10 @@ async def _shutdown(app: web.Application) -> None:
     s.ready = False
     for conn in list(s.live):
         conn.stop()
+    for speech in list(s.live_speech):
+        speech.stop()
     waiters: list[asyncio.Future[None]] = [c.finished for c in s.live]
+    waiters += [c.finished for c in s.live_speech]
     if waiters:
         await asyncio.wait(waiters, timeout=s.settings.server.shutdown_timeout_seconds)
     # Usage records are written after a session's close; wait for those too.
@@ -157,6 +168,7 @@ async def _shutdown(app: web.Application) -> None:
 async def _cleanup(app: web.Application) -> None:
     s = app[SERVICES]
     await s.connector.close()
+    await s.engines.close()
     await s.store.close()
     await s.state.close()
 
@@ -168,6 +180,7 @@ def index(request: web.Request) -> web.Response:
             "version": __version__,
             "relay": "ws /v1/{account}/{gateway}/{provider}[/{path}]",
             "logs": "GET /v1/{account}/{gateway}/logs",
+            "speech": ["ws /v1/tts/{engine}", "ws /v1/stt/{engine}"],
             "operations": ["/healthz", "/readyz", "/metrics"],
         }
     )

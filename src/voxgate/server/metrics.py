@@ -42,6 +42,24 @@ class Metrics:
         #: (status, reason) → handshakes refused before the upgrade
         self.handshake_rejections: Counter[tuple[int, str]] = Counter()
         self.upstream_failures: Counter[tuple[str, str]] = Counter()
+        self.speech_open: set[RelaySession] = set()
+        #: (kind, engine) → sessions, characters and audio seconds of closed sessions
+        self.speech_sessions: Counter[tuple[str, str]] = Counter()
+        self.speech_characters: Counter[tuple[str, str]] = Counter()
+        self.speech_audio_seconds: Counter[tuple[str, str]] = Counter()
+        #: (kind, code) → count
+        self.speech_close_codes: Counter[tuple[str, int]] = Counter()
+
+    def speech_opened(self, s: RelaySession) -> None:
+        self.speech_open.add(s)
+
+    def speech_closed(self, s: RelaySession, code: int) -> None:
+        self.speech_open.discard(s)
+        key = (s.info.kind, s.info.provider)
+        self.speech_sessions[key] += 1
+        self.speech_characters[key] += s.characters
+        self.speech_audio_seconds[key] += s.audio_seconds  # type: ignore[assignment]
+        self.speech_close_codes[(s.info.kind, code)] += 1
 
     def session_opened(self, s: RelaySession) -> None:
         self.open_sessions.add(s)
@@ -90,6 +108,7 @@ class Metrics:
                 ),
             )
         self._render_connect_latency(out)
+        self._render_speech(out)
         for name, help_, counter, labels in (
             (
                 "voxgate_relay_close_codes_total",
@@ -118,6 +137,46 @@ class Metrics:
         ):
             _family(out, name, "counter", help_, _labelled(counter, labels))
         return "\n".join(out) + "\n"
+
+    def _render_speech(self, out: list[str]) -> None:
+        active: Counter[tuple[str, str]] = Counter()
+        chars = Counter(self.speech_characters)
+        audio: Counter[tuple[str, str]] = Counter(self.speech_audio_seconds)
+        for s in self.speech_open:
+            key = (s.info.kind, s.info.provider)
+            active[key] += 1
+            chars[key] += s.characters
+            audio[key] += s.audio_seconds  # type: ignore[assignment]
+        labels = ("kind", "engine")
+        for name, kind, help_, counter in (
+            ("voxgate_speech_active_sessions", "gauge", "Open speech sessions.", active),
+            (
+                "voxgate_speech_sessions_total",
+                "counter",
+                "Closed speech sessions.",
+                self.speech_sessions,
+            ),
+            (
+                "voxgate_speech_characters_total",
+                "counter",
+                "Characters of text synthesized.",
+                chars,
+            ),
+            (
+                "voxgate_speech_audio_seconds_total",
+                "counter",
+                "Seconds of audio synthesized (tts) or received (stt).",
+                audio,
+            ),
+            (
+                "voxgate_speech_close_codes_total",
+                "counter",
+                "Close codes of speech sessions.",
+                self.speech_close_codes,
+            ),
+        ):
+            names = ("kind", "code") if name.endswith("close_codes_total") else labels
+            _family(out, name, kind, help_, _labelled(counter, names))
 
     def _render_connect_latency(self, out: list[str]) -> None:
         name = "voxgate_upstream_connect_seconds"

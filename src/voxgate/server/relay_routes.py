@@ -16,7 +16,7 @@ from aiohttp import hdrs, web
 
 from voxgate.core.limits import LIMIT_NAMES
 from voxgate.core.relay import RelaySession, SessionInfo
-from voxgate.errors import AuthenticationFailed, BadRequest, LimitExceeded, NotFound, UpstreamError
+from voxgate.errors import AuthenticationFailed, BadRequest, NotFound, UpstreamError
 from voxgate.protocols.relay.auth import (
     Credentials,
     parse_subprotocols,
@@ -28,6 +28,7 @@ from voxgate.protocols.relay.providers import Provider, UpstreamRequest, build_u
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.server.app import SERVICES, Services
 from voxgate.server.auth import authenticate
+from voxgate.server.sessions import acquire_slots, save_record
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
 from voxgate.transports.relay import RelayConnection
 from voxgate.transports.ws import AiohttpChannel, GatewayWebSocketResponse
@@ -46,7 +47,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     if provider is None:
         raise NotFound(f"unknown provider {provider_name!r}")
     if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
-        raise _UpgradeRequired()
+        raise UpgradeRequired()
     offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
     creds = read_credentials(provider, request.headers, offered, request.query.keys())
     try:
@@ -66,7 +67,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     )
     limits = token.limits if token is not None and token.limits is not None else gw.limits
     session = _new_session(request, s, gw, provider, token, limits)
-    slots = await _acquire_slots(s, gw, token, limits, session.info.session_id)
+    slots = await acquire_slots(s, gw, token, limits, session.info.session_id)
     outcome = _Outcome()
     try:
         return await _run(request, s, session, upstream_req, creds, limits, outcome)
@@ -74,7 +75,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
         # the slot is free as soon as the session is over, before the record is written
         for key in slots:
             await s.state.release_slot(key, session.info.session_id)
-        await _save(s, session, outcome)
+        await save_record(s, session, outcome.client_code, outcome.upstream_code, outcome.error)
 
 
 def _new_session(
@@ -117,26 +118,6 @@ class _Outcome:
     error: str | None = "internal_error"
 
 
-async def _acquire_slots(
-    s: Services, gw: GatewaySettings, token: TokenSettings | None, limits: Limits, holder: str
-) -> list[str]:
-    """Take the gateway's connection slot and, for a token with its own limits, the
-    token's. Raises :class:`LimitExceeded` (HTTP 429) when either is full."""
-    wanted = [(f"conn:{gw.account}/{gw.name}", gw.limits.max_connections)]
-    if token is not None and token.limits is not None:
-        wanted.append((f"conn:{gw.account}/{gw.name}/token:{token.name}", limits.max_connections))
-    taken: list[str] = []
-    for key, limit in wanted:
-        if not await s.state.acquire_slot(key, holder, limit):
-            for k in taken:
-                await s.state.release_slot(k, holder)
-            s.metrics.limit_rejections["max_connections"] += 1
-            s.metrics.handshake_rejections[(429, "max_connections")] += 1
-            raise LimitExceeded(f"too many connections (limit {limit})", limit="max_connections")
-        taken.append(key)
-    return taken
-
-
 async def _run(
     request: web.Request,
     s: Services,
@@ -159,7 +140,7 @@ async def _run(
         raise
     s.metrics.observe_connect(provider, loop.time() - started)
     try:
-        ws = await _accept_client(
+        ws = await accept_client(
             request, s, limits, select_subprotocol(creds, upstream_ws.protocol)
         )
     except (ConnectionError, RuntimeError):
@@ -204,7 +185,7 @@ async def _run(
     return ws
 
 
-async def _accept_client(
+async def accept_client(
     request: web.Request, s: Services, limits: Limits, subprotocol: str | None
 ) -> GatewayWebSocketResponse:
     """Complete the client's upgrade, answering ``subprotocol`` when it offered any."""
@@ -224,25 +205,7 @@ async def _accept_client(
     return ws
 
 
-async def _save(s: Services, session: RelaySession, outcome: _Outcome) -> None:
-    """Write the usage record; shielded so a cancelled handler still leaves its record."""
-    record = session.record(
-        now=asyncio.get_running_loop().time(),
-        wall=s.clock.wall(),
-        client_close_code=outcome.client_code,
-        upstream_close_code=outcome.upstream_code,
-        error=outcome.error,
-    )
-    task = asyncio.create_task(s.store.add(record, session.capture()))
-    s.pending_writes.add(task)
-    task.add_done_callback(s.pending_writes.discard)
-    try:
-        await asyncio.shield(task)
-    except Exception:
-        log.exception("usage record for %s not saved", record.session_id)
-
-
-class _UpgradeRequired(BadRequest):
+class UpgradeRequired(BadRequest):
     status = 426
     code = "upgrade_required"
 

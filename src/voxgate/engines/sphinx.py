@@ -1,0 +1,123 @@
+"""STT ``pocketsphinx``: CMU pocketsphinx 5 with the en-us model its wheel ships.
+
+Truly streaming: every chunk updates a partial hypothesis. A native decoder takes
+~0.3 s to create, so the engine keeps a pool of idle decoders that sessions borrow.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from voxgate.engines.base import (
+    EngineUnavailable,
+    RecognitionOptions,
+    RecognitionStream,
+    SpeechToText,
+    STTCapabilities,
+)
+from voxgate.engines.local_stt import LocalRecognitionStream, RecognitionCore, UtteranceDecoder
+from voxgate.engines.vad import Segmenter, SegmenterSettings, make_vad
+from voxgate.engines.workers import EngineWorkers
+
+HINT = "pip install 'voxgate[speech]' (pocketsphinx)"
+
+
+class DecoderPool:
+    """Idle pocketsphinx decoders. ``take``/``give`` are called from worker threads."""
+
+    def __init__(self) -> None:
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            from pocketsphinx import Decoder
+        except ImportError as exc:
+            raise EngineUnavailable(f"STT 'pocketsphinx' is not installed: {HINT}") from exc
+        return Decoder(samprate=16000, loglevel="FATAL")
+
+    def give(self, decoder: Any) -> None:
+        with self._lock:
+            self._idle.append(decoder)
+
+
+class SphinxDecoder(UtteranceDecoder):
+    def __init__(self, pool: DecoderPool) -> None:
+        self._pool = pool
+        self._decoder = pool.take()
+        self._active = False
+
+    def begin(self) -> None:
+        if self._active:
+            self._decoder.end_utt()
+        self._decoder.start_utt()
+        self._active = True
+
+    def add(self, pcm: bytes) -> str | None:
+        if not self._active:
+            return None
+        self._decoder.process_raw(pcm, False, False)
+        hyp = self._decoder.hyp()
+        return hyp.hypstr if hyp is not None and hyp.hypstr else None
+
+    def end(self) -> tuple[str, float]:
+        if not self._active:
+            return "", 0.0
+        d = self._decoder
+        d.end_utt()
+        self._active = False
+        hyp = d.hyp()
+        if hyp is None or not hyp.hypstr:
+            return "", 0.0
+        # after end_utt, prob is the utterance's posterior probability
+        return hyp.hypstr, min(1.0, max(0.0, float(hyp.prob)))
+
+    def close(self) -> None:
+        if self._active:
+            self._decoder.end_utt()
+            self._active = False
+        self._pool.give(self._decoder)
+
+
+class PocketsphinxSTT(SpeechToText):
+    name = "pocketsphinx"
+    model_id = "pocketsphinx-en-us"
+
+    def __init__(
+        self,
+        workers: EngineWorkers,
+        *,
+        vad: str = "webrtc",
+        segmenter: SegmenterSettings | None = None,
+        shared: dict[str, Any] | None = None,
+    ) -> None:
+        self._workers = workers
+        self._vad = vad
+        self._segmenter = segmenter or SegmenterSettings()
+        self._shared = shared if shared is not None else {}
+        self.pool = DecoderPool()
+
+    @property
+    def capabilities(self) -> STTCapabilities:
+        return STTCapabilities(streaming=True, partials=True, languages=("en",))
+
+    async def load(self) -> None:
+        # one warm decoder, and proof that the model loads
+        self.pool.give(await self._workers.run(self.pool.take))
+        await self._workers.run(make_vad, self._vad, sample_rate=16000, shared=self._shared)
+
+    async def open(self, options: RecognitionOptions) -> RecognitionStream:
+        def build() -> RecognitionCore:
+            vad = make_vad(self._vad, sample_rate=16000, shared=self._shared)
+            return RecognitionCore(
+                Segmenter(vad, self._segmenter),
+                SphinxDecoder(self.pool),
+                interim=options.interim_results,
+                sample_rate=16000,
+            )
+
+        return LocalRecognitionStream(self._workers, await self._workers.run(build))

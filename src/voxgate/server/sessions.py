@@ -1,0 +1,57 @@
+"""What every WebSocket endpoint does around a session: connection slots and its record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from voxgate.core.relay import RelaySession
+from voxgate.errors import LimitExceeded
+from voxgate.server.app import Services
+from voxgate.settings import GatewaySettings, Limits, TokenSettings
+
+log = logging.getLogger("voxgate.server")
+
+
+async def acquire_slots(
+    s: Services, gw: GatewaySettings, token: TokenSettings | None, limits: Limits, holder: str
+) -> list[str]:
+    """Take the gateway's connection slot and, for a token with its own limits, the
+    token's. Raises :class:`LimitExceeded` (HTTP 429) when either is full."""
+    wanted = [(f"conn:{gw.account}/{gw.name}", gw.limits.max_connections)]
+    if token is not None and token.limits is not None:
+        wanted.append((f"conn:{gw.account}/{gw.name}/token:{token.name}", limits.max_connections))
+    taken: list[str] = []
+    for key, limit in wanted:
+        if not await s.state.acquire_slot(key, holder, limit):
+            for k in taken:
+                await s.state.release_slot(k, holder)
+            s.metrics.limit_rejections["max_connections"] += 1
+            s.metrics.handshake_rejections[(429, "max_connections")] += 1
+            raise LimitExceeded(f"too many connections (limit {limit})", limit="max_connections")
+        taken.append(key)
+    return taken
+
+
+async def save_record(
+    s: Services,
+    session: RelaySession,
+    client_code: int | None,
+    upstream_code: int | None,
+    error: str | None,
+) -> None:
+    """Write the usage record; shielded so a cancelled handler still leaves its record."""
+    record = session.record(
+        now=asyncio.get_running_loop().time(),
+        wall=s.clock.wall(),
+        client_close_code=client_code,
+        upstream_close_code=upstream_code,
+        error=error,
+    )
+    task = asyncio.create_task(s.store.add(record, session.capture()))
+    s.pending_writes.add(task)
+    task.add_done_callback(s.pending_writes.discard)
+    try:
+        await asyncio.shield(task)
+    except Exception:
+        log.exception("usage record for %s not saved", record.session_id)
