@@ -10,14 +10,17 @@ BIN    := $(VENV)/bin
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
+# silero-vad's wheel declares torch; voxgate runs its ONNX file with onnxruntime alone.
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[speech,piper]'
+	$(BIN)/python -m pip install -q --no-deps 'silero-vad>=5'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,speech,piper]'
+	$(BIN)/python -m pip install -q --no-deps 'silero-vad>=5'
 	touch $@
 
 run: $(VENV)/.installed-run
@@ -43,6 +46,7 @@ test: system-deps lint
 
 bench: $(VENV)/.installed-test
 	$(BIN)/voxgate bench relay
+	$(BIN)/voxgate bench speech
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -11,7 +11,8 @@ from aiohttp import web
 
 from voxgate.config import load_settings
 from voxgate.server.app import SERVICES, Services, create_app
-from voxgate.settings import Settings
+from voxgate.engines.registry import EngineRegistry
+from voxgate.settings import Settings, SpeechSettings
 from voxgate.testing import RecordingUpstream
 
 
@@ -44,13 +45,21 @@ def make_settings(toml: str, tmp_path: Path, env: Mapping[str, str] | None = Non
     return load_settings(cfg, dict(env or {}))
 
 
+@pytest.fixture(scope="session")
+def speech_engines() -> EngineRegistry:
+    """One engine registry for the whole run: models load once, as in a server process."""
+    return EngineRegistry(SpeechSettings(cache_dir=str(Path.home() / ".cache" / "voxgate")))
+
+
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+async def gateway(tmp_path: Path, speech_engines: EngineRegistry) -> AsyncIterator[GatewayFactory]:
     started: list[Gateway] = []
 
-    async def start(toml: str = "", env: Mapping[str, str] | None = None) -> Gateway:
+    async def start(
+        toml: str = "", env: Mapping[str, str] | None = None, *, own_engines: bool = False
+    ) -> Gateway:
         settings = make_settings(toml, tmp_path, env)
-        app = create_app(settings)
+        app = create_app(settings, engines=None if own_engines else speech_engines)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -92,7 +101,11 @@ async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
 async def settled(gw: Gateway) -> None:
     """Wait until every session has ended and its usage record is written."""
     await asyncio.sleep(0)
-    await wait_for(lambda: not gw.services.live and not gw.services.pending_writes)
+    await wait_for(
+        lambda: (
+            not gw.services.live and not gw.services.live_speech and not gw.services.pending_writes
+        )
+    )
     # a handler between its close and its record write is in neither set for one turn
     await asyncio.sleep(0.05)
-    await wait_for(lambda: not gw.services.live and not gw.services.pending_writes)
+    await wait_for(lambda: not gw.services.pending_writes)

@@ -327,6 +327,12 @@ class STTSession:
             await self._audio(event.data)
         elif isinstance(event, Finalize):
             assert self._stream is not None
+            assert self._resampler is not None
+            # push out what the resampler's filter still holds, then start it afresh
+            tail = self._resampler.flush()
+            self._resampler = StreamResampler(self._rate, self._stream.sample_rate)
+            if tail:
+                await self._stream.send(tail)
             await self._stream.finalize()
 
     async def _audio(self, data: bytes) -> None:
@@ -356,9 +362,9 @@ class STTSession:
                     )
                 )
             elif isinstance(ev, Finalized):
-                await self._send(
-                    p.final_transcript(ev.text, ev.audio_duration_seconds, ev.timestamp)
-                )
+                # the duration the client sent, exact whatever the engine's rate
+                seconds = round(self._counters.audio_seconds, 3)
+                await self._send(p.final_transcript(ev.text, seconds, ev.timestamp))
             elif isinstance(ev, RecognitionFailed):
                 self._fail(engine_error_frame(p.error, ev.error))
                 return

@@ -133,7 +133,7 @@ class EngineRegistry:
                 cache_dir=Path(self.settings.cache_dir).expanduser(),
                 model=opts.get("model"),
                 compute_type=opts.get("compute_type", "int8"),
-                beam_size=opts.get("beam_size", 1),
+                beam_size=opts.get("beam_size", 5),
                 vad=opts.get("vad", "silero"),
                 partials=opts.get("partials", "pocketsphinx"),
                 segmenter=_segmenter(opts),

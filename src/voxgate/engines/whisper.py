@@ -142,7 +142,7 @@ class WhisperSTT(SpeechToText):
         cache_dir: Path,
         model: str | None = None,
         compute_type: str = "int8",
-        beam_size: int = 1,
+        beam_size: int = 5,
         vad: str = "silero",
         partials: str = "pocketsphinx",
         segmenter: SegmenterSettings | None = None,

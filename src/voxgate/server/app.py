@@ -39,6 +39,8 @@ class Services:
     clock: Clock
     ids: IdFactory
     engines: EngineRegistry
+    #: False when the caller passed the registry in and will close it itself.
+    owns_engines: bool = True
     metrics: Metrics = field(default_factory=Metrics)
     live: set[RelayConnection] = field(default_factory=set)
     live_speech: set[SpeechConnection] = field(default_factory=set)
@@ -126,6 +128,7 @@ def create_app(
         clock=clock or SystemClock(),
         ids=ids or random_id,
         engines=engines if engines is not None else EngineRegistry(settings.speech),
+        owns_engines=engines is None,
     )
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     app[SERVICES] = services
@@ -168,7 +171,8 @@ async def _shutdown(app: web.Application) -> None:
 async def _cleanup(app: web.Application) -> None:
     s = app[SERVICES]
     await s.connector.close()
-    await s.engines.close()
+    if s.owns_engines:
+        await s.engines.close()
     await s.store.close()
     await s.state.close()
 

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import hdrs, web
 
-from voxgate.core.limits import LIMIT_NAMES
+from voxgate.core.limits import LIMIT_NAMES, CloseCode
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.core.speech import STTSession, TTSSession
 from voxgate.engines.base import SpeechToText, TextToSpeech
@@ -100,6 +100,7 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         conn = SpeechConnection(
             counters, AiohttpChannel(ws), close_timeout=s.settings.server.shutdown_timeout_seconds
         )
+        ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
         s.live_speech.add(conn)
         s.metrics.speech_opened(counters)
         try:

@@ -102,6 +102,10 @@ class SpeechConnection:
     def _server_ending(self, code: int, reason: str) -> SpeechEnding:
         return SpeechEnding(code, "server shutting down", error=None, farewell=self._ended(reason))
 
+    def limit_farewell(self, code: int) -> tuple[str, ...]:
+        """The frames that precede a close for the limit ``code``."""
+        return self._limit(code).farewell
+
     def _limit(self, code: int) -> SpeechEnding:
         reason = CLOSE_REASONS[code]
         farewell: tuple[str, ...] = ()
@@ -160,7 +164,11 @@ class SpeechConnection:
                 data = await self.client.receive()
                 if isinstance(data, Closed):
                     if data.code == CloseCode.MESSAGE_TOO_LARGE and not data.clean:
-                        self.stop(self._limit(CloseCode.MESSAGE_TOO_LARGE))
+                        # the WebSocket already sent the farewell and closed
+                        ending = self._limit(CloseCode.MESSAGE_TOO_LARGE)
+                        self.stop(
+                            SpeechEnding(ending.code, ending.reason, ending.error, ending.limit)
+                        )
                     else:
                         err = None if data.clean else "client_disconnected"
                         self.stop(SpeechEnding(data.code, data.reason, error=err))

@@ -7,6 +7,8 @@ end of the connection as one :class:`Closed`. After ``Closed`` the caller must n
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,11 +52,20 @@ class GatewayWebSocketResponse(web.WebSocketResponse):
     aiohttp upgrade changes this path.
     """
 
+    #: Frames to send before closing for an oversize message (the speech protocol's
+    #: ``error`` and ``session_ended``); set by endpoints whose protocol has them.
+    too_large_farewell: Callable[[], Sequence[str]] | None = None
+
     async def close(
         self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
     ) -> bool:
         if gateway_close_code(code) != code:
             code, message = gateway_close_code(code), b"message too large"
+            if self.too_large_farewell is not None and not self.closed:
+                farewell, self.too_large_farewell = self.too_large_farewell(), None
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    for frame in farewell:
+                        await self.send_str(frame)
         return await super().close(code=code, message=message, drain=drain)
 
 
