@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from voxgate.config import load_settings
-from voxgate.server.app import SERVICES, Services, create_app
 from voxgate.engines.registry import EngineRegistry
+from voxgate.server.app import SERVICES, Services, create_app
 from voxgate.settings import Settings, SpeechSettings
 from voxgate.testing import RecordingUpstream
 

@@ -11,8 +11,8 @@ import aiohttp
 import orjson
 import pybase64
 import pytest
-
 from tests.conftest import GatewayFactory, settled
+
 from voxgate.audio import AudioFormat, Encoding, chunks, from_pcm16, resample, to_pcm16
 
 pytestmark = pytest.mark.timeout(180)
