@@ -110,9 +110,11 @@ class TTSSession:
         send: Send,
         workers: EngineWorkers,
         ids: IdFactory,
+        api_key: str | None = None,
     ) -> None:
         self.protocol = protocol
         self.engine_name = engine_name
+        self._api_key = api_key
         self._get_engine = get_engine
         self._counters = counters
         self._send = send
@@ -175,6 +177,7 @@ class TTSSession:
                 speed=config.speed,
                 sample_rate=config.sample_rate,
                 extra=config.extra,
+                api_key=self._api_key,
             )
         )
         return stream, OutputConverter(stream.sample_rate, config)
@@ -291,7 +294,9 @@ class STTSession:
         workers: EngineWorkers,
         ids: IdFactory,
         fail: Callable[[str], None],
+        api_key: str | None = None,
     ) -> None:
+        self._api_key = api_key
         self.protocol = protocol
         self._get_engine = get_engine
         self._counters = counters
@@ -315,7 +320,10 @@ class STTSession:
             c = event.config
             self._stream = await engine.open(
                 RecognitionOptions(
-                    language=c.language, interim_results=c.interim_results, extra=c.extra
+                    language=c.language,
+                    interim_results=c.interim_results,
+                    extra=c.extra,
+                    api_key=self._api_key,
                 )
             )
             self._encoding, self._rate = c.encoding, c.sample_rate

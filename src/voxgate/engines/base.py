@@ -75,6 +75,8 @@ class SynthesisOptions:
     sample_rate: int = 24000
     #: Engine-specific fields from the client, passed through (``voice_settings`` …).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The provider key a cloud engine uses (the gateway's stored key).
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class RecognitionOptions:
     language: str | None = None
     interim_results: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ request tries again, so installing the extra fixes a running server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,6 @@ from voxgate.engines.vad import SegmenterSettings
 from voxgate.engines.workers import EngineWorkers
 from voxgate.settings import SpeechSettings
 
-#: Builds a cloud engine: (engine name, type, kind "tts"/"stt", options) → engine.
-CloudFactory = Callable[[str, str, str, Mapping[str, Any]], TextToSpeech | SpeechToText]
-
 
 class EngineRegistry:
     def __init__(
@@ -29,11 +26,9 @@ class EngineRegistry:
         settings: SpeechSettings,
         *,
         workers: EngineWorkers | None = None,
-        cloud: CloudFactory | None = None,
     ) -> None:
         self.settings = settings
         self.workers = workers or EngineWorkers(threads=settings.workers)
-        self._cloud = cloud
         self._types = engine_types(settings)
         self._options: dict[str, Mapping[str, Any]] = {
             e.name: e.options for e in settings.engines.values()
@@ -56,6 +51,9 @@ class EngineRegistry:
         if engine_type not in ("elevenlabs", "cartesia", "deepgram"):
             return ""
         return str(self._options.get(name, {}).get("provider", engine_type))
+
+    def type_of(self, name: str) -> str:
+        return self._types.get(name, "")
 
     def loaded(self) -> dict[str, list[str]]:
         return {"tts": sorted(self._tts), "stt": sorted(self._stt)}
@@ -140,9 +138,7 @@ class EngineRegistry:
                 shared=self._shared,
                 sphinx_pool=pool,
             )
-        if self._cloud is None or engine_type is None:
-            raise EngineUnavailable(f"engine {name!r} ({engine_type}) is not available here")
-        return self._cloud(name, engine_type, kind, opts)
+        raise EngineUnavailable(f"engine {name!r} ({engine_type}) is a cloud engine")
 
 
 def _segmenter(opts: Mapping[str, Any]) -> SegmenterSettings:

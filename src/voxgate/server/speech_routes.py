@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
@@ -23,9 +23,15 @@ from voxgate.core.limits import LIMIT_NAMES, CloseCode
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.core.speech import STTSession, TTSSession
 from voxgate.engines.base import SpeechToText, TextToSpeech
-from voxgate.errors import NotFound
-from voxgate.protocols.relay.auth import bearer, parse_subprotocols, read_credentials
-from voxgate.protocols.relay.providers import Provider
+from voxgate.engines.cloud import DEFAULTS, CloudSTT, CloudTTS
+from voxgate.errors import NotFound, UpstreamError
+from voxgate.protocols.relay.auth import (
+    Credentials,
+    bearer,
+    parse_subprotocols,
+    read_credentials,
+)
+from voxgate.protocols.relay.providers import Provider, build_upstream_request
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.protocols.speech.unified import STTProtocol, TTSProtocol
 from voxgate.server.app import SERVICES, Services
@@ -33,8 +39,9 @@ from voxgate.server.auth import authenticate
 from voxgate.server.relay_routes import UpgradeRequired, accept_client
 from voxgate.server.sessions import acquire_slots, save_record
 from voxgate.settings import Limits, ProviderAuth
+from voxgate.transports.relay import Ending, RelayConnection
 from voxgate.transports.speech import SpeechConnection, SpeechEnding
-from voxgate.transports.ws import AiohttpChannel
+from voxgate.transports.ws import AiohttpChannel, Closed
 
 log = logging.getLogger("voxgate.speech")
 
@@ -92,19 +99,33 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
     counters = RelaySession(
         info, limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
     )
+    key = creds.client_key
+    if key is None and provider.name in gw.keys:
+        key = gw.keys[provider.name].value
     slots = await acquire_slots(s, gw, token, limits, info.session_id)
     ending = SpeechEnding(1011, "", error="internal_error")
+    upstream_code: int | None = None
     try:
         subprotocol = creds.gateway_entry or (offered[0] if offered else None)
         ws = await accept_client(request, s, limits, subprotocol)
+        client = AiohttpChannel(ws)
+        first: str | bytes | None = None
+        if provider is not _LOCAL:
+            first = await _first_message(client, limits)
+            if first is not None and not is_unified_first_message(first, kind):
+                relayed = await _relay_native(request, s, counters, client, provider, creds, first)
+                ending = SpeechEnding(relayed.client_code, "", relayed.error, relayed.limit)
+                upstream_code = relayed.upstream_code
+                return ws
         conn = SpeechConnection(
-            counters, AiohttpChannel(ws), close_timeout=s.settings.server.shutdown_timeout_seconds
+            counters, client, close_timeout=s.settings.server.shutdown_timeout_seconds
         )
         ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
         s.live_speech.add(conn)
         s.metrics.speech_opened(counters)
         try:
-            ending = await conn.run(_make_session(s, kind, name, counters, conn, limits))
+            session = _make_session(s, kind, name, counters, conn, limits, provider, key)
+            ending = await conn.run(session, first=first)
         finally:
             s.live_speech.discard(conn)
             if ending.limit is not None:
@@ -114,7 +135,77 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
     finally:
         for key in slots:
             await s.state.release_slot(key, info.session_id)
-        await save_record(s, counters, ending.code, None, ending.error)
+        await save_record(s, counters, ending.code, upstream_code, ending.error)
+
+
+async def _first_message(client: AiohttpChannel, limits: Limits) -> str | bytes | None:
+    """The client's first frame (``None`` if it closed or stayed silent past the idle limit)."""
+    try:
+        async with asyncio.timeout(limits.idle_seconds):
+            data = await client.receive()
+    except TimeoutError:
+        return None
+    return None if isinstance(data, Closed) else data
+
+
+async def _relay_native(
+    request: web.Request,
+    s: Services,
+    counters: RelaySession,
+    client: AiohttpChannel,
+    provider: Provider,
+    creds: Credentials,
+    first: str | bytes,
+) -> Ending:
+    """Relay a client that speaks the provider's own protocol, ``first`` relayed first."""
+    kind = counters.info.kind
+    path = {"deepgram": "speak" if kind == "tts" else "listen", "cartesia": "tts/websocket"}.get(
+        provider.name, ""
+    )
+    if provider.name == "elevenlabs":
+        voice = request.query.get("voice_id") or _engine_option(s, provider.name, "voice_id")
+        path = f"text-to-speech/{voice}/stream-input"
+    gw = s.settings.speech_gateway()
+    req = build_upstream_request(
+        provider,
+        path=path,
+        query_string=request.raw_path.partition("?")[2],
+        client_headers=request.headers.items(),
+        upstream_subprotocols=creds.upstream_subprotocols,
+        client_key=creds.client_key,
+        client_key_in_query=creds.client_key_in_query,
+        stored_key=gw.keys[provider.name].value if provider.name in gw.keys else None,
+    )
+    try:
+        upstream = await s.connector.connect(req, heartbeat=counters.limits.heartbeat_seconds)
+    except UpstreamError as exc:
+        s.metrics.upstream_failures[(provider.name, exc.reason)] += 1
+        await client.close(CloseCode.INTERNAL_ERROR, exc.public_message)
+        return Ending(1011, exc.public_message, 1006, "", error=f"upstream_{exc.reason}")
+    counters.client_frame(asyncio.get_running_loop().time(), first)
+    up = AiohttpChannel(upstream)
+    if isinstance(first, str):
+        await up.send_text(first)
+    else:
+        await up.send_bytes(first)
+    conn = RelayConnection(
+        counters, client, up, close_timeout=s.settings.server.shutdown_timeout_seconds
+    )
+    s.live.add(conn)
+    s.metrics.speech_opened(counters)
+    try:
+        ending = await conn.run()
+    finally:
+        s.live.discard(conn)
+        s.metrics.speech_closed(counters, 0)
+    return ending
+
+
+def _engine_option(s: Services, provider: str, option: str) -> str:
+    for engine in s.settings.speech.engines.values():
+        if engine.type == provider and option in engine.options:
+            return str(engine.options[option])
+    return DEFAULTS[provider][option]
 
 
 def _make_session(
@@ -124,9 +215,21 @@ def _make_session(
     counters: RelaySession,
     conn: SpeechConnection,
     limits: Limits,
+    provider: Provider,
+    key: str | None,
 ) -> TTSSession | STTSession:
+    local = provider is _LOCAL
+    options = {} if local else _options(s, name)
     if kind == "tts":
-        get_tts: Callable[[], Awaitable[TextToSpeech]] = lambda: s.engines.tts(name)  # noqa: E731
+
+        async def get_tts() -> TextToSpeech:
+            if local:
+                return await s.engines.tts(name)
+            engine_type = s.engines.type_of(name)
+            return CloudTTS(
+                name, engine_type, connector=s.connector, provider=provider, options=options
+            )
+
         return TTSSession(
             protocol=TTSProtocol(max_text_chars=limits.max_text_chars),
             engine_name=name,
@@ -135,8 +238,14 @@ def _make_session(
             send=conn.send,
             workers=s.engines.workers,
             ids=s.ids,
+            api_key=key,
         )
-    get_stt: Callable[[], Awaitable[SpeechToText]] = lambda: s.engines.stt(name)  # noqa: E731
+
+    async def get_stt() -> SpeechToText:
+        if local:
+            return await s.engines.stt(name)
+        return CloudSTT(name, connector=s.connector, provider=provider, options=options)
+
     return STTSession(
         protocol=STTProtocol(max_audio_bytes=limits.max_audio_chunk_bytes),
         get_engine=get_stt,
@@ -145,7 +254,13 @@ def _make_session(
         workers=s.engines.workers,
         ids=s.ids,
         fail=conn.fail,
+        api_key=key,
     )
+
+
+def _options(s: Services, name: str) -> dict[str, Any]:
+    engine = s.settings.speech.engines.get(name)
+    return dict(engine.options) if engine is not None else {}
 
 
 def is_unified_first_message(data: str | bytes, kind: str) -> bool:

@@ -126,10 +126,13 @@ class SpeechConnection:
         }
         return values[code]
 
-    async def run(self, session: SpeechSessionLike) -> SpeechEnding:
+    async def run(
+        self, session: SpeechSessionLike, *, first: str | bytes | None = None
+    ) -> SpeechEnding:
+        """Run ``session``; ``first`` is a client frame already read (and not yet counted)."""
         self.session = session
         loop = self._loop
-        reader = asyncio.create_task(self._read(session), name="speech-read")
+        reader = asyncio.create_task(self._read(session, first), name="speech-read")
         deadline = loop.call_at(
             self.counters.session_deadline(), lambda: self.stop(self._limit(4003))
         )
@@ -157,11 +160,12 @@ class SpeechConnection:
         else:
             self._idle[0] = self._loop.call_at(deadline, self._check_idle)
 
-    async def _read(self, session: SpeechSessionLike) -> None:
+    async def _read(self, session: SpeechSessionLike, first: str | bytes | None) -> None:
         time = self._loop.time
         try:
             while True:
-                data = await self.client.receive()
+                data = first if first is not None else await self.client.receive()
+                first = None
                 if isinstance(data, Closed):
                     if data.code == CloseCode.MESSAGE_TOO_LARGE and not data.clean:
                         # the WebSocket already sent the farewell and closed
