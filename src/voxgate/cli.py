@@ -148,7 +148,7 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
-def _run(coro: Any) -> None:
+def _run(coro: Any) -> Any:
     try:
         import uvloop
 
@@ -156,7 +156,7 @@ def _run(coro: Any) -> None:
     except ImportError:  # uvloop does not exist on Windows
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(coro)
+        return runner.run(coro)
 
 
 def _cmd_check_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -174,9 +174,85 @@ def _cmd_check_config(args: argparse.Namespace, environ: Mapping[str, str]) -> i
 
 
 def _cmd_bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    if args.which == "speech":
+        from voxgate.bench.speech import main as bench_speech
+
+        return bench_speech(args.bench_args)
     from voxgate.bench.relay import main as bench_relay
 
     return bench_relay(args.bench_args)
+
+
+async def _with_server(args: argparse.Namespace, environ: Mapping[str, str], work: Any) -> Any:
+    """Run ``work(http, base)`` against ``--url`` or an in-process server."""
+    import aiohttp
+
+    from voxgate.speech_client import local_server
+
+    async with aiohttp.ClientSession() as http:
+        if args.url:
+            return await work(http, args.url.rstrip("/"))
+        async with local_server(load(args, environ)) as base:
+            return await work(http, base)
+
+
+def _cmd_say(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from voxgate.audio import write_wav
+    from voxgate.speech_client import SpeechClientError, speak
+
+    async def work(http: Any, base: str) -> Any:
+        return await speak(
+            http,
+            base,
+            args.text,
+            engine=args.engine,
+            voice=args.voice,
+            sample_rate=args.sample_rate,
+            token=args.token or environ.get("VOXGATE_TOKEN"),
+        )
+
+    try:
+        spoken = _run(_with_server(args, environ, work))
+    except (SpeechClientError, OSError) as exc:
+        print(f"voxgate say: {exc}", file=sys.stderr)
+        return 1
+    write_wav(args.output, spoken.pcm, spoken.sample_rate)
+    seconds = len(spoken.pcm) / (2 * spoken.sample_rate)
+    print(
+        f"{args.output}: {seconds:.2f} s of audio at {spoken.sample_rate} Hz "
+        f"(first audio after {spoken.first_audio_seconds * 1000:.0f} ms)"
+    )
+    return 0
+
+
+def _cmd_transcribe(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from voxgate.audio import AudioFormatError, read_wav
+    from voxgate.speech_client import SpeechClientError, progress_bar, transcribe
+
+    try:
+        wav = read_wav(args.input)
+    except (AudioFormatError, OSError) as exc:
+        print(f"voxgate transcribe: {args.input}: {exc}", file=sys.stderr)
+        return 1
+
+    async def work(http: Any, base: str) -> Any:
+        return await transcribe(
+            http,
+            base,
+            wav.mono(),
+            wav.sample_rate,
+            engine=args.engine,
+            token=args.token or environ.get("VOXGATE_TOKEN"),
+            progress=progress_bar("transcribing"),
+        )
+
+    try:
+        heard = _run(_with_server(args, environ, work))
+    except (SpeechClientError, OSError) as exc:
+        print(f"voxgate transcribe: {exc}", file=sys.stderr)
+        return 1
+    print(heard.text)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,15 +277,34 @@ def build_parser() -> argparse.ArgumentParser:
     common(sub.add_parser("serve", help="run the server"))
     common(sub.add_parser("check-config", help="validate the configuration and print it"))
     b = sub.add_parser("bench", help="benchmarks (voxgate bench relay --help)")
-    b.add_argument("which", choices=("relay",))
+    b.add_argument("which", choices=("relay", "speech"))
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    say = sub.add_parser("say", help="synthesize text to a WAV file")
+    say.add_argument("text")
+    say.add_argument("-o", "--output", default="say.wav", help="WAV file to write")
+    say.add_argument("--engine", default="piper")
+    say.add_argument("--voice")
+    say.add_argument("--sample-rate", type=int, default=24000)
+    tr = sub.add_parser("transcribe", help="transcribe a PCM16 WAV file")
+    tr.add_argument("input", help="WAV file (16-bit PCM, any rate, mono or stereo)")
+    tr.add_argument("--engine", default="pocketsphinx")
+    for sp in (say, tr):
+        sp.add_argument("--url", help="a running server (ws://host:port); default: in-process")
+        sp.add_argument("--token", help="gateway token (default $VOXGATE_TOKEN)")
+        sp.add_argument("--config", help="TOML file for the in-process server")
     return p
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env = os.environ if environ is None else environ
-    commands = {"serve": _cmd_serve, "check-config": _cmd_check_config, "bench": _cmd_bench}
+    commands = {
+        "serve": _cmd_serve,
+        "check-config": _cmd_check_config,
+        "bench": _cmd_bench,
+        "say": _cmd_say,
+        "transcribe": _cmd_transcribe,
+    }
     try:
         return commands[args.command](args, env)
     except ConfigError as exc:
