@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aiohttp import ClientError
+
 from voxgate import __version__
 from voxgate.config import load_settings
 from voxgate.errors import ConfigError
@@ -196,6 +198,15 @@ async def _with_server(args: argparse.Namespace, environ: Mapping[str, str], wor
             return await work(http, base)
 
 
+def _client_error(exc: Exception) -> str:
+    from aiohttp import WSServerHandshakeError
+
+    if isinstance(exc, WSServerHandshakeError):
+        hint = " (check --token)" if exc.status == 401 else ""
+        return f"the server refused the session: HTTP {exc.status}{hint}"
+    return str(exc) or type(exc).__name__
+
+
 def _cmd_say(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from voxgate.audio import write_wav
     from voxgate.speech_client import SpeechClientError, speak
@@ -213,8 +224,8 @@ def _cmd_say(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
     try:
         spoken = _run(_with_server(args, environ, work))
-    except (SpeechClientError, OSError) as exc:
-        print(f"voxgate say: {exc}", file=sys.stderr)
+    except (SpeechClientError, OSError, ClientError) as exc:
+        print(f"voxgate say: {_client_error(exc)}", file=sys.stderr)
         return 1
     write_wav(args.output, spoken.pcm, spoken.sample_rate)
     seconds = len(spoken.pcm) / (2 * spoken.sample_rate)
@@ -248,8 +259,8 @@ def _cmd_transcribe(args: argparse.Namespace, environ: Mapping[str, str]) -> int
 
     try:
         heard = _run(_with_server(args, environ, work))
-    except (SpeechClientError, OSError) as exc:
-        print(f"voxgate transcribe: {exc}", file=sys.stderr)
+    except (SpeechClientError, OSError, ClientError) as exc:
+        print(f"voxgate transcribe: {_client_error(exc)}", file=sys.stderr)
         return 1
     print(heard.text)
     return 0
