@@ -126,6 +126,12 @@ class Proc:
             self.p.kill()
 
 
+def voxgate_proc(cfg: Path) -> Proc:
+    """``voxgate serve`` with ``cfg`` on a free port, as its own process."""
+    argv = [sys.executable, "-m", "voxgate", "serve", "--config", str(cfg), "--port", "0"]
+    return Proc("voxgate", [*argv, "--log-level", "warning"])
+
+
 def _mode_argv(*mode: str) -> list[str]:
     return [sys.executable, "-m", "voxgate.bench.relay", *mode]
 
@@ -252,21 +258,7 @@ async def run(args: argparse.Namespace) -> None:
     cfg.write_text(_config(echo.port, tmp / "usage.db"))
     upstream_url = f"ws://127.0.0.1:{echo.port}/echo"
     bare = Proc("bare relay", _mode_argv("--bare-relay", upstream_url))
-    gateway = Proc(
-        "voxgate",
-        [
-            sys.executable,
-            "-m",
-            "voxgate",
-            "serve",
-            "--config",
-            str(cfg),
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-    )
+    gateway = voxgate_proc(cfg)
     urls = {
         "direct": upstream_url,
         "bare relay": f"ws://127.0.0.1:{bare.port}/",

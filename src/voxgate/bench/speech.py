@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
-from voxgate.bench.relay import Proc, _config, _mode_argv, latency, pct
+from voxgate.bench.relay import Proc, _config, _mode_argv, latency, pct, voxgate_proc
 from voxgate.bench.sentences import HARVARD, TWELVE_WORDS
 from voxgate.speech_client import speak, transcribe
 
@@ -85,21 +85,7 @@ async def run(args: argparse.Namespace) -> None:
         _config(echo.port, tmp / "usage.db")
         + '\n[speech]\npreload = ["piper", "pocketsphinx", "whisper"]\n'
     )
-    gateway = Proc(
-        "voxgate",
-        [
-            sys.executable,
-            "-m",
-            "voxgate",
-            "serve",
-            "--config",
-            str(cfg),
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-        ],
-    )
+    gateway = voxgate_proc(cfg)
     base = f"ws://127.0.0.1:{gateway.port}"
     relay_url = {"voxgate": f"{base}/v1/local/default/echo"}
     try:
