@@ -126,6 +126,9 @@ async def _serve(settings: Settings) -> None:
     shown = f"[{host}]" if ":" in host else host
     print(f"voxgate {__version__} listening on {scheme}://{shown}:{port}", flush=True)
     print(f"  relay: {ws_scheme}://{shown}:{port}/v1/{{account}}/{{gateway}}/{{provider}}")
+    engines = app[SERVICES].engines
+    print(f"  speech: {ws_scheme}://{shown}:{port}/v1/tts/{{{','.join(engines.tts_names())}}}")
+    print(f"          {ws_scheme}://{shown}:{port}/v1/stt/{{{','.join(engines.stt_names())}}}")
     for line in describe(settings, sorted(app[SERVICES].providers)):
         print(f"  {line}")
     for warning in settings.warnings():
