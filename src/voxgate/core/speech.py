@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from voxgate.audio import AudioFormat, Encoding, StreamResampler, from_pcm16, to_pcm16
 from voxgate.clock import IdFactory
@@ -167,7 +167,8 @@ class TTSSession:
         elif isinstance(event, Configure):
             await self._configure(event)
 
-    async def _open(self, config: TTSConfig) -> tuple[SynthesisStream, OutputConverter]:
+    async def _open(self, config: TTSConfig) -> tuple[SynthesisStream, OutputConverter, TTSConfig]:
+        """A stream for ``config``, and ``config`` with the voice the engine chose."""
         if self._engine is None:
             self._engine = await self._get_engine()
         stream = await self._engine.open(
@@ -180,13 +181,12 @@ class TTSSession:
                 api_key=self._api_key,
             )
         )
-        return stream, OutputConverter(stream.sample_rate, config)
+        if config.voice_id is None:
+            config = replace(config, voice_id=stream.voice)
+        return stream, OutputConverter(stream.sample_rate, config), config
 
     async def _init(self, event: Init) -> None:
-        stream, converter = await self._open(event.config)
-        config = event.config
-        if config.voice_id is None:
-            config = TTSConfig(**{**config.__dict__, "voice_id": stream.voice})
+        stream, converter, config = await self._open(event.config)
         self.protocol.start(event.context_id or self._ids("ctx"), config)
         self._stream, self._converter = stream, converter
         assert self._engine is not None
@@ -211,10 +211,7 @@ class TTSSession:
 
     async def _configure(self, event: Configure) -> None:
         old = self._stream
-        stream, converter = await self._open(event.config)
-        config = event.config
-        if config.voice_id is None:
-            config = TTSConfig(**{**config.__dict__, "voice_id": stream.voice})
+        stream, converter, config = await self._open(event.config)
         self._stream, self._converter = stream, converter
         self.protocol.reconfigure(config)
         if old is not None and old is not stream:

@@ -99,9 +99,8 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
     counters = RelaySession(
         info, limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
     )
-    key = creds.client_key
-    if key is None and provider.name in gw.keys:
-        key = gw.keys[provider.name].value
+    stored_key = gw.keys[provider.name].value if provider.name in gw.keys else None
+    key = creds.client_key if creds.client_key is not None else stored_key
     slots = await acquire_slots(s, gw, token, limits, info.session_id)
     ending = SpeechEnding(1011, "", error="internal_error")
     upstream_code: int | None = None
@@ -113,7 +112,9 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         if provider is not _LOCAL:
             first = await _first_message(client, limits)
             if first is not None and not is_unified_first_message(first, kind):
-                relayed = await _relay_native(request, s, counters, client, provider, creds, first)
+                relayed = await _relay_native(
+                    request, s, counters, client, provider, creds, stored_key, first
+                )
                 ending = SpeechEnding(relayed.client_code, "", relayed.error, relayed.limit)
                 upstream_code = relayed.upstream_code
                 return ws
@@ -155,6 +156,7 @@ async def _relay_native(
     client: AiohttpChannel,
     provider: Provider,
     creds: Credentials,
+    stored_key: str | None,
     first: str | bytes,
 ) -> Ending:
     """Relay a client that speaks the provider's own protocol, ``first`` relayed first."""
@@ -165,7 +167,6 @@ async def _relay_native(
     if provider.name == "elevenlabs":
         voice = request.query.get("voice_id") or _engine_option(s, provider.name, "voice_id")
         path = f"text-to-speech/{voice}/stream-input"
-    gw = s.settings.speech_gateway()
     req = build_upstream_request(
         provider,
         path=path,
@@ -174,7 +175,7 @@ async def _relay_native(
         upstream_subprotocols=creds.upstream_subprotocols,
         client_key=creds.client_key,
         client_key_in_query=creds.client_key_in_query,
-        stored_key=gw.keys[provider.name].value if provider.name in gw.keys else None,
+        stored_key=stored_key,
     )
     try:
         upstream = await s.connector.connect(req, heartbeat=counters.limits.heartbeat_seconds)
