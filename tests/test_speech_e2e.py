@@ -349,3 +349,21 @@ async def test_realtime_stream_whisper_final_follows_finalize(
     events = await transcribe(http, gw.ws("/v1/stt/whisper"), b"\0" * 6400 + audio, realtime=True)
     assert "chicken leg" in events[-1]["text"].lower()
     assert resample(b"", 16000, 8000) == b""
+
+
+async def test_session_too_long_and_bad_configure(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await gateway("[accounts.local.gateways.default]\nlimits = { max_session_seconds = 1 }\n")
+    await gw.services.engines.tts("piper")  # loaded before the one-second session starts
+    async with http.ws_connect(gw.ws("/v1/tts/piper")) as ws:
+        await ws.send_json({"type": "configure", "speed": 2})
+        assert (await receive_until(ws, "error"))[-1]["code"] == "not_initialized"
+        await ws.send_json({"type": "init"})
+        await receive_until(ws, "ready")
+        await ws.send_json({"type": "configure", "encoding": "flac"})
+        assert (await receive_until(ws, "error"))[-1]["code"] == "unsupported_encoding"
+        events = await receive_until(ws, "session_ended")
+        assert events[-2]["code"] == "session_too_long"
+        assert (await ws.receive()).type is aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 4003
