@@ -108,6 +108,10 @@ class RelaySession:
         """Monotonic time at which the session is idle unless a frame comes first."""
         return self.last_activity + self.limits.idle_seconds
 
+    def add_tokens(self, input_tokens: int, output_tokens: int) -> None:
+        """Tokens a session's own model used (the voice agent's language model)."""
+        self._meter.add(input_tokens, output_tokens)
+
     def session_deadline(self) -> float:
         return self.started_mono + self.limits.max_session_seconds
 

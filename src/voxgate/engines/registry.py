@@ -39,6 +39,11 @@ class EngineRegistry:
         #: Models several engines share (the silero VAD graph, pocketsphinx decoders).
         self._shared: dict[str, Any] = {}
 
+    @property
+    def shared(self) -> dict[str, Any]:
+        """Models instances share (the silero VAD graph), for VADs made outside engines."""
+        return self._shared
+
     def tts_names(self) -> list[str]:
         return sorted(n for n, t in self._types.items() if t in TTS_TYPES)
 

@@ -13,6 +13,8 @@ from aiohttp import web
 
 from voxgate import __version__
 from voxgate.clock import Clock, IdFactory, SystemClock, random_id
+from voxgate.core.realtime.secrets import ClientSecrets
+from voxgate.engines.llm import LLMRegistry
 from voxgate.engines.registry import EngineRegistry
 from voxgate.errors import GatewayRejection, UpstreamError
 from voxgate.protocols.relay.providers import Provider, build_registry
@@ -39,11 +41,14 @@ class Services:
     clock: Clock
     ids: IdFactory
     engines: EngineRegistry
+    llms: LLMRegistry
     #: False when the caller passed the registry in and will close it itself.
     owns_engines: bool = True
     metrics: Metrics = field(default_factory=Metrics)
     live: set[RelayConnection] = field(default_factory=set)
+    #: Unified-protocol speech sessions and realtime agent sessions.
     live_speech: set[SpeechConnection] = field(default_factory=set)
+    client_secrets: ClientSecrets = field(default_factory=ClientSecrets)
     ready: bool = False
     #: Usage writes still in flight, awaited at shutdown so no record is lost.
     pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
@@ -112,7 +117,7 @@ def create_app(
     engines: EngineRegistry | None = None,
 ) -> web.Application:
     """Build the aiohttp application. Raises ConfigError for unusable settings."""
-    from voxgate.server import logs_api, ops, relay_routes, speech_routes
+    from voxgate.server import logs_api, ops, realtime_routes, relay_routes, speech_routes
 
     services = Services(
         settings=settings,
@@ -129,12 +134,14 @@ def create_app(
         ids=ids or random_id,
         engines=engines if engines is not None else EngineRegistry(settings.speech),
         owns_engines=engines is None,
+        llms=LLMRegistry(settings.llm),
     )
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     app[SERVICES] = services
     ops.add_routes(app)
     logs_api.add_routes(app)
     speech_routes.add_routes(app)
+    realtime_routes.add_routes(app)
     relay_routes.add_routes(app)  # last: its path patterns are the most general
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
@@ -171,6 +178,7 @@ async def _shutdown(app: web.Application) -> None:
 async def _cleanup(app: web.Application) -> None:
     s = app[SERVICES]
     await s.connector.close()
+    await s.llms.close()
     if s.owns_engines:
         await s.engines.close()
     await s.store.close()
@@ -185,6 +193,7 @@ def index(request: web.Request) -> web.Response:
             "relay": "ws /v1/{account}/{gateway}/{provider}[/{path}]",
             "logs": "GET /v1/{account}/{gateway}/logs",
             "speech": ["ws /v1/tts/{engine}", "ws /v1/stt/{engine}"],
+            "realtime": ["ws /v1/realtime?model=…", "POST /v1/realtime/client_secrets"],
             "operations": ["/healthz", "/readyz", "/metrics"],
         }
     )

@@ -68,9 +68,9 @@ async def relay(request: web.Request) -> web.StreamResponse:
     limits = token.limits if token is not None and token.limits is not None else gw.limits
     session = _new_session(request, s, gw, provider, token, limits)
     slots = await acquire_slots(s, gw, token, limits, session.info.session_id)
-    outcome = _Outcome()
+    outcome = Outcome()
     try:
-        return await _run(request, s, session, upstream_req, creds, limits, outcome)
+        return await run_relay(request, s, session, upstream_req, creds, limits, outcome)
     finally:
         # the slot is free as soon as the session is over, before the record is written
         for key in slots:
@@ -110,7 +110,7 @@ def _new_session(
 
 
 @dataclass
-class _Outcome:
+class Outcome:
     """What the usage record says about how the session ended."""
 
     client_code: int | None = None
@@ -118,14 +118,14 @@ class _Outcome:
     error: str | None = "internal_error"
 
 
-async def _run(
+async def run_relay(
     request: web.Request,
     s: Services,
     session: RelaySession,
     upstream_req: UpstreamRequest,
     creds: Credentials,
     limits: Limits,
-    outcome: _Outcome,
+    outcome: Outcome,
 ) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
     provider = session.info.provider

@@ -125,7 +125,7 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         s.live_speech.add(conn)
         s.metrics.speech_opened(counters)
         try:
-            session = _make_session(s, kind, name, counters, conn, limits, provider, key)
+            session = _make_session(s, kind, name, counters, conn, limits, key)
             ending = await conn.run(session, first=first)
         finally:
             s.live_speech.discard(conn)
@@ -209,6 +209,29 @@ def _engine_option(s: Services, provider: str, option: str) -> str:
     return DEFAULTS[provider][option]
 
 
+async def tts_engine(s: Services, name: str) -> TextToSpeech:
+    """The TTS engine ``name``: the shared local engine, or a cloud engine's client."""
+    provider = s.engines.provider_of(name)
+    if not provider:
+        return await s.engines.tts(name)
+    return CloudTTS(
+        name,
+        s.engines.type_of(name),
+        connector=s.connector,
+        provider=s.providers[provider],
+        options=_options(s, name),
+    )
+
+
+async def stt_engine(s: Services, name: str) -> SpeechToText:
+    provider = s.engines.provider_of(name)
+    if not provider:
+        return await s.engines.stt(name)
+    return CloudSTT(
+        name, connector=s.connector, provider=s.providers[provider], options=_options(s, name)
+    )
+
+
 def _make_session(
     s: Services,
     kind: str,
@@ -216,40 +239,22 @@ def _make_session(
     counters: RelaySession,
     conn: SpeechConnection,
     limits: Limits,
-    provider: Provider,
     key: str | None,
 ) -> TTSSession | STTSession:
-    local = provider is _LOCAL
-    options = {} if local else _options(s, name)
     if kind == "tts":
-
-        async def get_tts() -> TextToSpeech:
-            if local:
-                return await s.engines.tts(name)
-            engine_type = s.engines.type_of(name)
-            return CloudTTS(
-                name, engine_type, connector=s.connector, provider=provider, options=options
-            )
-
         return TTSSession(
             protocol=TTSProtocol(max_text_chars=limits.max_text_chars),
             engine_name=name,
-            get_engine=get_tts,
+            get_engine=lambda: tts_engine(s, name),
             counters=counters,
             send=conn.send,
             workers=s.engines.workers,
             ids=s.ids,
             api_key=key,
         )
-
-    async def get_stt() -> SpeechToText:
-        if local:
-            return await s.engines.stt(name)
-        return CloudSTT(name, connector=s.connector, provider=provider, options=options)
-
     return STTSession(
         protocol=STTProtocol(max_audio_bytes=limits.max_audio_chunk_bytes),
-        get_engine=get_stt,
+        get_engine=lambda: stt_engine(s, name),
         counters=counters,
         send=conn.send,
         workers=s.engines.workers,

@@ -37,7 +37,8 @@ class SpeechSessionLike(Protocol):
 
     async def close(self) -> None: ...
 
-    def ended(self, reason: str) -> str: ...
+    def ended(self, reason: str) -> str | None:
+        """The goodbye frame of the protocol (``None`` if it has none)."""
 
     def error(self, code: str, message: str, *, retryable: bool = False) -> str: ...
 
@@ -97,7 +98,8 @@ class SpeechConnection:
         )
 
     def _ended(self, reason: str) -> tuple[str, ...]:
-        return (self.session.ended(reason),) if self.session is not None else ()
+        frame = self.session.ended(reason) if self.session is not None else None
+        return (frame,) if frame is not None else ()
 
     def _server_ending(self, code: int, reason: str) -> SpeechEnding:
         return SpeechEnding(code, "server shutting down", error=None, farewell=self._ended(reason))

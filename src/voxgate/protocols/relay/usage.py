@@ -28,6 +28,9 @@ class UsageMeter:
     def feed_binary(self, data: bytes) -> None:
         """Look at one binary frame from the upstream."""
 
+    def add(self, inp: int, out: int) -> None:
+        self._add(inp, out, inp + out)
+
     def _add(self, inp: Any, out: Any, total: Any) -> None:
         i = inp if isinstance(inp, int) else 0
         o = out if isinstance(out, int) else 0

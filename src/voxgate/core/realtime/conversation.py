@@ -1,0 +1,159 @@
+"""The conversation: ordered items, and what the user heard of each spoken answer.
+
+Every operation that can be refused raises :class:`ClientEventError` before it changes
+anything, so a bad ``conversation.item.*`` event never loses an item.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from voxgate.protocols.chat import ChatMessage, ToolCall
+from voxgate.protocols.realtime.errors import ClientEventError
+from voxgate.protocols.realtime.items import Item
+
+
+def not_found(item_id: str, param: str = "item_id") -> ClientEventError:
+    return ClientEventError(
+        "item_not_found", f"there is no item with id {item_id!r} in the conversation", param=param
+    )
+
+
+@dataclass
+class SpokenText:
+    """Which words of an answer were spoken in which stretch of its audio."""
+
+    #: (text, start_ms, end_ms) of each synthesized piece, in order.
+    pieces: list[tuple[str, float, float]] = field(default_factory=list)
+
+    @property
+    def audio_ms(self) -> float:
+        return self.pieces[-1][2] if self.pieces else 0.0
+
+    def add(self, text: str, duration_ms: float) -> None:
+        start = self.audio_ms
+        self.pieces.append((text, start, start + duration_ms))
+
+    def extend_last(self, duration_ms: float) -> None:
+        text, start, end = self.pieces[-1]
+        self.pieces[-1] = (text, start, end + duration_ms)
+
+    def heard(self, until_ms: float) -> str:
+        """The text of the audio up to ``until_ms``: whole pieces, then the share of the
+        words of the piece that was cut, in proportion to the time heard of it."""
+        out: list[str] = []
+        for text, start, end in self.pieces:
+            if until_ms >= end:
+                out.append(text)
+                continue
+            if until_ms > start:
+                words = text.split()
+                n = int(len(words) * (until_ms - start) / max(end - start, 1e-9))
+                if n:
+                    out.append(" ".join(words[:n]))
+            break
+        return " ".join(out)
+
+    def cut(self, until_ms: float) -> None:
+        kept: list[tuple[str, float, float]] = []
+        for text, start, end in self.pieces:
+            if until_ms >= end:
+                kept.append((text, start, end))
+            elif until_ms > start:
+                kept.append((SpokenText([(text, start, end)]).heard(until_ms), start, until_ms))
+        self.pieces = kept
+
+
+class Conversation:
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        #: What was spoken of each assistant audio item, by item id.
+        self.spoken: dict[str, SpokenText] = {}
+
+    def get(self, item_id: str) -> Item:
+        for item in self.items:
+            if item.id == item_id:
+                return item
+        raise not_found(item_id)
+
+    def __contains__(self, item_id: str) -> bool:
+        return any(i.id == item_id for i in self.items)
+
+    def last_id(self) -> str | None:
+        return self.items[-1].id if self.items else None
+
+    def add(self, item: Item, previous_item_id: str | None = None) -> str | None:
+        """Insert ``item`` after ``previous_item_id`` (``None``: at the end, ``"root"``: first).
+
+        Returns the id of the item it now follows (``None`` if first)."""
+        if item.id in self:
+            raise ClientEventError(
+                "item_id_already_exists",
+                f"an item with id {item.id!r} is already in the conversation",
+                param="item.id",
+            )
+        if previous_item_id is None:
+            prev = self.last_id()
+            self.items.append(item)
+            return prev
+        if previous_item_id == "root":
+            self.items.insert(0, item)
+            return None
+        for i, existing in enumerate(self.items):
+            if existing.id == previous_item_id:
+                self.items.insert(i + 1, item)
+                return previous_item_id
+        raise not_found(previous_item_id, "previous_item_id")
+
+    def delete(self, item_id: str) -> None:
+        item = self.get(item_id)
+        self.items.remove(item)
+        self.spoken.pop(item_id, None)
+
+    def truncate(self, item_id: str, content_index: int, audio_end_ms: int) -> None:
+        """Cut an assistant item's audio at ``audio_end_ms``; its transcript keeps what was heard.
+
+        Raises :class:`ClientEventError` (and changes nothing) for a bad item or position."""
+        item = self.get(item_id)
+        if item.type != "message" or item.role != "assistant":
+            raise ClientEventError(
+                "invalid_value", "only assistant messages can be truncated", param="item_id"
+            )
+        if content_index >= len(item.content) or item.content[content_index].type != "output_audio":
+            raise ClientEventError(
+                "invalid_value",
+                f"content_index {content_index} is not an audio part of item {item_id!r}",
+                param="content_index",
+            )
+        spoken = self.spoken.get(item_id, SpokenText())
+        if audio_end_ms > spoken.audio_ms + 1:
+            raise ClientEventError(
+                "invalid_value",
+                f"audio_end_ms {audio_end_ms} is past the end of the item's audio "
+                f"({spoken.audio_ms:.0f} ms)",
+                param="audio_end_ms",
+            )
+        spoken.cut(audio_end_ms)
+        item.content[content_index].transcript = spoken.heard(audio_end_ms)
+
+
+def chat_messages(instructions: str, items: list[Item]) -> tuple[ChatMessage, ...]:
+    """The items as chat-completions messages, instructions first."""
+    out: list[ChatMessage] = []
+    if instructions:
+        out.append(ChatMessage("system", instructions))
+    for item in items:
+        if item.type == "message":
+            text = item.text()
+            if text or item.role == "user":
+                out.append(ChatMessage(item.role or "user", text))
+        elif item.type == "function_call":
+            call = ToolCall(item.call_id or item.id, item.name or "", item.arguments or "{}")
+            prev = out[-1] if out else None
+            if prev is not None and prev.role == "assistant" and prev.tool_calls:
+                out[-1] = ChatMessage("assistant", prev.content, (*prev.tool_calls, call))
+            else:
+                out.append(ChatMessage("assistant", None, (call,)))
+        elif item.type == "function_call_output":
+            out.append(ChatMessage("tool", item.output, tool_call_id=item.call_id))
+    return tuple(out)

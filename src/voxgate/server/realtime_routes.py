@@ -1,0 +1,360 @@
+"""``ws /v1/realtime?model=…``: the OpenAI Realtime protocol, a voice agent or a relayed model.
+
+Also ``/v1/realtime/client_secrets`` (short-lived browser tokens), the beta
+``/v1/realtime/sessions``, and the Inworld-style address
+``/api/v1/realtime/session?key=<session id>&protocol=realtime``.
+
+Auth: ``Authorization: Bearer <gateway token or ek_ client secret>`` (``Basic`` too, as
+Inworld clients send it), the gateway headers, or — for browsers — a subprotocol entry
+``openai-insecure-api-key.<token>`` or ``voxgate-authorization.<token>``. The server answers
+the ``realtime`` subprotocol when offered. Beta clients (``OpenAI-Beta: realtime=v1`` or
+subprotocol ``openai-beta.realtime-v1``) get beta event names and session fields.
+
+``model`` is ``provider/model``. A realtime model of a relay provider (``openai/gpt-realtime``)
+makes the session a relay through the gateway; anything else runs the voice agent.
+Refusals before the upgrade: 400 unknown model, 401 token, 426 not WebSocket, 429 full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import hdrs, web
+
+from voxgate.core.limits import LIMIT_NAMES, CloseCode
+from voxgate.core.realtime.agent import AgentDeps, RealtimeAgent
+from voxgate.core.realtime.secrets import DEFAULT_TTL, MAX_TTL, MIN_TTL, ClientSecret
+from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.engines.base import EngineError
+from voxgate.engines.llm import LanguageModel
+from voxgate.engines.vad import make_vad
+from voxgate.errors import AuthenticationFailed, BadRequest
+from voxgate.protocols.realtime.errors import ClientEventError
+from voxgate.protocols.realtime.protocol import RealtimeProtocol
+from voxgate.protocols.realtime.session import (
+    DEFAULT_MODEL,
+    SessionConfig,
+    apply_update,
+    render_session,
+)
+from voxgate.protocols.relay.auth import (
+    GATEWAY_SUBPROTOCOL_PREFIXES,
+    Credentials,
+    bearer,
+    parse_subprotocols,
+)
+from voxgate.protocols.relay.providers import build_upstream_request
+from voxgate.protocols.relay.usage import meter_for
+from voxgate.server import relay_routes
+from voxgate.server.app import SERVICES, Services, json_response
+from voxgate.server.auth import authenticate
+from voxgate.server.relay_routes import UpgradeRequired, accept_client
+from voxgate.server.sessions import acquire_slots, save_record
+from voxgate.server.speech_routes import stt_engine, tts_engine
+from voxgate.settings import GatewaySettings, Limits, TokenSettings
+from voxgate.transports.speech import SpeechConnection, SpeechEnding
+from voxgate.transports.ws import AiohttpChannel
+
+log = logging.getLogger("voxgate.realtime")
+
+BROWSER_KEY_PREFIX = "openai-insecure-api-key."
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
+#: Relay providers that speak the Realtime protocol themselves.
+REALTIME_PROVIDERS = frozenset({"openai"})
+
+
+def is_relayed_model(model: str, providers: Mapping[str, object]) -> bool:
+    """``openai/gpt-realtime``, ``openai/gpt-4o-realtime-preview``: an upstream realtime model."""
+    provider, _, name = model.partition("/")
+    return provider in REALTIME_PROVIDERS and provider in providers and "realtime" in name
+
+
+def _credentials(request: web.Request) -> Credentials:
+    """The token (gateway token or ``ek_`` secret) and the subprotocols left for upstream."""
+    offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
+    token: str | None = None
+    for name in ("voxgate-authorization", "cf-aig-authorization"):
+        token = token or bearer(request.headers.get(name))
+    auth = request.headers.get(hdrs.AUTHORIZATION, "")
+    if token is None and auth[:6].lower() == "basic ":
+        token = auth[6:].strip() or None  # Inworld sends its key as Basic
+    token = token or bearer(auth or None)
+    entry, remaining = None, []
+    for item in offered:
+        prefix = next(
+            (p for p in (*GATEWAY_SUBPROTOCOL_PREFIXES, BROWSER_KEY_PREFIX) if item.startswith(p)),
+            None,
+        )
+        if prefix is None:
+            remaining.append(item)
+        elif entry is None:
+            entry, token = item, token or item[len(prefix) :] or None
+    return Credentials(token, entry, None, False, (), offered, tuple(remaining))
+
+
+def _authenticate(
+    s: Services, gw: GatewaySettings, presented: str | None
+) -> tuple[TokenSettings | None, ClientSecret | None]:
+    if presented is not None and presented.startswith("ek_"):
+        secret = s.client_secrets.get(presented, now=s.clock.wall())
+        if secret is None:
+            raise AuthenticationFailed("client secret unknown or expired: mint a new one")
+        token = next((t for t in gw.tokens if t.name == secret.token_name), None)
+        return token, secret
+    try:
+        return authenticate(gw, presented), None
+    except AuthenticationFailed:
+        s.metrics.handshake_rejections[(401, "auth")] += 1
+        raise
+
+
+async def realtime(request: web.Request) -> web.StreamResponse:
+    s = request.app[SERVICES]
+    if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
+        raise UpgradeRequired()
+    gw = s.settings.speech_gateway()
+    creds = _credentials(request)
+    token, secret = _authenticate(s, gw, creds.gateway_token)
+    limits = token.limits if token is not None and token.limits is not None else gw.limits
+    config = secret.config if secret is not None else SessionConfig()
+    model = request.query.get("model") or config.model or DEFAULT_MODEL
+    beta = (
+        "realtime=v1" in request.headers.get("OpenAI-Beta", "") or BETA_SUBPROTOCOL in creds.offered
+    )
+    if is_relayed_model(model, s.providers):
+        return await _relay(request, s, gw, token, limits, creds, model)
+    try:
+        _resolve_model(s, gw, model)
+    except EngineError as exc:
+        raise BadRequest(exc.public_message) from None
+    config = SessionConfig(**{**config.__dict__, "model": model})
+    info = SessionInfo(
+        session_id=s.ids("sess"),
+        account=gw.account,
+        gateway=gw.name,
+        provider=model.partition("/")[0],
+        model=model,
+        token_name=token.name if token is not None else None,
+        client_address=request.remote,
+        kind="realtime",
+    )
+    loop = asyncio.get_running_loop()
+    counters = RelaySession(
+        info, limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
+    )
+    slots = await acquire_slots(s, gw, token, limits, info.session_id)
+    ending = SpeechEnding(1011, "", error="internal_error")
+    try:
+        subprotocol = "realtime" if "realtime" in creds.offered else creds.gateway_entry
+        ws = await accept_client(request, s, limits, subprotocol)
+        conn = SpeechConnection(
+            counters, AiohttpChannel(ws), close_timeout=s.settings.server.shutdown_timeout_seconds
+        )
+        agent = RealtimeAgent(
+            protocol=RealtimeProtocol(
+                ids=s.ids, beta=beta, max_audio_bytes=limits.max_audio_chunk_bytes
+            ),
+            config=config,
+            deps=_deps(s, gw),
+            counters=counters,
+            send=conn.send,
+            ids=s.ids,
+            session_id=info.session_id,
+            expires_at=int(s.clock.wall() + limits.max_session_seconds),
+        )
+        ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
+        s.live_speech.add(conn)
+        s.metrics.speech_opened(counters)
+        try:
+            await agent.start()
+            ending = await conn.run(agent)
+        finally:
+            s.live_speech.discard(conn)
+            if ending.limit is not None:
+                s.metrics.limit_rejections[LIMIT_NAMES[ending.limit]] += 1
+            s.metrics.speech_closed(counters, ending.code)
+        return ws
+    finally:
+        for key in slots:
+            await s.state.release_slot(key, info.session_id)
+        await save_record(s, counters, ending.code, None, ending.error)
+
+
+def _resolve_model(s: Services, gw: GatewaySettings, model: str) -> LanguageModel:
+    if is_relayed_model(model, s.providers):
+        raise EngineError(
+            f"{model!r} is an upstream realtime model: connect with ?model={model} to relay it"
+        )
+    key = gw.keys["openai"].value if "openai" in gw.keys else None
+    return s.llms.resolve(model, openai_key=key)
+
+
+def _deps(s: Services, gw: GatewaySettings) -> AgentDeps:
+    sp = s.settings.speech
+    engines = s.engines
+
+    def engine_key(name: str) -> str | None:
+        provider = engines.provider_of(name)
+        return gw.keys[provider].value if provider and provider in gw.keys else None
+
+    def vad() -> Any:
+        try:
+            return make_vad("silero", sample_rate=16000, shared=engines.shared)
+        except EngineError:
+            return make_vad("webrtc", sample_rate=16000, shared=engines.shared)
+
+    return AgentDeps(
+        workers=engines.workers,
+        get_tts=lambda name: tts_engine(s, name),
+        get_stt=lambda name: stt_engine(s, name),
+        make_vad=vad,
+        resolve_model=lambda model: _resolve_model(s, gw, model),
+        tts_names=tuple(engines.tts_names()),
+        stt_names=tuple(engines.stt_names()),
+        default_tts=sp.default_tts,
+        default_stt=sp.default_stt,
+        engine_key=engine_key,
+    )
+
+
+async def _relay(
+    request: web.Request,
+    s: Services,
+    gw: GatewaySettings,
+    token: TokenSettings | None,
+    limits: Limits,
+    creds: Credentials,
+    model: str,
+) -> web.StreamResponse:
+    """Relay the session to the provider's own realtime model, with the stored key."""
+    provider_name, _, name = model.partition("/")
+    provider = s.providers[provider_name]
+    query = [(k, v) for k, v in request.query.items() if k not in ("model", "key", "protocol")]
+    qs = "&".join(f"{k}={v}" for k, v in [("model", name), *query])
+    upstream_req = build_upstream_request(
+        provider,
+        path="",
+        query_string=qs,
+        client_headers=request.headers.items(),
+        upstream_subprotocols=creds.upstream_subprotocols,
+        client_key=None,
+        client_key_in_query=False,
+        stored_key=gw.keys[provider.name].value if provider.name in gw.keys else None,
+    )
+    info = SessionInfo(
+        session_id=s.ids("sess"),
+        account=gw.account,
+        gateway=gw.name,
+        provider=provider.name,
+        model=name,
+        token_name=token.name if token is not None else None,
+        client_address=request.remote,
+        kind="realtime",
+    )
+    session = RelaySession(
+        info,
+        limits,
+        now=asyncio.get_running_loop().time(),
+        wall=s.clock.wall(),
+        meter=meter_for(provider.usage),
+    )
+    slots = await acquire_slots(s, gw, token, limits, info.session_id)
+    outcome = relay_routes.Outcome()
+    try:
+        return await relay_routes.run_relay(
+            request, s, session, upstream_req, creds, limits, outcome
+        )
+    finally:
+        for key in slots:
+            await s.state.release_slot(key, info.session_id)
+        await save_record(s, session, outcome.client_code, outcome.upstream_code, outcome.error)
+
+
+# --- client secrets ----------------------------------------------------------------------
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    body = await request.read()
+    if not body:
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _http_token(request: web.Request) -> str | None:
+    for name in ("voxgate-authorization", "cf-aig-authorization", hdrs.AUTHORIZATION):
+        token = bearer(request.headers.get(name))
+        if token:
+            return token
+    return None
+
+
+async def _mint(request: web.Request, session: Any, ttl: Any) -> tuple[ClientSecret, str]:
+    s = request.app[SERVICES]
+    gw = s.settings.speech_gateway()
+    presented = _http_token(request)
+    if presented is not None and presented.startswith("ek_"):
+        raise AuthenticationFailed("a client secret cannot mint another: use a gateway token")
+    token = authenticate(gw, presented)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not MIN_TTL <= ttl <= MAX_TTL:
+        raise BadRequest(f"expires_after.seconds must be an integer from {MIN_TTL} to {MAX_TTL}")
+    try:
+        config = apply_update(SessionConfig(), session if session is not None else {})
+        _resolve_model(s, gw, config.model)
+    except ClientEventError as exc:
+        raise BadRequest(
+            f"{exc.param}: {exc.public_message}" if exc.param else exc.public_message
+        ) from None
+    except EngineError as exc:
+        raise BadRequest(f"session.model: {exc.public_message}") from None
+    secret = s.client_secrets.mint(
+        config,
+        now=s.clock.wall(),
+        ttl=ttl,
+        gateway=f"{gw.account}/{gw.name}",
+        token_name=token.name if token is not None else None,
+    )
+    return secret, s.ids("sess")
+
+
+async def client_secrets(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/client_secrets`` {expires_after: {anchor, seconds}, session}."""
+    body = await _read_json(request)
+    expires = body.get("expires_after") or {}
+    if not isinstance(expires, dict) or expires.get("anchor", "created_at") != "created_at":
+        raise BadRequest('expires_after must be {anchor: "created_at", seconds}')
+    secret, sid = await _mint(request, body.get("session"), expires.get("seconds", DEFAULT_TTL))
+    expires_at = int(secret.expires_at)
+    return json_response(
+        {
+            "value": secret.value,
+            "expires_at": expires_at,
+            "session": render_session(secret.config, session_id=sid, expires_at=expires_at),
+        }
+    )
+
+
+async def beta_sessions(request: web.Request) -> web.Response:
+    """``POST /v1/realtime/sessions`` (beta): the session fields flat, a secret inside."""
+    body = await _read_json(request)
+    secret, sid = await _mint(request, body, DEFAULT_TTL)
+    expires_at = int(secret.expires_at)
+    out = render_session(secret.config, session_id=sid, expires_at=expires_at, beta=True)
+    out["client_secret"] = {"value": secret.value, "expires_at": expires_at}
+    return json_response(out)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/realtime", realtime)
+    app.router.add_get("/api/v1/realtime/session", realtime)  # Inworld's address
+    app.router.add_post("/v1/realtime/client_secrets", client_secrets)
+    app.router.add_post("/v1/realtime/sessions", beta_sessions)
