@@ -198,7 +198,8 @@ async def test_openai_client_acceptance(
         )
         assert len(audio) > 24000 * 2  # more than a second of 24 kHz speech
         said = next(e for e in events if e.type == "response.output_audio_transcript.done")
-        assert said.transcript.startswith("You said:") and "superlative" in said.transcript
+        assert said.transcript.startswith("You said:")
+        assert "superlative" in said.transcript
         assert events[-1].response.status == "completed"
 
         # a function call round trip on an OpenAI-compatible endpoint
@@ -239,7 +240,8 @@ async def test_openai_client_acceptance(
             ' "Paris"}',
         ]
         call = events[-1].response.output[0]
-        assert call.type == "function_call" and call.call_id == "call_1"
+        assert call.type == "function_call"
+        assert call.call_id == "call_1"
         await conn.conversation.item.create(
             item={"type": "function_call_output", "call_id": "call_1", "output": '{"sky": "sunny"}'}
         )
@@ -249,7 +251,8 @@ async def test_openai_client_acceptance(
         assert events[-1].response.usage.input_tokens == 40
         first, second = fake_chat.requests
         assert fake_chat.headers == ["Bearer sk-fake", "Bearer sk-fake"]
-        assert first["model"] == "tiny-model" and first["tool_choice"] == "auto"
+        assert first["model"] == "tiny-model"
+        assert first["tool_choice"] == "auto"
         assert first["tools"][0]["function"]["name"] == "get_weather"
         assert first["messages"][0] == {"role": "system", "content": "Be brief."}
         roles = [m["role"] for m in second["messages"]]
@@ -296,7 +299,8 @@ async def test_openai_client_acceptance(
         assert done.status == "cancelled"
         assert done.status_details.reason == "turn_detected"
         heard = done.output[0].content[0].transcript
-        assert heard and len(heard) < len("You said: " + LONG)
+        assert heard
+        assert len(heard) < len("You said: " + LONG)
         assert done.output[0].status == "incomplete"
         item_id = done.output[0].id
         # the client says where its play-out stopped: the history keeps what was heard
@@ -315,5 +319,6 @@ async def test_openai_client_acceptance(
     async with http.get(f"{gw.base}/v1/local/default/logs") as r:
         records = (await r.json())["records"]
     realtime = [r for r in records if r["kind"] == "realtime"]
-    assert realtime and realtime[0]["model"] == "voxgate/echo"
-    assert realtime[0]["input_tokens"] > 0 and realtime[0]["audio_seconds"] > 5
+    assert realtime[0]["model"] == "voxgate/echo"
+    assert realtime[0]["input_tokens"] > 0
+    assert realtime[0]["audio_seconds"] > 5
