@@ -75,7 +75,7 @@ MIN_SPEECH_MS = 60
 _DANGLING_WORDS = (
     "and or but so because the a an to of with for in on at my your our their his her its"
     " is are was were am be been will would could should can if then that which who when"
-    " where um uh er like i we you they he she it me than as from into about"
+    " where um uh er like i we they he she than as from into about"
 )
 _DANGLING = frozenset(_DANGLING_WORDS.split())
 _COMPLETE_WORDS = (
