@@ -47,6 +47,7 @@ test: system-deps lint
 bench: $(VENV)/.installed-test
 	$(BIN)/voxgate bench relay
 	$(BIN)/voxgate bench speech
+	$(BIN)/voxgate bench realtime
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
