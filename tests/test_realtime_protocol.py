@@ -328,7 +328,8 @@ async def test_echo_model_and_registry() -> None:
         tools=(FunctionSpec("lookup"),),
         tool_choice="required",
     )
-    assert [e async for e in echo.stream(tools)][0] == ToolCallDelta(0, "call_echo", "lookup", "{}")
+    called = [e async for e in echo.stream(tools)]
+    assert called[0] == ToolCallDelta(0, "call_echo", "lookup", "{}")
     reg = LLMRegistry({})
     assert isinstance(reg.resolve("voxgate/echo"), EchoModel)
     with pytest.raises(UnknownModel) as exc:

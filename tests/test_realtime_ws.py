@@ -492,3 +492,28 @@ async def test_upstream_realtime_model_is_relayed(
     assert record["provider"] == "openai"
     assert record["model"] == "gpt-realtime"
     assert record["token_name"] == "app"
+
+
+async def test_limits_close_with_an_error_event_first(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await gateway(
+        "[accounts.local.gateways.default]\nlimits = { max_message_bytes = 4096, messages_per_minute = 20 }\n"
+    )
+    url = gw.ws("/v1/realtime?model=voxgate/echo")
+    ws, rt = await connect(http, url)
+    await rt.send("input_audio_buffer.append", audio="A" * 8000)
+    err = await rt.recv()
+    assert err["type"] == "error"
+    assert err["error"]["code"] == "message_too_large"
+    assert (await ws.receive()).type is aiohttp.WSMsgType.CLOSE
+    assert ws.close_code == 4002
+    ws, rt = await connect(http, url)
+    for _ in range(25):
+        await rt.send("input_audio_buffer.clear")
+    kinds = []
+    while (msg := await ws.receive(timeout=10)).type is aiohttp.WSMsgType.TEXT:
+        kinds.append(orjson.loads(msg.data).get("error", {}).get("code"))
+    assert kinds[-1] == "rate_limited"
+    assert ws.close_code == 4001
+    await settled(gw)

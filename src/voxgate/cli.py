@@ -129,6 +129,8 @@ async def _serve(settings: Settings) -> None:
     engines = app[SERVICES].engines
     print(f"  speech: {ws_scheme}://{shown}:{port}/v1/tts/{{{','.join(engines.tts_names())}}}")
     print(f"          {ws_scheme}://{shown}:{port}/v1/stt/{{{','.join(engines.stt_names())}}}")
+    llms = ", ".join(f"{p}/…" for p in app[SERVICES].llms.providers() if p != "voxgate")
+    print(f"  realtime: {ws_scheme}://{shown}:{port}/v1/realtime?model=voxgate/echo (or {llms})")
     for line in describe(settings, sorted(app[SERVICES].providers)):
         print(f"  {line}")
     for warning in settings.warnings():
