@@ -25,7 +25,6 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from voxgate.core.limits import LIMIT_NAMES, CloseCode
 from voxgate.core.realtime.agent import AgentDeps, RealtimeAgent
 from voxgate.core.realtime.secrets import DEFAULT_TTL, MAX_TTL, MIN_TTL, ClientSecret
 from voxgate.core.relay import RelaySession, SessionInfo
@@ -53,7 +52,7 @@ from voxgate.server import relay_routes
 from voxgate.server.app import SERVICES, Services, json_response
 from voxgate.server.auth import authenticate
 from voxgate.server.relay_routes import UpgradeRequired, accept_client
-from voxgate.server.sessions import acquire_slots, save_record
+from voxgate.server.sessions import acquire_slots, run_live, save_record
 from voxgate.server.speech_routes import stt_engine, tts_engine
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
 from voxgate.transports.speech import SpeechConnection, SpeechEnding
@@ -166,17 +165,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             session_id=info.session_id,
             expires_at=int(s.clock.wall() + limits.max_session_seconds),
         )
-        ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
-        s.live_speech.add(conn)
-        s.metrics.speech_opened(counters)
-        try:
-            await agent.start()
-            ending = await conn.run(agent)
-        finally:
-            s.live_speech.discard(conn)
-            if ending.limit is not None:
-                s.metrics.limit_rejections[LIMIT_NAMES[ending.limit]] += 1
-            s.metrics.speech_closed(counters, ending.code)
+        ending = await run_live(s, ws, conn, lambda: agent, start=agent.start)
         return ws
     finally:
         for key in slots:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
+from voxgate.core.limits import LIMIT_NAMES, CloseCode
 from voxgate.core.relay import RelaySession
 from voxgate.errors import LimitExceeded
 from voxgate.server.app import Services
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
+from voxgate.transports.speech import SpeechConnection, SpeechEnding, SpeechSessionLike
+from voxgate.transports.ws import GatewayWebSocketResponse
 
 log = logging.getLogger("voxgate.server")
 
@@ -31,6 +35,36 @@ async def acquire_slots(
             raise LimitExceeded(f"too many connections (limit {limit})", limit="max_connections")
         taken.append(key)
     return taken
+
+
+async def run_live(
+    s: Services,
+    ws: GatewayWebSocketResponse,
+    conn: SpeechConnection,
+    make_session: Callable[[], SpeechSessionLike],
+    *,
+    first: str | bytes | None = None,
+    start: Callable[[], Awaitable[None]] | None = None,
+) -> SpeechEnding:
+    """Run a speech or realtime session on ``conn``: listed live, metered, limits counted.
+
+    ``start`` runs first (a protocol's greeting); ``first`` is a client frame already read."""
+    counters = conn.counters
+    ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
+    s.live_speech.add(conn)
+    s.metrics.speech_opened(counters)
+    ending = SpeechEnding(1011, "", error="internal_error")
+    try:
+        session = make_session()
+        if start is not None:
+            await start()
+        ending = await conn.run(session, first=first)
+    finally:
+        s.live_speech.discard(conn)
+        if ending.limit is not None:
+            s.metrics.limit_rejections[LIMIT_NAMES[ending.limit]] += 1
+        s.metrics.speech_closed(counters, ending.code)
+    return ending
 
 
 async def save_record(

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import hdrs, web
 
-from voxgate.core.limits import LIMIT_NAMES, CloseCode
+from voxgate.core.limits import CloseCode
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.core.speech import STTSession, TTSSession
 from voxgate.engines.base import SpeechToText, TextToSpeech
@@ -37,7 +37,7 @@ from voxgate.protocols.speech.unified import STTProtocol, TTSProtocol
 from voxgate.server.app import SERVICES, Services
 from voxgate.server.auth import authenticate
 from voxgate.server.relay_routes import UpgradeRequired, accept_client
-from voxgate.server.sessions import acquire_slots, save_record
+from voxgate.server.sessions import acquire_slots, run_live, save_record
 from voxgate.settings import Limits, ProviderAuth
 from voxgate.transports.relay import Ending, RelayConnection
 from voxgate.transports.speech import SpeechConnection, SpeechEnding
@@ -121,17 +121,13 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         conn = SpeechConnection(
             counters, client, close_timeout=s.settings.server.shutdown_timeout_seconds
         )
-        ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
-        s.live_speech.add(conn)
-        s.metrics.speech_opened(counters)
-        try:
-            session = _make_session(s, kind, name, counters, conn, limits, key)
-            ending = await conn.run(session, first=first)
-        finally:
-            s.live_speech.discard(conn)
-            if ending.limit is not None:
-                s.metrics.limit_rejections[LIMIT_NAMES[ending.limit]] += 1
-            s.metrics.speech_closed(counters, ending.code)
+        ending = await run_live(
+            s,
+            ws,
+            conn,
+            lambda: _make_session(s, kind, name, counters, conn, limits, key),
+            first=first,
+        )
         return ws
     finally:
         for key in slots:

@@ -42,6 +42,8 @@ log = logging.getLogger("voxgate.realtime")
 Send = Callable[[str], Awaitable[None]]
 #: Output audio goes out in deltas of at most this many milliseconds.
 DELTA_MS = 100
+#: Engine audio up to this size (~2 s at 22 kHz) is converted on the event loop.
+INLINE_CONVERT_BYTES = 96_000
 
 
 @dataclass
@@ -383,7 +385,12 @@ class _Speaker:
         while (clause := await self._clauses.get()) is not None:
             started = False
             async for pcm in stream.synthesize(clause):
-                audio = await r.workers.run(converter.convert, pcm)
+                # a clause's resampling takes well under a millisecond: doing it here keeps
+                # it out of the engine queue, behind other sessions' synthesis
+                if len(pcm) <= INLINE_CONVERT_BYTES:
+                    audio = converter.convert(pcm)
+                else:
+                    audio = await r.workers.run(converter.convert, pcm)
                 if not audio:
                     continue
                 if not started:
