@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -130,7 +131,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         _resolve_model(s, gw, model)
     except EngineError as exc:
         raise BadRequest(exc.public_message) from None
-    config = SessionConfig(**{**config.__dict__, "model": model})
+    config = replace(config, model=model)
     info = SessionInfo(
         session_id=s.ids("sess"),
         account=gw.account,

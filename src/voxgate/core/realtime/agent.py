@@ -234,9 +234,6 @@ class RealtimeAgent:
         kind = "server_error" if code == "internal_error" else "invalid_request_error"
         return self.protocol.error(ClientEventError(code, message, kind=kind))
 
-    async def send(self, frame: str) -> None:
-        await self._send(frame)
-
     # -- client events -------------------------------------------------------------------
 
     async def handle(self, data: str | bytes) -> None:
