@@ -51,7 +51,7 @@ from voxgate.protocols.relay.providers import build_upstream_request
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.server import relay_routes
 from voxgate.server.app import SERVICES, Services, json_response
-from voxgate.server.auth import authenticate
+from voxgate.server.auth import authenticate, token_from_headers
 from voxgate.server.relay_routes import UpgradeRequired, accept_client
 from voxgate.server.sessions import acquire_slots, run_live, save_record
 from voxgate.server.speech_routes import stt_engine, tts_engine
@@ -76,9 +76,7 @@ def is_relayed_model(model: str, providers: Mapping[str, object]) -> bool:
 def _credentials(request: web.Request) -> Credentials:
     """The token (gateway token or ``ek_`` secret) and the subprotocols left for upstream."""
     offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
-    token: str | None = None
-    for name in ("voxgate-authorization", "cf-aig-authorization"):
-        token = token or bearer(request.headers.get(name))
+    token = token_from_headers(request.headers, allow_authorization=False)
     auth = request.headers.get(hdrs.AUTHORIZATION, "")
     if token is None and auth[:6].lower() == "basic ":
         token = auth[6:].strip() or None  # Inworld sends its key as Basic
@@ -280,18 +278,10 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
     return data
 
 
-def _http_token(request: web.Request) -> str | None:
-    for name in ("voxgate-authorization", "cf-aig-authorization", hdrs.AUTHORIZATION):
-        token = bearer(request.headers.get(name))
-        if token:
-            return token
-    return None
-
-
 async def _mint(request: web.Request, session: Any, ttl: Any) -> tuple[ClientSecret, str]:
     s = request.app[SERVICES]
     gw = s.settings.speech_gateway()
-    presented = _http_token(request)
+    presented = token_from_headers(request.headers, allow_authorization=True)
     if presented is not None and presented.startswith("ek_"):
         raise AuthenticationFailed("a client secret cannot mint another: use a gateway token")
     token = authenticate(gw, presented)

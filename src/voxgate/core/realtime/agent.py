@@ -66,6 +66,7 @@ from voxgate.protocols.realtime.session import (
     SessionConfig,
     TurnDetection,
     apply_update,
+    check_tool_choice,
     render_session,
 )
 
@@ -395,12 +396,7 @@ class RealtimeAgent:
                     inputs.append(x)
         choice, named = params.tool_choice or (c.tool_choice, c.function_choice)
         tools = params.tools if params.tools is not None else c.tools
-        if named and choice not in {t.name for t in tools}:
-            raise ClientEventError(
-                "invalid_value",
-                f"tool_choice names {choice!r}, which is not in tools",
-                param="response.tool_choice",
-            )
+        check_tool_choice(choice, named, tools, "response.tool_choice")
         return ResponsePlan(
             id=self.ids("resp"),
             in_conversation=params.conversation == "auto",

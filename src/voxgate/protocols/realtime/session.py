@@ -254,6 +254,12 @@ def parse_tool_choice(value: Any, param: str) -> tuple[ToolChoice, bool]:
     return name, True
 
 
+def check_tool_choice(choice: str, named: bool, tools: tuple[Tool, ...], param: str) -> None:
+    """A ``tool_choice`` that names a function must name one of ``tools``."""
+    if named and choice not in {t.name for t in tools}:
+        raise _bad(param, f"tool_choice names {choice!r}, which is not in tools")
+
+
 def parse_max_tokens(value: Any, param: str) -> int | None:
     if value == "inf" or value is None:
         return None
@@ -347,10 +353,7 @@ def apply_update(current: SessionConfig, session: Any) -> SessionConfig:
                 "session.truncation", "session.truncation must be auto, disabled or an object"
             )
         c = replace(c, truncation=s["truncation"])
-    if c.function_choice and c.tool_choice not in {t.name for t in c.tools}:
-        raise _bad(
-            "session.tool_choice", f"tool_choice names {c.tool_choice!r}, which is not in tools"
-        )
+    check_tool_choice(c.tool_choice, c.function_choice, c.tools, "session.tool_choice")
     return c
 
 
