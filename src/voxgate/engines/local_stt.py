@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -61,8 +62,20 @@ class RecognitionCore:
         self._utterance_at = 0.0
         self._last_partial = ""
         self._finals: list[str] = []
+        # A cancelled stream's last feed may still be running in a worker thread when
+        # close() is called from another: native decoders crash if both touch them.
+        self._lock = threading.Lock()
 
     def feed(self, pcm: bytes) -> list[RecognitionEvent]:
+        with self._lock:
+            return self._feed(pcm)
+
+    def close(self) -> None:
+        """Give the decoder back, after any feed still running in another thread."""
+        with self._lock:
+            self.decoder.close()
+
+    def _feed(self, pcm: bytes) -> list[RecognitionEvent]:
         self.samples += len(pcm) // 2
         out: list[RecognitionEvent] = []
         for seg in self.segmenter.push(pcm):
@@ -79,6 +92,10 @@ class RecognitionCore:
         return out
 
     def finalize(self) -> list[RecognitionEvent]:
+        with self._lock:
+            return self._finalize()
+
+    def _finalize(self) -> list[RecognitionEvent]:
         out: list[RecognitionEvent] = []
         if self.segmenter.end() is not None:
             self._final(out)
@@ -132,7 +149,7 @@ class LocalRecognitionStream(RecognitionStream):
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         try:
-            await self._workers.run(self._core.decoder.close)
+            await self._workers.run(self._core.close)
         finally:
             self._events.put_nowait(None)
 
