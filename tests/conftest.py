@@ -12,7 +12,7 @@ from aiohttp import web
 from voxgate.config import load_settings
 from voxgate.engines.registry import EngineRegistry
 from voxgate.server.app import SERVICES, Services, create_app
-from voxgate.settings import Settings, SpeechSettings
+from voxgate.settings import EngineSettings, Settings, SpeechSettings
 from voxgate.testing import RecordingUpstream
 
 
@@ -47,8 +47,15 @@ def make_settings(toml: str, tmp_path: Path, env: Mapping[str, str] | None = Non
 
 @pytest.fixture(scope="session")
 def speech_engines() -> EngineRegistry:
-    """One engine registry for the whole run: models load once, as in a server process."""
-    return EngineRegistry(SpeechSettings(cache_dir=str(Path.home() / ".cache" / "voxgate")))
+    """One engine registry for the whole run: models load once, as in a server process.
+
+    Piper without noise: its noise generator is seeded per process and advanced by every
+    synthesis, so with noise what one test hears would depend on the tests before it.
+    """
+    piper = EngineSettings("piper", "piper", {"noise_scale": 0.0, "noise_w_scale": 0.0})
+    return EngineRegistry(
+        SpeechSettings(cache_dir=str(Path.home() / ".cache" / "voxgate"), engines={"piper": piper})
+    )
 
 
 @pytest.fixture

@@ -17,7 +17,13 @@ _SEGMENTER: dict[str, Any] = {"vad": _VAD, "min_silence_ms": int, "threshold": f
 _CLOUD: dict[str, Any] = {"provider": str, "model_id": str, "voice_id": str}
 
 ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
-    "piper": {"voices": dict, "default_voice": str, "first_clause_words": int},
+    "piper": {
+        "voices": dict,
+        "default_voice": str,
+        "first_clause_words": int,
+        "noise_scale": float,
+        "noise_w_scale": float,
+    },
     "pocketsphinx": dict(_SEGMENTER),
     "whisper": {
         **_SEGMENTER,

@@ -58,7 +58,15 @@ class PiperTTS(TextToSpeech):
         voices: Mapping[str, str] | None = None,
         default_voice: str | None = None,
         first_clause_words: int = 6,
+        noise_scale: float | None = None,
+        noise_w_scale: float | None = None,
     ) -> None:
+        """``noise_scale`` / ``noise_w_scale`` override each voice's own (its ``.onnx.json``).
+
+        The noise comes from a generator inside the ONNX model, seeded once per process
+        and advanced by every synthesis, so the same text sounds a little different each
+        time; 0 for both makes synthesis deterministic (a flatter voice).
+        """
         self._workers = workers
         self._files: dict[str, PiperVoiceFiles] = {}
         bundled = bundled_voice()
@@ -73,6 +81,8 @@ class PiperTTS(TextToSpeech):
         if self.default_voice not in self._files:
             raise EngineUnavailable(f"TTS 'piper': default voice {self.default_voice!r} unknown")
         self.first_clause_words = first_clause_words
+        self.noise_scale = noise_scale
+        self.noise_w_scale = noise_w_scale
         self._loaded: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
@@ -129,7 +139,11 @@ class _PiperStream(SynthesisStream):
         self._voice = voice
         self.voice = voice_id
         self.sample_rate = int(voice.config.sample_rate)
-        self._config = SynthesisConfig(length_scale=voice.config.length_scale / speed)
+        self._config = SynthesisConfig(
+            length_scale=voice.config.length_scale / speed,
+            noise_scale=engine.noise_scale,
+            noise_w_scale=engine.noise_w_scale,
+        )
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         clauses = split_clauses(text, first_max_words=self._engine.first_clause_words)

@@ -116,6 +116,8 @@ class EngineRegistry:
                 voices=opts.get("voices"),
                 default_voice=opts.get("default_voice"),
                 first_clause_words=opts.get("first_clause_words", 6),
+                noise_scale=opts.get("noise_scale"),
+                noise_w_scale=opts.get("noise_w_scale"),
             )
         if engine_type == "pocketsphinx":
             from voxgate.engines.sphinx import PocketsphinxSTT
