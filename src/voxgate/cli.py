@@ -185,6 +185,10 @@ def _cmd_bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         from voxgate.bench.realtime import main as bench_realtime
 
         return bench_realtime(args.bench_args)
+    if args.which == "sfu":
+        from voxgate.bench.sfu import main as bench_sfu
+
+        return bench_sfu(args.bench_args)
     if args.which == "speech":
         from voxgate.bench.speech import main as bench_speech
 
@@ -297,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sub.add_parser("serve", help="run the server"))
     common(sub.add_parser("check-config", help="validate the configuration and print it"))
     b = sub.add_parser("bench", help="benchmarks (voxgate bench relay --help)")
-    b.add_argument("which", choices=("relay", "speech", "realtime"))
+    b.add_argument("which", choices=("relay", "speech", "realtime", "sfu"))
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     say = sub.add_parser("say", help="synthesize text to a WAV file")
     say.add_argument("text")

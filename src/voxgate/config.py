@@ -37,6 +37,7 @@ from voxgate.settings import (
     StoreSettings,
     TokenSettings,
     default_account,
+    default_apps,
 )
 
 ENV_PREFIX = "VOXGATE_"
@@ -240,15 +241,16 @@ def _check_name(reader: _Reader, key: str, name: str) -> None:
 
 
 def _build(r: _Reader, environ: Mapping[str, str], source: str) -> Settings:
+    server = _server(r.table("server"))
     settings = Settings(
-        server=_server(r.table("server")),
+        server=server,
         relay=_relay(r.table("relay")),
         store=_store(r.table("store")),
         state=_state(r.table("state")),
         providers=_providers(r),
         accounts=_accounts(r, environ),
         llm=_llms(r, environ),
-        apps=_apps(r, environ),
+        apps=_apps(r, environ) or default_apps(server.host),
         speech=_speech(r.table("speech")),
         source=source,
     )

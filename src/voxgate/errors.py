@@ -12,6 +12,7 @@
     │   ├── LimitExceeded           over a limit at connect time (HTTP 429)
     │   └── BadRequest              malformed path or parameters (HTTP 400)
     ├── UpstreamError               the provider could not be reached or refused (HTTP 502)
+    ├── SfuError                    a media-server request refused (spec/sfu.md error codes)
     └── StoreError                  the usage store failed
 
 Third-party exceptions (aiohttp, sqlite3, OSError) are translated into these at the
@@ -101,3 +102,12 @@ class UpstreamError(VoxgateError):
 
 class StoreError(VoxgateError):
     code = "store_error"
+
+
+class SfuError(VoxgateError):
+    """A media-server request refused; ``code`` is one of the spec's ``errorCode``s."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code

@@ -174,7 +174,9 @@ class Settings:
         default_factory=lambda: {DEFAULT_ACCOUNT: default_account()}
     )
     llm: Mapping[str, LLMSettings] = field(default_factory=dict)
-    apps: Mapping[str, AppSettings] = field(default_factory=dict)
+    #: Media-server apps. With none configured, a loopback server has the open
+    #: built-in app ``default`` (see :func:`default_apps`).
+    apps: Mapping[str, AppSettings] = field(default_factory=lambda: default_apps("127.0.0.1"))
     speech: SpeechSettings = field(default_factory=SpeechSettings)
     #: Where the settings came from, for start-up messages.
     source: str = "built-in defaults"
@@ -226,6 +228,13 @@ class Settings:
                         f"{where}.keys.{prov}: {key.describe()}; clients must bring their own key"
                     )
         return out
+
+
+def default_apps(host: str) -> dict[str, AppSettings]:
+    """The open app ``default`` on a loopback server (no secret); none elsewhere."""
+    if not is_loopback(host):
+        return {}
+    return {"default": AppSettings(name="default", secret=Secret(env=None))}
 
 
 def default_account() -> AccountSettings:

@@ -14,14 +14,17 @@ from aiohttp import web
 from voxgate import __version__
 from voxgate.clock import Clock, IdFactory, SystemClock, random_id
 from voxgate.core.realtime.secrets import ClientSecrets
+from voxgate.core.sfu.media import MediaServer
 from voxgate.engines.llm import LLMRegistry
 from voxgate.engines.registry import EngineRegistry
 from voxgate.errors import GatewayRejection, UpstreamError
+from voxgate.protocols.adapter import MAX_INGEST_MESSAGE
 from voxgate.protocols.relay.providers import Provider, build_registry
 from voxgate.server.metrics import Metrics
 from voxgate.settings import Settings
 from voxgate.state import StateBackend, open_state
 from voxgate.store import UsageStore, open_store
+from voxgate.transports.dial import WebSocketDialer
 from voxgate.transports.relay import RelayConnection
 from voxgate.transports.speech import SpeechConnection
 from voxgate.transports.upstream import UpstreamConnector
@@ -49,6 +52,10 @@ class Services:
     #: Unified-protocol speech sessions and realtime agent sessions.
     live_speech: set[SpeechConnection] = field(default_factory=set)
     client_secrets: ClientSecrets = field(default_factory=ClientSecrets)
+    media: MediaServer = field(default_factory=lambda: MediaServer(SystemClock(), random_id))
+    dial: WebSocketDialer = field(
+        default_factory=lambda: WebSocketDialer(timeout=10.0, max_message_bytes=MAX_INGEST_MESSAGE)
+    )
     ready: bool = False
     #: Usage writes still in flight, awaited at shutdown so no record is lost.
     pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
@@ -117,7 +124,15 @@ def create_app(
     engines: EngineRegistry | None = None,
 ) -> web.Application:
     """Build the aiohttp application. Raises ConfigError for unusable settings."""
-    from voxgate.server import logs_api, ops, realtime_routes, relay_routes, speech_routes
+    from voxgate.server import (
+        agent_routes,
+        logs_api,
+        ops,
+        realtime_routes,
+        relay_routes,
+        sfu_routes,
+        speech_routes,
+    )
 
     services = Services(
         settings=settings,
@@ -135,6 +150,7 @@ def create_app(
         engines=engines if engines is not None else EngineRegistry(settings.speech),
         owns_engines=engines is None,
         llms=LLMRegistry(settings.llm),
+        media=MediaServer(clock or SystemClock(), ids or random_id),
     )
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     app[SERVICES] = services
@@ -142,6 +158,8 @@ def create_app(
     logs_api.add_routes(app)
     speech_routes.add_routes(app)
     realtime_routes.add_routes(app)
+    sfu_routes.add_routes(app)
+    agent_routes.add_routes(app)
     relay_routes.add_routes(app)  # last: its path patterns are the most general
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
@@ -154,6 +172,7 @@ async def _startup(app: web.Application) -> None:
     await s.store.open()
     await s.connector.start()
     await s.engines.preload()
+    s.media.start()
     s.ready = True
 
 
@@ -168,6 +187,7 @@ async def _shutdown(app: web.Application) -> None:
     waiters += [c.finished for c in s.live_speech]
     if waiters:
         await asyncio.wait(waiters, timeout=s.settings.server.shutdown_timeout_seconds)
+    await s.media.close()
     # Usage records are written after a session's close; wait for those too.
     if s.pending_writes:
         await asyncio.wait(
@@ -178,6 +198,7 @@ async def _shutdown(app: web.Application) -> None:
 async def _cleanup(app: web.Application) -> None:
     s = app[SERVICES]
     await s.connector.close()
+    await s.dial.close()
     await s.llms.close()
     if s.owns_engines:
         await s.engines.close()
@@ -194,6 +215,7 @@ def index(request: web.Request) -> web.Response:
             "logs": "GET /v1/{account}/{gateway}/logs",
             "speech": ["ws /v1/tts/{engine}", "ws /v1/stt/{engine}"],
             "realtime": ["ws /v1/realtime?model=…", "POST /v1/realtime/client_secrets"],
+            "media": ["/v1/apps/{appId}/sessions/…", "/v1/apps/{appId}/adapters/websocket/…"],
             "operations": ["/healthz", "/readyz", "/metrics"],
         }
     )

@@ -126,7 +126,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     if is_relayed_model(model, s.providers):
         return await _relay(request, s, gw, token, limits, creds, model)
     try:
-        _resolve_model(s, gw, model)
+        resolve_model(s, gw, model)
     except EngineError as exc:
         raise BadRequest(exc.public_message) from None
     config = replace(config, model=model)
@@ -157,7 +157,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
                 ids=s.ids, beta=beta, max_audio_bytes=limits.max_audio_chunk_bytes
             ),
             config=config,
-            deps=_deps(s, gw),
+            deps=agent_deps(s, gw),
             counters=counters,
             send=conn.send,
             ids=s.ids,
@@ -172,7 +172,7 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         await save_record(s, counters, ending.code, None, ending.error)
 
 
-def _resolve_model(s: Services, gw: GatewaySettings, model: str) -> LanguageModel:
+def resolve_model(s: Services, gw: GatewaySettings, model: str) -> LanguageModel:
     if is_relayed_model(model, s.providers):
         raise EngineError(
             f"{model!r} is an upstream realtime model: connect with ?model={model} to relay it"
@@ -181,7 +181,7 @@ def _resolve_model(s: Services, gw: GatewaySettings, model: str) -> LanguageMode
     return s.llms.resolve(model, openai_key=key)
 
 
-def _deps(s: Services, gw: GatewaySettings) -> AgentDeps:
+def agent_deps(s: Services, gw: GatewaySettings) -> AgentDeps:
     sp = s.settings.speech
     engines = s.engines
 
@@ -200,7 +200,7 @@ def _deps(s: Services, gw: GatewaySettings) -> AgentDeps:
         get_tts=lambda name: tts_engine(s, name),
         get_stt=lambda name: stt_engine(s, name),
         make_vad=vad,
-        resolve_model=lambda model: _resolve_model(s, gw, model),
+        resolve_model=lambda model: resolve_model(s, gw, model),
         tts_names=tuple(engines.tts_names()),
         stt_names=tuple(engines.stt_names()),
         default_tts=sp.default_tts,
@@ -289,7 +289,7 @@ async def _mint(request: web.Request, session: Any, ttl: Any) -> tuple[ClientSec
         raise BadRequest(f"expires_after.seconds must be an integer from {MIN_TTL} to {MAX_TTL}")
     try:
         config = apply_update(SessionConfig(), session if session is not None else {})
-        _resolve_model(s, gw, config.model)
+        resolve_model(s, gw, config.model)
     except ClientEventError as exc:
         raise BadRequest(
             f"{exc.param}: {exc.public_message}" if exc.param else exc.public_message

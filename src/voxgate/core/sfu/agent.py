@@ -1,0 +1,223 @@
+"""An AI voice in a call: a realtime voice agent wired to the media server by adapters.
+
+The agent hears the listed tracks through one :class:`StreamAdapter` each and speaks
+through an :class:`IngestAdapter` into a track of its own session, which participants
+pull like any other. The adapters are the ones users get from the HTTP API; only the
+far end of their WebSocket is an in-process channel (``voxgate.testing.memory_pair``)
+instead of a TCP connection. Between them the bridge is an OpenAI Realtime client:
+
+- **ears**: ``Packet`` frames from each listened track, 48 kHz stereo, are mixed every
+  20 ms and sent as ``input_audio_buffer.append`` (48 kHz mono ``audio/pcm``).
+- **mouth**: ``response.output_audio.delta`` audio (48 kHz mono) is played into the
+  ingest channel at real-time pace, a little ahead. When the caller starts speaking
+  (``input_audio_buffer.speech_started``) what has not been played is dropped, as a
+  Realtime client does on barge-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+import pybase64
+
+from voxgate.core.sfu.media import MediaServer
+from voxgate.protocols.adapter import PacketError, decode_packet, encode_packet
+from voxgate.testing.memory import MemoryChannel, memory_pair
+from voxgate.transports.opus import FRAME_BYTES, FRAME_SAMPLES
+from voxgate.transports.ws import Channel, Closed
+
+log = logging.getLogger("voxgate.sfu.agent")
+
+#: The bridge's audio format on the Realtime side.
+RATE = 48000
+#: Audio sent to the agent per ``input_audio_buffer.append``.
+APPEND_FRAMES = 2
+#: How far ahead of real time the mouth writes into the ingest adapter.
+LEAD_SECONDS = 0.06
+
+
+Send = Callable[[str], Awaitable[None]]
+
+
+class VoiceSession(Protocol):
+    """What the bridge needs of :class:`voxgate.core.realtime.agent.RealtimeAgent`."""
+
+    async def start(self) -> None: ...
+
+    async def handle(self, data: str | bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Line:
+    role: str  # user | assistant
+    text: str
+
+
+@dataclass(eq=False)
+class CallAgent:
+    id: str
+    app_id: str
+    media: MediaServer
+    listen: list[tuple[str, str]]
+    track_name: str = "agent"
+    session_id: str = ""
+    transcript: list[Line] = field(default_factory=list)
+    #: Called once when the agent has closed (the owner writes its usage record).
+    on_close: Callable[[CallAgent], Awaitable[None]] | None = None
+    _voice: VoiceSession | None = None
+    _mouth: MemoryChannel | None = None
+    _ears: dict[int, collections.deque[np.ndarray]] = field(default_factory=dict)
+    _playout: bytearray = field(default_factory=bytearray)
+    _speaking: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _adapters: list[Any] = field(default_factory=list)
+    _closed: bool = False
+
+    async def start(
+        self, make_voice: Callable[[Callable[[str], Awaitable[None]]], VoiceSession]
+    ) -> None:
+        """Open the adapters and the voice session. Raises SfuError/DialError; on
+        failure everything opened so far is closed again."""
+        try:
+            ingest = await self.media.open_ingest(
+                self._dial_mouth, self.app_id, self.track_name, f"internal://agents/{self.id}/mouth"
+            )
+            self._adapters.append(ingest)
+            self.session_id = ingest.session_id
+            for n, (sid, name) in enumerate(self.listen):
+                self._ears[n] = collections.deque(maxlen=10)
+                stream = await self.media.open_stream(
+                    self._dial_ear(n),
+                    self.app_id,
+                    sid,
+                    name,
+                    f"internal://agents/{self.id}/ear/{n}",
+                )
+                self._adapters.append(stream)
+            self._voice = make_voice(self._on_event)
+            await self._voice.start()
+        except BaseException:
+            await self.close()
+            raise
+        self._tasks.append(asyncio.create_task(self._mix(), name=f"agent-mix-{self.id}"))
+        self._tasks.append(asyncio.create_task(self._speak(), name=f"agent-speak-{self.id}"))
+
+    # -- dialling: the far ends of the adapters' WebSockets -----------------------------
+
+    async def _dial_mouth(self, url: str) -> Channel:
+        ours, theirs = memory_pair()
+        self._mouth = ours
+        return theirs
+
+    def _dial_ear(self, n: int) -> Callable[[str], Awaitable[Channel]]:
+        async def dial(url: str) -> Channel:
+            ours, theirs = memory_pair(maxsize=256)
+            self._tasks.append(asyncio.create_task(self._hear(n, ours), name=f"agent-ear-{n}"))
+            return theirs
+
+        return dial
+
+    # -- ears -------------------------------------------------------------------------
+
+    async def _hear(self, n: int, channel: MemoryChannel) -> None:
+        frames = self._ears[n]
+        while not isinstance(msg := await channel.receive(), Closed):
+            if not isinstance(msg, bytes):
+                continue
+            try:
+                pcm = decode_packet(msg).payload
+            except PacketError:
+                continue
+            stereo = np.frombuffer(pcm, np.int16).reshape(-1, 2).astype(np.int32)
+            frames.append(stereo.sum(axis=1) // 2)
+
+    async def _mix(self) -> None:
+        """Every 20 ms, one frame from each ear that has one, summed; sent in batches."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        batch: list[np.ndarray] = []
+        while True:
+            due += FRAME_SAMPLES / RATE
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            if due < loop.time() - 0.2:
+                due = loop.time()
+            parts = [ear.popleft() for ear in self._ears.values() if ear]
+            if not parts:
+                continue
+            mixed = np.sum(parts, axis=0) if len(parts) > 1 else parts[0]
+            batch.append(np.clip(mixed, -32768, 32767).astype(np.int16))
+            if len(batch) >= APPEND_FRAMES and self._voice is not None:
+                audio = pybase64.b64encode(np.concatenate(batch).tobytes()).decode()
+                batch = []
+                event = {"type": "input_audio_buffer.append", "audio": audio}
+                await self._voice.handle(orjson.dumps(event).decode())
+
+    # -- mouth ------------------------------------------------------------------------
+
+    async def _on_event(self, data: str) -> None:
+        event = orjson.loads(data)
+        kind = event.get("type")
+        if kind == "response.output_audio.delta":
+            self._playout += _stereo(pybase64.b64decode(event["delta"]))
+            self._speaking.set()
+        elif kind == "input_audio_buffer.speech_started":
+            self._playout.clear()
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            self.transcript.append(Line("user", event.get("transcript", "")))
+        elif kind == "response.output_audio_transcript.done":
+            self.transcript.append(Line("assistant", event.get("transcript", "")))
+        elif kind == "error":
+            log.warning("agent %s: %s", self.id, event.get("error"))
+
+    async def _speak(self) -> None:
+        loop = asyncio.get_running_loop()
+        seq = 0
+        while True:
+            await self._speaking.wait()
+            started = loop.time()
+            sent = 0
+            while len(self._playout) >= FRAME_BYTES or (self._playout and sent == 0):
+                frame = bytes(self._playout[:FRAME_BYTES]).ljust(FRAME_BYTES, b"\0")
+                del self._playout[:FRAME_BYTES]
+                assert self._mouth is not None
+                await self._mouth.send_bytes(encode_packet(seq, seq * FRAME_SAMPLES, frame))
+                seq += 1
+                sent += 1
+                ahead = started + sent * FRAME_SAMPLES / RATE - loop.time()
+                if ahead > LEAD_SECONDS:
+                    await asyncio.sleep(ahead - LEAD_SECONDS)
+            if len(self._playout) < FRAME_BYTES:
+                self._speaking.clear()
+
+    # -- end --------------------------------------------------------------------------
+
+    async def close(self) -> int | None:
+        if self._closed:
+            return None
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._voice is not None:
+            await self._voice.close()
+        for adapter in self._adapters:
+            await adapter.close()
+        if self.on_close is not None:
+            await self.on_close(self)
+        return 0
+
+
+def _stereo(mono: bytes) -> bytes:
+    return np.repeat(np.frombuffer(mono, np.int16), 2).tobytes()

@@ -1,0 +1,166 @@
+"""``/v1/apps/{appId}/agents/…``: put a realtime voice agent into a call.
+
+``POST …/agents/new`` ``{listen: [{sessionId, trackName}…], session: {…}}`` → 201
+``{agentId, sessionId, trackName}``. ``session`` is a Realtime session config (as in
+``session.update``); the bridge's audio formats are fixed to 48 kHz PCM. Participants
+pull ``trackName`` from ``sessionId`` like any other track. ``GET …/agents/{id}`` gives
+the transcript so far; ``POST …/agents/{id}/close`` ends it (idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from voxgate.audio import Encoding
+from voxgate.core.realtime.agent import RealtimeAgent
+from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.core.sfu.agent import RATE, CallAgent
+from voxgate.engines.base import EngineError
+from voxgate.errors import SfuError
+from voxgate.protocols.realtime.errors import ClientEventError
+from voxgate.protocols.realtime.protocol import RealtimeProtocol
+from voxgate.protocols.realtime.session import (
+    DEFAULT_MODEL,
+    AudioSpec,
+    SessionConfig,
+    apply_update,
+)
+from voxgate.protocols.relay.usage import meter_for
+from voxgate.server.app import Services, json_response
+from voxgate.server.realtime_routes import agent_deps, resolve_model
+from voxgate.server.sessions import save_record
+from voxgate.server.sfu_routes import read_json, sfu_handler
+from voxgate.transports.dial import DialError
+
+MAX_LISTEN = 8
+PCM48 = AudioSpec(Encoding.PCM16, RATE)
+
+
+def _listen(body: dict[str, Any]) -> list[tuple[str, str]]:
+    listen = body.get("listen")
+    if not isinstance(listen, list) or not 1 <= len(listen) <= MAX_LISTEN:
+        raise SfuError(400, "invalid_params", f"listen must list 1 to {MAX_LISTEN} tracks")
+    out = []
+    for i, t in enumerate(listen):
+        if not (
+            isinstance(t, dict)
+            and isinstance(t.get("sessionId"), str)
+            and isinstance(t.get("trackName"), str)
+        ):
+            raise SfuError(400, "invalid_params", f"listen[{i}] must be {{sessionId, trackName}}")
+        out.append((t["sessionId"], t["trackName"]))
+    return out
+
+
+def _config(s: Services, body: dict[str, Any]) -> SessionConfig:
+    session = body.get("session", {})
+    try:
+        config = apply_update(SessionConfig(), session) if session else SessionConfig()
+    except ClientEventError as exc:
+        raise SfuError(400, "invalid_params", f"{exc.param or 'session'}: {exc}") from exc
+    config = replace(config, input_format=PCM48, output_format=PCM48)
+    model = config.model or DEFAULT_MODEL
+    try:
+        resolve_model(s, s.settings.speech_gateway(), model)
+    except EngineError as exc:
+        raise SfuError(400, "invalid_params", exc.public_message) from exc
+    return replace(config, model=model)
+
+
+@sfu_handler
+async def new_agent(request: web.Request, s: Services, app_id: str) -> web.Response:
+    body = await read_json(request)
+    listen = _listen(body)
+    config = _config(s, body)
+    for sid, name in listen:
+        s.media.track(app_id, sid, name)
+    gw = s.settings.speech_gateway()
+    agent_id = s.ids("agent").replace("agent_", "")
+    info = SessionInfo(
+        session_id=agent_id,
+        account=gw.account,
+        gateway=gw.name,
+        provider=config.model.partition("/")[0],
+        model=config.model,
+        token_name=None,
+        client_address=request.remote,
+        kind="agent",
+    )
+    loop = asyncio.get_running_loop()
+    counters = RelaySession(
+        info, gw.limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
+    )
+
+    def make_voice(send: Callable[[str], Awaitable[None]]) -> RealtimeAgent:
+        return RealtimeAgent(
+            protocol=RealtimeProtocol(
+                ids=s.ids, beta=False, max_audio_bytes=gw.limits.max_audio_chunk_bytes
+            ),
+            config=config,
+            deps=agent_deps(s, gw),
+            counters=counters,
+            send=send,
+            ids=s.ids,
+            session_id=agent_id,
+            expires_at=int(s.clock.wall() + gw.limits.max_session_seconds),
+        )
+
+    async def closed(agent: CallAgent) -> None:
+        s.media.agents.pop(agent.id, None)
+        s.media.closed_ids.add(agent.id)
+        await save_record(s, counters, 1000, None, None)
+
+    agent = CallAgent(agent_id, app_id, s.media, listen, on_close=closed)
+    try:
+        await agent.start(make_voice)
+    except DialError as exc:  # in-process channels do not fail; kept for completeness
+        raise SfuError(503, "internal_error", exc.public_message) from exc
+    s.media.agents[agent.id] = agent
+    return json_response(
+        {"agentId": agent.id, "sessionId": agent.session_id, "trackName": agent.track_name},
+        status=201,
+    )
+
+
+def _agent(s: Services, app_id: str, agent_id: str) -> CallAgent:
+    agent = s.media.agents.get(agent_id)
+    if not isinstance(agent, CallAgent) or agent.app_id != app_id:
+        raise SfuError(404, "not_found", f"no agent {agent_id!r}")
+    return agent
+
+
+@sfu_handler
+async def get_agent(request: web.Request, s: Services, app_id: str) -> web.Response:
+    agent = _agent(s, app_id, request.match_info["agent"])
+    return json_response(
+        {
+            "agentId": agent.id,
+            "sessionId": agent.session_id,
+            "trackName": agent.track_name,
+            "listen": [{"sessionId": sid, "trackName": n} for sid, n in agent.listen],
+            "transcript": [{"role": line.role, "text": line.text} for line in agent.transcript],
+        }
+    )
+
+
+@sfu_handler
+async def close_agent(request: web.Request, s: Services, app_id: str) -> web.Response:
+    agent_id = request.match_info["agent"]
+    agent = s.media.agents.get(agent_id)
+    if agent is not None and agent.app_id == app_id:
+        await agent.close()
+    elif agent_id not in s.media.closed_ids:
+        raise SfuError(404, "not_found", f"no agent {agent_id!r}")
+    return json_response({"agentId": agent_id, "closed": True})
+
+
+def add_routes(app: web.Application) -> None:
+    base = "/v1/apps/{app}/agents"
+    app.router.add_post(base + "/new", new_agent)
+    app.router.add_get(base + "/{agent}", get_agent)
+    app.router.add_post(base + "/{agent}/close", close_agent)

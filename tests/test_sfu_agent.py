@@ -1,0 +1,85 @@
+"""An AI voice in a call: a publisher asks a spoken question, a subscriber hears the answer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+from tests.conftest import GatewayFactory, wait_for
+from tests.test_sfu import rms
+
+from voxgate.audio import read_wav, resample
+from voxgate.testing.webrtc import PcmTrack, Recorder, SfuPeer
+
+DATA = Path(__file__).parent / "data"
+APP = "/v1/apps/default"
+
+
+def speech_48k(name: str) -> bytes:
+    wav = read_wav(DATA / name)
+    return resample(wav.pcm, wav.sample_rate, 48000)
+
+
+async def test_agent_in_a_call_answers_a_spoken_question(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await gateway()
+    base = gw.base + APP
+    caller = SfuPeer(http, base)
+    await caller.open()
+    mic = PcmTrack()
+    await caller.publish("mic", mic)
+
+    status, body = await caller.call(
+        "POST",
+        "/agents/new",
+        {
+            "listen": [{"sessionId": caller.session_id, "trackName": "mic"}],
+            "session": {
+                "instructions": "Answer briefly.",
+                "audio": {
+                    "input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}
+                },
+            },
+        },
+    )
+    assert status == 201, body
+    agent_id, agent_session, agent_track = body["agentId"], body["sessionId"], body["trackName"]
+
+    listener = SfuPeer(http, base)
+    await listener.open()
+    pulled = await listener.pull((agent_session, agent_track))
+    mid = pulled["tracks"][0]["mid"]
+    await wait_for(lambda: mid in listener.received)
+    ears = Recorder(listener.received[mid])
+
+    mic.play(
+        speech_48k("arctic_a0007.wav")
+    )  # "And you always want to see it in the superlative degree."
+
+    # the answer is spoken into the agent's track: more than a second of sound arrives
+    def loud_ms() -> int:
+        pcm = bytes(ears.pcm)
+        return sum(20 for i in range(0, len(pcm) - 1920, 1920) if rms(pcm[i : i + 1920]) > 500)
+
+    await wait_for(lambda: loud_ms() > 1000, 30)
+
+    status, state = await caller.call("GET", f"/agents/{agent_id}")
+    assert status == 200
+    roles = [line["role"] for line in state["transcript"]]
+    assert roles[0] == "user"
+    assert "superlative" in state["transcript"][0]["text"]
+    await wait_for(
+        lambda: any(x.role == "assistant" for x in gw.services.media.agents[agent_id].transcript),
+        20,
+    )
+
+    status, closed = await caller.call("POST", f"/agents/{agent_id}/close")
+    assert status == 200
+    assert closed["closed"] is True
+    status, _again = await caller.call("POST", f"/agents/{agent_id}/close")
+    assert status == 200
+    assert agent_id not in gw.services.media.agents
+    await ears.stop()
+    await listener.close()
+    await caller.close()
