@@ -48,6 +48,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/voxgate bench relay
 	$(BIN)/voxgate bench speech
 	$(BIN)/voxgate bench realtime
+	$(BIN)/voxgate bench sfu
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
