@@ -10,7 +10,12 @@ from tests.conftest import GatewayFactory, wait_for
 
 from voxgate.bench.sfu import opus_packets
 from voxgate.testing.webrtc import SfuPeer
-from voxgate.transports.webrtc import PacketTrack, check_aiortc, tap_receiver
+from voxgate.transports.webrtc import (
+    PacketTrack,
+    align_header_extensions,
+    check_aiortc,
+    tap_receiver,
+)
 
 APP = "/v1/apps/default"
 
@@ -80,3 +85,28 @@ async def test_packets_are_forwarded_byte_for_byte(
     assert len(got["a"]) == before
     await sub.close()
     await pub.close()
+
+
+def test_reoffer_keeps_the_peers_header_extension_ids() -> None:
+    """Chromium numbered the extensions its own way; aiortc's re-offer uses its defaults."""
+    browser = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n"
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n"
+        "a=extmap:2 http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n"
+        "a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+    )
+    offer = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\n"
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+        "a=extmap:2 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n"
+        "m=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n"
+        "a=extmap:1 urn:ietf:params:rtp-hdrext:sdes:mid\r\n"
+        "a=extmap:2/sendonly urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n"
+        "a=extmap:3 urn:example:new\r\n"
+    )
+    aligned = align_header_extensions(offer, browser)
+    assert aligned.count("a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid") == 2
+    assert "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level\r\n" in aligned
+    assert "a=extmap:1/sendonly urn:ietf:params:rtp-hdrext:ssrc-audio-level" in aligned
+    assert "a=extmap:3 urn:example:new" in aligned  # 3 was free
+    assert align_header_extensions(offer, None) == offer

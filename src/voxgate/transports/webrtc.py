@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fractions
+import re
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any
@@ -93,6 +94,39 @@ def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
             sink(packet.payload, packet.timestamp)
 
     receiver._handle_rtp_packet = handle  # type: ignore[method-assign]
+
+
+_EXTMAP = re.compile(r"^a=extmap:(\d+)(/\w+)? (\S+)(.*)$")
+
+
+def align_header_extensions(offer: str, remote: str | None) -> str:
+    """A server re-offer with the RTP header extension ids the peer chose before.
+
+    aiortc's ``createOffer`` numbers header extensions its own way (``sdes:mid`` = 1,
+    ``ssrc-audio-level`` = 2) on every m-line, also on m-lines the peer has already
+    negotiated with its own numbers. Browsers refuse that ("RTP extension ID reassignment
+    not supported"; in a BUNDLE all m-lines share one id space). So each ``a=extmap``
+    of the offer takes the id the peer's last description gave the same URI; a URI the
+    peer never used gets an id no one uses. aiortc adopts the ids of the answer, so
+    both ends then agree.
+    """
+    if not remote:
+        return offer
+    ids: dict[str, str] = {}
+    for line in remote.splitlines():
+        if m := _EXTMAP.match(line):
+            ids.setdefault(m.group(3), m.group(1))
+    used = set(ids.values())
+    lines = []
+    for line in offer.split("\r\n"):
+        if m := _EXTMAP.match(line):
+            uri = m.group(3)
+            if uri not in ids:
+                ids[uri] = next(str(n) for n in range(1, 256) if str(n) not in used)
+                used.add(ids[uri])
+            line = f"a=extmap:{ids[uri]}{m.group(2) or ''} {uri}{m.group(4)}"
+        lines.append(line)
+    return "\r\n".join(lines)
 
 
 class EncodedPacket:

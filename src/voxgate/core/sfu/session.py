@@ -20,7 +20,12 @@ from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateErr
 
 from voxgate.core.sfu.tracks import PcmPublisher, TrackSource
 from voxgate.errors import SfuError
-from voxgate.transports.webrtc import PacketTrack, peer_connection, tap_receiver
+from voxgate.transports.webrtc import (
+    PacketTrack,
+    align_header_extensions,
+    peer_connection,
+    tap_receiver,
+)
 
 log = logging.getLogger("voxgate.sfu")
 
@@ -169,9 +174,11 @@ class SfuSession:
 
     async def _local_description(self, make_offer: bool) -> str:
         pc = self.pc
+        remote = pc.remoteDescription.sdp if pc.remoteDescription is not None else None
         desc = await (pc.createOffer() if make_offer else pc.createAnswer())
         await pc.setLocalDescription(desc)
-        return str(pc.localDescription.sdp)
+        sdp = str(pc.localDescription.sdp)
+        return align_header_extensions(sdp, remote) if make_offer else sdp
 
     async def answer(self, offer: str) -> str:
         """Apply a client offer (new session, or one that only changes directions)."""
