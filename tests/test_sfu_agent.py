@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
+import orjson
 from tests.conftest import GatewayFactory, wait_for
 from tests.test_sfu import rms
 
@@ -13,6 +15,22 @@ from voxgate.testing.webrtc import PcmTrack, Recorder, SfuPeer
 
 DATA = Path(__file__).parent / "data"
 APP = "/v1/apps/default"
+
+
+async def watch(http: aiohttp.ClientSession, url: str, into: list[dict[str, object]]) -> None:
+    """Read an agent's Server-Sent Events until the stream ends."""
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        event = "message"
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: "):
+                data = orjson.loads(line[6:])
+                into.append(data if event == "message" else {"type": event})
+                event = "message"
 
 
 def speech_48k(name: str) -> bytes:
@@ -46,6 +64,9 @@ async def test_agent_in_a_call_answers_a_spoken_question(
     assert status == 201, body
     agent_id, agent_session, agent_track = body["agentId"], body["sessionId"], body["trackName"]
 
+    watched: list[dict[str, object]] = []
+    watcher = asyncio.create_task(watch(http, f"{base}/agents/{agent_id}/events", watched))
+
     listener = SfuPeer(http, base)
     await listener.open()
     pulled = await listener.pull((agent_session, agent_track))
@@ -77,6 +98,23 @@ async def test_agent_in_a_call_answers_a_spoken_question(
     status, closed = await caller.call("POST", f"/agents/{agent_id}/close")
     assert status == 200
     assert closed["closed"] is True
+    # the event stream saw the turn and the answer, then the end
+    async with asyncio.timeout(5):
+        await watcher
+    types = [e["type"] for e in watched]
+    assert types[-1] == "close"
+    for wanted in (
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "conversation.item.input_audio_transcription.completed",
+        "response.output_audio_transcript.delta",
+        "response.done",
+    ):
+        assert wanted in types, types
+    assert not any("audio.delta" in t for t in types)  # no audio in the stream
+    status, _gone = await caller.call("GET", f"/agents/{agent_id}/events")
+    assert status == 404
+
     status, _again = await caller.call("POST", f"/agents/{agent_id}/close")
     assert status == 200
     assert agent_id not in gw.services.media.agents

@@ -4,7 +4,8 @@
 ``{agentId, sessionId, trackName}``. ``session`` is a Realtime session config (as in
 ``session.update``); the bridge's audio formats are fixed to 48 kHz PCM. Participants
 pull ``trackName`` from ``sessionId`` like any other track. ``GET …/agents/{id}`` gives
-the transcript so far; ``POST …/agents/{id}/close`` ends it (idempotent).
+the transcript so far, ``GET …/agents/{id}/events`` its events as they happen (SSE);
+``POST …/agents/{id}/close`` ends it (idempotent).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ async def new_agent(request: web.Request, s: Services, app_id: str) -> web.Respo
         s.media.closed_ids.add(agent.id)
         await save_record(s, counters, 1000, None, None)
 
-    agent = CallAgent(agent_id, app_id, s.media, listen, on_close=closed)
+    agent = CallAgent(agent_id, app_id, s.media, listen, counters=counters, on_close=closed)
     try:
         await agent.start(make_voice)
     except DialError as exc:  # in-process channels do not fail; kept for completeness
@@ -149,6 +150,23 @@ async def get_agent(request: web.Request, s: Services, app_id: str) -> web.Respo
 
 
 @sfu_handler
+async def agent_events(request: web.Request, s: Services, app_id: str) -> web.StreamResponse:
+    """``GET …/agents/{id}/events``: the agent's turn, transcript and response events as
+    Server-Sent Events (``data: <Realtime event JSON>``) until it closes; then one
+    ``event: close``. Browsers read it with ``EventSource``."""
+    agent = _agent(s, app_id, request.match_info["agent"])
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    )
+    await response.prepare(request)
+    await response.write(b": voxgate agent events\n\n")
+    async for data in agent.watch():
+        await response.write(b"data: " + data.encode() + b"\n\n")
+    await response.write(b"event: close\ndata: {}\n\n")
+    return response
+
+
+@sfu_handler
 async def close_agent(request: web.Request, s: Services, app_id: str) -> web.Response:
     agent_id = request.match_info["agent"]
     agent = s.media.agents.get(agent_id)
@@ -163,4 +181,5 @@ def add_routes(app: web.Application) -> None:
     base = "/v1/apps/{app}/agents"
     app.router.add_post(base + "/new", new_agent)
     app.router.add_get(base + "/{agent}", get_agent)
+    app.router.add_get(base + "/{agent}/events", agent_events)
     app.router.add_post(base + "/{agent}/close", close_agent)

@@ -23,7 +23,7 @@ from voxgate.transports.dial import DialError
 
 log = logging.getLogger("voxgate.sfu")
 
-Handler = Callable[[web.Request], Awaitable[web.Response]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 256 * 1024
 
 
@@ -31,10 +31,12 @@ def sfu_error(status: int, code: str, description: str) -> web.Response:
     return json_response({"errorCode": code, "errorDescription": description}, status=status)
 
 
-def sfu_handler(fn: Callable[[web.Request, Services, str], Awaitable[web.Response]]) -> Handler:
+def sfu_handler(
+    fn: Callable[[web.Request, Services, str], Awaitable[web.StreamResponse]],
+) -> Handler:
     """Authenticate the app, map SfuError to the spec's error body."""
 
-    async def handle(request: web.Request) -> web.Response:
+    async def handle(request: web.Request) -> web.StreamResponse:
         s = request.app[SERVICES]
         app_id = request.match_info["app"]
         try:
@@ -50,9 +52,9 @@ def _authenticate(s: Services, app_id: str, request: web.Request) -> None:
     app = s.settings.apps.get(app_id)
     if app is None:
         raise SfuError(404, "not_found", f"no app {app_id!r}")
+    if app.open:
+        return
     expected = app.secret.value
-    if app.secret.env is None and expected is None:
-        return  # the built-in app of a loopback server (see config)
     presented = bearer(request.headers.get("Authorization", ""))
     if not expected or not presented or not token_matches(presented, expected):
         raise SfuError(401, "unauthorized", "missing or wrong app secret")

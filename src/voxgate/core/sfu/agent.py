@@ -20,7 +20,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ import numpy as np
 import orjson
 import pybase64
 
+from voxgate.core.relay import RelaySession
 from voxgate.core.sfu.media import MediaServer
 from voxgate.protocols.adapter import PacketError, decode_packet, encode_packet
 from voxgate.testing.memory import MemoryChannel, memory_pair
@@ -42,6 +43,22 @@ RATE = 48000
 APPEND_FRAMES = 2
 #: How far ahead of real time the mouth writes into the ingest adapter.
 LEAD_SECONDS = 0.06
+#: The Realtime events a watcher of the agent gets (:meth:`CallAgent.watch`): turns,
+#: transcripts and response status, not audio.
+WATCHED = frozenset(
+    {
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "conversation.item.input_audio_transcription.completed",
+        "response.created",
+        "response.output_audio_transcript.delta",
+        "response.output_audio_transcript.done",
+        "response.done",
+        "error",
+    }
+)
+#: Events a slow watcher may have pending before it is cut off.
+WATCH_BACKLOG = 256
 
 
 Send = Callable[[str], Awaitable[None]]
@@ -72,6 +89,8 @@ class CallAgent:
     track_name: str = "agent"
     session_id: str = ""
     transcript: list[Line] = field(default_factory=list)
+    #: The session's meters (bytes and frames of the Realtime bridge), for live listings.
+    counters: RelaySession | None = None
     #: Called once when the agent has closed (the owner writes its usage record).
     on_close: Callable[[CallAgent], Awaitable[None]] | None = None
     _voice: VoiceSession | None = None
@@ -81,6 +100,7 @@ class CallAgent:
     _speaking: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _adapters: list[Any] = field(default_factory=list)
+    _watchers: set[asyncio.Queue[str | None]] = field(default_factory=set)
     _closed: bool = False
 
     async def start(
@@ -160,13 +180,43 @@ class CallAgent:
                 audio = pybase64.b64encode(np.concatenate(batch).tobytes()).decode()
                 batch = []
                 event = {"type": "input_audio_buffer.append", "audio": audio}
-                await self._voice.handle(orjson.dumps(event).decode())
+                data = orjson.dumps(event).decode()
+                if self.counters is not None:
+                    self.counters.client_frame(loop.time(), data)
+                await self._voice.handle(data)
 
     # -- mouth ------------------------------------------------------------------------
 
+    async def watch(self) -> AsyncIterator[str]:
+        """The agent's :data:`WATCHED` events as JSON text, from now until it closes.
+
+        A watcher that falls :data:`WATCH_BACKLOG` events behind is ended early."""
+        queue: asyncio.Queue[str | None] = asyncio.Queue(WATCH_BACKLOG)
+        if self._closed:
+            return
+        self._watchers.add(queue)
+        try:
+            while (data := await queue.get()) is not None:
+                yield data
+        finally:
+            self._watchers.discard(queue)
+
+    def _tell_watchers(self, data: str | None) -> None:
+        for queue in list(self._watchers):
+            try:
+                queue.put_nowait(data)
+            except asyncio.QueueFull:
+                self._watchers.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(None)
+
     async def _on_event(self, data: str) -> None:
+        if self.counters is not None:
+            self.counters.upstream_frame(asyncio.get_running_loop().time(), data)
         event = orjson.loads(data)
         kind = event.get("type")
+        if kind in WATCHED:
+            self._tell_watchers(data)
         if kind == "response.output_audio.delta":
             self._playout += _stereo(pybase64.b64decode(event["delta"]))
             self._speaking.set()
@@ -212,6 +262,7 @@ class CallAgent:
                 await task
         if self._voice is not None:
             await self._voice.close()
+        self._tell_watchers(None)
         for adapter in self._adapters:
             await adapter.close()
         if self.on_close is not None:
