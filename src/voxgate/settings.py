@@ -140,6 +140,11 @@ class AppSettings:
     name: str
     secret: Secret
 
+    @property
+    def open(self) -> bool:
+        """The built-in app of a loopback server: no secret at all (see :func:`default_apps`)."""
+        return self.secret.env is None and self.secret.value is None
+
 
 @dataclass(frozen=True)
 class EngineSettings:

@@ -63,6 +63,16 @@ class EngineRegistry:
     def loaded(self) -> dict[str, list[str]]:
         return {"tts": sorted(self._tts), "stt": sorted(self._stt)}
 
+    def describe_tts(self, name: str) -> TextToSpeech:
+        """The local TTS engine ``name`` built but not loaded (when not loaded already):
+        enough to read its capabilities, such as the voices. Raises EngineUnavailable."""
+        engine = self._tts.get(name)
+        if engine is None:
+            built = self._build(name, "tts")
+            assert isinstance(built, TextToSpeech)
+            return built
+        return engine
+
     async def tts(self, name: str) -> TextToSpeech:
         engine = self._tts.get(name)
         if engine is None:

@@ -8,21 +8,10 @@ from aiohttp import web
 
 from voxgate.errors import BadRequest, NotFound
 from voxgate.server.app import SERVICES, json_response
-from voxgate.server.auth import authenticate, token_from_headers
-from voxgate.settings import GatewaySettings
+from voxgate.server.gateway_api import request_gateway
 from voxgate.store import UsageQuery
 
 MAX_LIMIT = 1000
-
-
-def _gateway(request: web.Request) -> GatewaySettings:
-    s = request.app[SERVICES]
-    account, gateway = request.match_info["account"], request.match_info["gateway"]
-    gw = s.settings.gateway(account, gateway)
-    if gw is None:
-        raise NotFound(f"unknown account or gateway {account}/{gateway}")
-    authenticate(gw, token_from_headers(request.headers, allow_authorization=True))
-    return gw
 
 
 def parse_since(raw: str) -> float:
@@ -57,7 +46,7 @@ def parse_limit(raw: str | None) -> int:
 
 
 async def list_logs(request: web.Request) -> web.Response:
-    gw = _gateway(request)
+    gw = request_gateway(request)
     since_raw = request.query.get("since")
     q = UsageQuery(
         account=gw.account,
@@ -70,7 +59,7 @@ async def list_logs(request: web.Request) -> web.Response:
 
 
 async def get_log(request: web.Request) -> web.Response:
-    gw = _gateway(request)
+    gw = request_gateway(request)
     store = request.app[SERVICES].store
     sid = request.match_info["session_id"]
     record = await store.get(gw.account, gw.name, sid)

@@ -207,14 +207,18 @@ def _engine_option(s: Services, provider: str, option: str) -> str:
 
 async def tts_engine(s: Services, name: str) -> TextToSpeech:
     """The TTS engine ``name``: the shared local engine, or a cloud engine's client."""
-    provider = s.engines.provider_of(name)
-    if not provider:
+    if not s.engines.provider_of(name):
         return await s.engines.tts(name)
+    return cloud_tts(s, name)
+
+
+def cloud_tts(s: Services, name: str) -> CloudTTS:
+    """The client of the cloud TTS engine ``name`` (cheap: nothing is opened)."""
     return CloudTTS(
         name,
         s.engines.type_of(name),
         connector=s.connector,
-        provider=s.providers[provider],
+        provider=s.providers[s.engines.provider_of(name)],
         options=_options(s, name),
     )
 
