@@ -28,12 +28,17 @@ run: $(VENV)/.installed-run
 
 # System programs some tests use. Installed with apt when we are root; otherwise the
 # tests that need them are skipped and pytest prints the reason (-ra).
+# The browser tests drive Debian's chromium with Playwright (its own browser download
+# does not work everywhere).
 system-deps:
-	@if ! command -v openssl >/dev/null 2>&1; then \
+	@missing=""; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && apt-get install -y -qq openssl >/dev/null) || \
-	      echo "make: could not install openssl; the TLS test will be skipped"; \
-	  else echo "make: openssl not found and not root; the TLS test will be skipped"; fi; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || \
+	      echo "make: could not install$$missing; the tests that need them will be skipped"; \
+	  else echo "make:$$missing not found and not root; the tests that need them will be skipped"; fi; \
 	fi
 
 lint: $(VENV)/.installed-test

@@ -125,6 +125,7 @@ async def _serve(settings: Settings) -> None:
     ws_scheme = "wss" if ssl_ctx else "ws"
     shown = f"[{host}]" if ":" in host else host
     print(f"voxgate {__version__} listening on {scheme}://{shown}:{port}", flush=True)
+    print(f"  open {scheme}://{shown}:{port}/ in a browser to talk to the agent")
     print(f"  relay: {ws_scheme}://{shown}:{port}/v1/{{account}}/{{gateway}}/{{provider}}")
     engines = app[SERVICES].engines
     print(f"  speech: {ws_scheme}://{shown}:{port}/v1/tts/{{{','.join(engines.tts_names())}}}")

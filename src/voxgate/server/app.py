@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import web
 
-from voxgate import __version__
 from voxgate.clock import Clock, IdFactory, SystemClock, random_id
 from voxgate.core.realtime.secrets import ClientSecrets
 from voxgate.core.sfu.media import MediaServer
@@ -126,8 +125,10 @@ def create_app(
     """Build the aiohttp application. Raises ConfigError for unusable settings."""
     from voxgate.server import (
         agent_routes,
+        gateway_api,
         logs_api,
         ops,
+        page,
         realtime_routes,
         relay_routes,
         sfu_routes,
@@ -155,7 +156,9 @@ def create_app(
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     app[SERVICES] = services
     ops.add_routes(app)
+    page.add_routes(app)
     logs_api.add_routes(app)
+    gateway_api.add_routes(app)
     speech_routes.add_routes(app)
     realtime_routes.add_routes(app)
     sfu_routes.add_routes(app)
@@ -204,18 +207,3 @@ async def _cleanup(app: web.Application) -> None:
         await s.engines.close()
     await s.store.close()
     await s.state.close()
-
-
-def index(request: web.Request) -> web.Response:
-    return json_response(
-        {
-            "name": "voxgate",
-            "version": __version__,
-            "relay": "ws /v1/{account}/{gateway}/{provider}[/{path}]",
-            "logs": "GET /v1/{account}/{gateway}/logs",
-            "speech": ["ws /v1/tts/{engine}", "ws /v1/stt/{engine}"],
-            "realtime": ["ws /v1/realtime?model=…", "POST /v1/realtime/client_secrets"],
-            "media": ["/v1/apps/{appId}/sessions/…", "/v1/apps/{appId}/adapters/websocket/…"],
-            "operations": ["/healthz", "/readyz", "/metrics"],
-        }
-    )

@@ -1,10 +1,10 @@
-"""Operations endpoints: /healthz, /readyz, /metrics, and the index."""
+"""Operations endpoints: /healthz, /readyz, /metrics."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from voxgate.server.app import SERVICES, index, json_response
+from voxgate.server.app import SERVICES, json_response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -31,12 +31,7 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-async def root(request: web.Request) -> web.Response:
-    return index(request)
-
-
 def add_routes(app: web.Application) -> None:
-    app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -1,0 +1,85 @@
+// HTTP and WebSocket helpers shared by the views. Errors come out as two classes, so a
+// view can say in words what went wrong: the server could not be reached at all, or it
+// answered with an error of its own.
+
+/** The server did not answer (stopped, restarted, network gone). */
+export class ServerUnreachable extends Error {
+  constructor() {
+    super("The voxgate server cannot be reached. Is it still running? Start it again (make run) and retry.");
+    this.name = "ServerUnreachable";
+  }
+}
+
+/** The server answered with an error status; `code` and `message` are its own words. */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** JSON request to this server. Gateway errors are {error: {code, message}}, media-server
+ * errors {errorCode, errorDescription}; both become an ApiError. */
+export async function request(method, path, { body, token } = {}) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (token) headers.Authorization = `Bearer ${token}`;
+  let res;
+  try {
+    res = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+    });
+  } catch {
+    throw new ServerUnreachable();
+  }
+  const text = await res.text();
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!res.ok) {
+    const err = (data && data.error) || {};
+    const code = err.code || (data && data.errorCode) || "http_error";
+    const message = err.message || (data && data.errorDescription) || res.statusText || `HTTP ${res.status}`;
+    throw new ApiError(res.status, code, message);
+  }
+  return data;
+}
+
+/** True when the server answers its health check. */
+export async function serverAlive() {
+  try {
+    const res = await fetch("/healthz", { cache: "no-store" });
+    return res.ok;
+  } catch {
+    return false;
+  }
+}
+
+/** ws:// or wss:// address of a path on this server. */
+export function wsUrl(path) {
+  const url = new URL(path, location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
+}
+
+/** Words for a WebSocket close code from the gateway (see the README's close codes). */
+export function closeReason(code) {
+  switch (code) {
+    case 4000: return "The server did not accept the credentials (a client secret lasts one minute).";
+    case 4001: return "Too many messages: the server's rate limit was reached.";
+    case 4002: return "A message was larger than the server allows.";
+    case 4003: return "The session reached the server's time limit for one session.";
+    case 4008: return "The session ended after a long silence.";
+    case 1011: return "The server hit an internal error and ended the session.";
+    case 1013: return "The server is busy; try again in a moment.";
+    default: return "";
+  }
+}

@@ -1,0 +1,219 @@
+// Talk through WebRTC and the media server: a session, the microphone pushed as a local
+// track, a voice agent that listens to it (POST /agents/new), and the agent's track
+// pulled back into the same PeerConnection. The transcript comes from the agent's event
+// stream (GET /agents/{id}/events, Server-Sent Events with Realtime event shapes).
+// The media API is the SFU's (spec/sfu.md), used as any application would.
+
+import { ApiError, request, serverAlive } from "./api.js";
+import { TurnClock, VOICE_LEVEL, streamMeter } from "./audio.js";
+
+const GATHER_TIMEOUT_MS = 3000;
+
+/** Resolves when the PeerConnection has its ICE candidates in its local description
+ * (the media server takes no trickled candidates). */
+function gathered(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", done);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, GATHER_TIMEOUT_MS);
+  });
+}
+
+export class WebRtcTalk {
+  /** `ui`: as for WebSocketTalk. */
+  constructor(ui) {
+    this.ui = ui;
+    this.stopped = false;
+    this.clock = new TurnClock();
+    this.answering = null; // item id of the answer being spoken
+    this.waitingLatency = null;
+    this.playedMs = 0;
+  }
+
+  async start(ctx, mic, { model, voice, app }) {
+    if (!app) {
+      throw new Error(
+        "The WebRTC mode needs a media app without a secret (the built-in app “default” of a server on 127.0.0.1). Use the WebSocket mode here."
+      );
+    }
+    const base = `/v1/apps/${encodeURIComponent(app)}`;
+    this.base = base;
+    this.ui.status("Opening a media-server session…");
+    const { sessionId } = await this.call("POST", `${base}/sessions/new`);
+    this.sessionId = sessionId;
+
+    const pc = new RTCPeerConnection();
+    this.pc = pc;
+    pc.onconnectionstatechange = () => this.onConnectionState();
+    pc.ontrack = (e) => this.onTrack(e.streams[0] || new MediaStream([e.track]));
+    const transceiver = pc.addTransceiver(mic.getAudioTracks()[0], { direction: "sendonly" });
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    const pushed = await this.call("POST", `${base}/sessions/${sessionId}/tracks/new`, {
+      sessionDescription: { type: "offer", sdp: pc.localDescription.sdp },
+      tracks: [{ location: "local", mid: transceiver.mid, trackName: "mic" }],
+    });
+    this.checkTracks(pushed);
+    await pc.setRemoteDescription(pushed.sessionDescription);
+
+    this.ui.status("Starting the voice agent…");
+    const session = {};
+    if (model) session.model = model;
+    if (voice) session.audio = { output: { voice } };
+    const agent = await this.call("POST", `${base}/agents/new`, {
+      listen: [{ sessionId, trackName: "mic" }],
+      session,
+    });
+    this.agent = agent;
+    this.ui.session(agent.agentId);
+    this.watch(`${base}/agents/${agent.agentId}/events`);
+
+    const pulled = await this.call("POST", `${base}/sessions/${sessionId}/tracks/new`, {
+      tracks: [{ location: "remote", sessionId: agent.sessionId, trackName: agent.trackName }],
+    });
+    this.checkTracks(pulled);
+    await pc.setRemoteDescription(pulled.sessionDescription);
+    await pc.setLocalDescription(await pc.createAnswer());
+    await this.call("PUT", `${base}/sessions/${sessionId}/renegotiate`, {
+      sessionDescription: { type: "answer", sdp: pc.localDescription.sdp },
+    });
+
+    this.micMeter = streamMeter(ctx, mic);
+    this.ctx = ctx;
+    this.meter = setInterval(() => this.tick(), 50);
+    this.ui.status("Connected through the media server. Ask something.");
+  }
+
+  async call(method, path, body) {
+    try {
+      return await request(method, path, { body });
+    } catch (err) {
+      if (err instanceof ApiError) throw new Error(`The media server refused a request (${err.code}): ${err.message}`);
+      throw err;
+    }
+  }
+
+  checkTracks(answer) {
+    const failed = (answer.tracks || []).find((t) => t.errorCode);
+    if (failed) throw new Error(`The media server refused the track “${failed.trackName}”: ${failed.errorDescription}`);
+  }
+
+  onTrack(stream) {
+    const audio = document.getElementById("rtc-audio");
+    audio.srcObject = stream; // Chromium sends a remote stream to Web Audio only while an element plays it
+    audio.play().catch(() => {});
+    this.agentMeter = streamMeter(this.ctx || new AudioContext(), stream);
+  }
+
+  watch(url) {
+    const source = new EventSource(url);
+    this.events = source;
+    source.onmessage = (e) => this.onEvent(JSON.parse(e.data));
+    source.addEventListener("close", () => {
+      source.close();
+      if (!this.stopped) this.ui.fail("The voice agent left the call. Press Start to begin again.");
+    });
+    source.onerror = async () => {
+      if (this.stopped || source.readyState !== EventSource.CLOSED) return;
+      if (!(await serverAlive())) this.lost();
+    };
+  }
+
+  onEvent(event) {
+    switch (event.type) {
+      case "input_audio_buffer.speech_started":
+        this.clock.started();
+        this.answering = null;
+        this.ui.status("Hearing you…");
+        break;
+      case "input_audio_buffer.speech_stopped":
+        this.clock.stopped();
+        this.ui.status("Thinking…");
+        break;
+      case "response.output_audio_transcript.delta":
+        this.ui.status("Answering. Speak to interrupt.");
+        this.answering = event.item_id;
+        if (this.waitingLatency !== null) {
+          this.ui.latency(event.item_id, this.waitingLatency);
+          this.waitingLatency = null;
+        }
+        break;
+      case "response.done": {
+        const r = event.response || {};
+        if (r.status === "failed") {
+          const err = (r.status_details && r.status_details.error) || {};
+          this.ui.warn(`The agent could not answer: ${err.message || "its language model failed"}. Check that the model's server is running, or choose another model, then try again.`);
+        }
+        this.ui.status("Listening. Ask something; speak over the answer to interrupt it.");
+        break;
+      }
+      case "error":
+        this.ui.warn(`The agent reported a problem: ${(event.error && event.error.message) || "unknown error"}`);
+        break;
+      default:
+        break;
+    }
+    this.ui.event(event);
+  }
+
+  /** Every 50 ms: meters, the latency clock, and how much answer audio was heard. */
+  tick() {
+    const now = performance.now();
+    const mic = this.micMeter.level();
+    this.clock.mic(mic, now);
+    this.ui.mic(mic);
+    if (!this.agentMeter) return;
+    const agent = this.agentMeter.level();
+    this.ui.agent(agent);
+    if (agent >= VOICE_LEVEL) {
+      this.playedMs += 50;
+      this.ui.played(this.playedMs);
+      const ms = this.clock.answer(now);
+      if (ms !== null) {
+        if (this.answering) this.ui.latency(this.answering, ms);
+        else this.waitingLatency = ms;
+      }
+    }
+  }
+
+  onConnectionState() {
+    const state = this.pc.connectionState;
+    if (this.stopped) return;
+    if (state === "failed") {
+      this.ui.fail(
+        "The WebRTC connection could not be set up or was lost. Networks that block UDP need a TURN server; the WebSocket mode works without one."
+      );
+      this.stop(false);
+    } else if (state === "disconnected") {
+      serverAlive().then((alive) => {
+        if (!alive && !this.stopped) this.lost();
+      });
+    }
+  }
+
+  lost() {
+    this.ui.fail("Lost the connection: the voxgate server stopped or cannot be reached. Start it again (make run), then press Start.");
+    this.stop(false);
+  }
+
+  /** Leave the call; `tellServer` false when the server is gone anyway. */
+  stop(tellServer = true) {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.meter);
+    if (this.events) this.events.close();
+    if (tellServer && this.agent) {
+      request("POST", `${this.base}/agents/${this.agent.agentId}/close`).catch(() => {});
+    }
+    if (this.pc) this.pc.close();
+    const audio = document.getElementById("rtc-audio");
+    audio.srcObject = null;
+    this.ui.ended();
+  }
+}

@@ -1,0 +1,307 @@
+"""The browser page in a real browser: headless Chromium (Debian's ``chromium``) driven by
+Playwright, its microphone a fake device playing a WAV of real speech.
+
+Screenshots of each view go to ``artifacts/page/`` (``VOXGATE_ARTIFACTS`` overrides).
+Without the browser or Playwright these tests are skipped with the reason printed
+(``make test`` installs both where it can).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import wave
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tests.conftest import Gateway, GatewayFactory, provider_overrides
+
+from voxgate.testing import RecordingUpstream
+
+try:
+    from playwright.async_api import Browser, Page, async_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    pytest.skip("playwright is not installed (pip install playwright)", allow_module_level=True)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+if CHROMIUM is None:  # pragma: no cover - depends on the machine
+    pytest.skip(
+        "no system Chromium (Debian: apt-get install chromium); browser tests skipped",
+        allow_module_level=True,
+    )
+
+DATA = Path(__file__).parent / "data"
+ARTIFACTS = Path(os.environ.get("VOXGATE_ARTIFACTS", Path(__file__).parent.parent / "artifacts"))
+QUESTION_WORDS = ("superlative",)  # arctic_a0007: "…see it in the superlative degree"
+TALK_SECONDS = 40.0
+
+Launch = Callable[..., Awaitable[Page]]
+
+
+def question_wav(path: Path) -> Path:
+    """The spoken question with silence around it: Chromium loops the fake microphone's
+    file, and the answer needs a quiet gap to be heard in."""
+    with wave.open(str(DATA / "arctic_a0007.wav")) as w:
+        rate = w.getframerate()
+        speech = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    silence = np.zeros(rate, np.int16)
+    audio = np.concatenate([silence, speech, *[silence] * 9])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(audio.tobytes())
+    return path
+
+
+@pytest.fixture
+async def launch(tmp_path: Path) -> AsyncIterator[Launch]:
+    """``await launch(gw, microphone=True)``: a page of ``gw`` in a fresh headless
+    Chromium; ``microphone=False`` gives a browser that denies the microphone."""
+    wav = question_wav(tmp_path / "question.wav")
+    browsers: list[Browser] = []
+    async with async_playwright() as p:
+
+        async def start(gw: Gateway, *, microphone: bool = True) -> Page:
+            args = [
+                "--use-fake-device-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+            ]
+            if microphone:
+                args += [
+                    "--use-fake-ui-for-media-stream",
+                    f"--use-file-for-fake-audio-capture={wav}",
+                ]
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=args)
+            browsers.append(browser)
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})
+            if microphone:
+                await context.grant_permissions(["microphone"], origin=gw.base)
+            page = await context.new_page()
+            page.on("pageerror", lambda exc: print("page error:", exc))
+            await page.goto(gw.base + "/")
+            await until(page, "() => document.querySelector('#version').textContent !== ''")
+            return page
+
+        yield start
+        for browser in browsers:
+            await browser.close()
+
+
+async def until(page: Page, condition: str, within: float = 10.0) -> None:
+    """Wait until the JavaScript function ``condition`` returns true in the page.
+
+    (Playwright's ``wait_for_function`` evaluates strings, which the page's CSP forbids.)"""
+    async with asyncio.timeout(within):
+        while not await page.evaluate(condition):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+
+async def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.joinpath("page").mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "page" / f"{name}.png"), full_page=True)
+
+
+async def talk_state(page: Page) -> dict[str, Any]:
+    state: dict[str, Any] = await page.evaluate(
+        """() => {
+          const v = document.querySelector('#view-talk');
+          const err = document.querySelector('#talk-error');
+          return {
+            state: v.dataset.state, audioMs: Number(v.dataset.audioMs || 0),
+            session: v.dataset.session || null,
+            user: [...document.querySelectorAll('#transcript li.user .text')].map(e => e.textContent),
+            agent: [...document.querySelectorAll('#transcript li.assistant .text')].map(e => e.textContent),
+            latency: [...document.querySelectorAll('#transcript .latency')].map(e => Number(e.dataset.ms)),
+            error: err.hidden ? null : err.querySelector('.error-text').textContent,
+          };
+        }"""
+    )
+    return state
+
+
+async def talk_until_answered(page: Page, mode: str) -> dict[str, Any]:
+    """Start talking in ``mode``; return the view's state once the agent's answer to the
+    spoken question was heard (its transcript shown and over a second of audio played)."""
+    await page.check(f"input[name=mode][value={mode}]")
+    await page.click("#talk-start")
+    state: dict[str, Any] = {}
+    async with asyncio.timeout(TALK_SECONDS):
+        while True:
+            state = await talk_state(page)
+            assert state["error"] is None, state
+            heard = any(w in " ".join(state["user"]) for w in QUESTION_WORDS)
+            if heard and state["agent"] and state["audioMs"] > 1000 and state["latency"]:
+                return state
+            await asyncio.sleep(0.25)
+
+
+async def show_gateway(page: Page, session: str) -> None:
+    await page.click("#tab-gateway")
+    await page.wait_for_selector(f'#live tr[data-session="{session}"]', timeout=10_000)
+
+
+async def test_talk_over_websocket(gateway: GatewayFactory, launch: Launch) -> None:
+    gw = await gateway()
+    page = await launch(gw)
+    await screenshot(page, "talk-idle")
+    state = await talk_until_answered(page, "ws")
+    assert state["session"].startswith("sess_")
+    assert "superlative" in state["agent"][0]  # the echo model says what it heard
+    assert 0 < state["latency"][0] < 10_000
+    # the client secret, never a gateway token: the page minted one and used it
+    assert gw.services.client_secrets is not None
+    await screenshot(page, "talk-websocket")
+
+    await show_gateway(page, state["session"])
+    row = await page.inner_text(f'#live tr[data-session="{state["session"]}"]')
+    assert "realtime" in row
+    assert "voxgate/echo" in row
+    await screenshot(page, "gateway")
+
+    await page.click("#tab-talk")
+    await page.click("#talk-stop")
+    await page.click("#tab-gateway")
+    usage = f'#usage tr[data-session="{state["session"]}"]'
+    await page.wait_for_selector(usage, timeout=10_000)
+    assert "realtime" in await page.inner_text(usage)
+    await page.wait_for_selector(f'#live tr[data-session="{state["session"]}"]', state="detached")
+
+
+async def test_talk_through_the_media_server(gateway: GatewayFactory, launch: Launch) -> None:
+    gw = await gateway()
+    page = await launch(gw)
+    state = await talk_until_answered(page, "rtc")
+    agent_id = state["session"]
+    assert agent_id in gw.services.media.agents
+    assert "superlative" in state["agent"][0]
+    await screenshot(page, "talk-webrtc")
+    await show_gateway(page, agent_id)
+    assert "agent" in await page.inner_text(f'#live tr[data-session="{agent_id}"]')
+    summary = await page.inner_text("#media-summary")
+    assert "1 agent" in summary
+    assert "WebRTC session" in summary
+    await page.click("#tab-talk")
+    await page.click("#talk-stop")
+    async with asyncio.timeout(10):
+        while agent_id in gw.services.media.agents:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def test_speak_and_listen(gateway: GatewayFactory, launch: Launch) -> None:
+    gw = await gateway()
+    page = await launch(gw)
+    await page.click("#tab-speak")
+    voices = await page.eval_on_selector_all("#tts-voice option", "os => os.map(o => o.value)")
+    assert "en_US-joe-medium" in voices
+    await page.select_option("#tts-voice", "en_US-joe-medium")
+    await page.fill("#tts-text", "The birch canoe slid on the smooth planks.")
+    await page.click("#tts-speak")
+    await until(
+        page, "() => document.querySelector('#tts-status').textContent.startsWith('Done')", 20
+    )
+    assert int(await page.get_attribute("#view-speak", "data-tts-ms") or 0) > 1000
+
+    await page.select_option("#stt-engine", "whisper")
+    await page.set_input_files("#stt-file", str(DATA / "arctic_a0007.wav"))
+    await until(
+        page, "() => document.querySelector('#stt-status').textContent.startsWith('Done')", 60
+    )
+    assert (await page.inner_text("#stt-result")).lower().count("superlative") == 1
+    await screenshot(page, "speak-listen")
+
+    # not audio at all: said in words, nothing sent
+    await page.set_input_files(
+        "#stt-file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}]
+    )
+    await until(
+        page, "() => document.querySelector('#stt-status').textContent.includes('not audio')"
+    )
+
+
+RELAY_TOKEN = "browser-relay-token-1234"
+
+
+async def test_relay_from_the_browser_with_a_subprotocol_token(
+    gateway: GatewayFactory, launch: Launch
+) -> None:
+    async with RecordingUpstream() as up:
+        gw = await gateway(
+            provider_overrides(up.url, "openai") + "[accounts.acme.gateways.web]\n"
+            'tokens = [{ name = "browser", env = "WEB_TOKEN" }]\n'
+            'keys = { openai = { env = "K_OPENAI" } }\n',
+            env={"WEB_TOKEN": RELAY_TOKEN, "K_OPENAI": "sk-stored-key"},
+        )
+        page = await launch(gw)
+        script = """async ([url, token]) => new Promise((resolve) => {
+              const ws = new WebSocket(url, ['realtime', 'voxgate-authorization.' + token]);
+              ws.onopen = () => ws.send(JSON.stringify({type: 'hello'}));
+              ws.onmessage = (e) => { ws.close(1000); resolve({opened: true, echo: e.data, protocol: ws.protocol}); };
+              ws.onclose = (e) => resolve({opened: false, code: e.code});
+            })"""
+        url = gw.ws("/v1/acme/web/openai?model=gpt-realtime")
+        ok = await page.evaluate(script, [url, RELAY_TOKEN])
+        assert ok == {"opened": True, "echo": '{"type":"hello"}', "protocol": "realtime"}
+        hs = up.handshakes[0]
+        assert hs.headers.get("authorization") == "Bearer sk-stored-key"
+        assert RELAY_TOKEN not in repr(hs.headers) + repr(hs.subprotocols) + hs.query_string
+
+        refused = await page.evaluate(script, [url, "wrong-token"])
+        assert refused == {"opened": False, "code": 1006}
+        assert len(up.handshakes) == 1  # nothing reached the provider
+        # the page itself is still fine
+        assert await page.evaluate("fetch('/healthz').then(r => r.status)") == 200
+
+
+async def test_microphone_denied(gateway: GatewayFactory, launch: Launch) -> None:
+    gw = await gateway()
+    page = await launch(gw, microphone=False)
+    await page.click("#talk-start")
+    await page.wait_for_selector("#talk-error:not([hidden])")
+    text = await page.inner_text("#talk-error")
+    assert "Microphone access was denied" in text
+    assert "Start again" in text
+    assert await page.get_attribute("#view-talk", "data-state") == "error"
+    await screenshot(page, "error-microphone-denied")
+
+
+async def test_server_gone(gateway: GatewayFactory, launch: Launch) -> None:
+    gw = await gateway()
+    page = await launch(gw)
+    await gw.stop()
+    await page.click("#talk-start")
+    await page.wait_for_selector("#talk-error:not([hidden])")
+    assert "cannot be reached" in await page.inner_text("#talk-error")
+    await page.click("#tab-gateway")
+    await page.wait_for_selector("#banner:not([hidden])")
+    assert "make run" in await page.inner_text("#banner")
+    await screenshot(page, "error-server-gone")
+
+
+async def test_session_time_limit(gateway: GatewayFactory, launch: Launch) -> None:
+    gw = await gateway("[accounts.local.gateways.default]\nlimits = { max_session_seconds = 3 }\n")
+    page = await launch(gw)
+    await page.click("#talk-start")
+    await page.wait_for_selector("#talk-error:not([hidden])", timeout=15_000)
+    text = await page.inner_text("#talk-error")
+    assert "time limit" in text
+    assert "3 s per session" in text
+    assert "Start again" in text
+    await screenshot(page, "error-session-expired")
+
+
+async def test_upstream_model_error(gateway: GatewayFactory, launch: Launch) -> None:
+    gw = await gateway('[llm.down]\nbase_url = "http://127.0.0.1:9/v1"\n')
+    page = await launch(gw)
+    await page.fill("#talk-model", "down/any-model")
+    await page.click("#talk-start")
+    await page.wait_for_selector("#talk-error:not([hidden])", timeout=TALK_SECONDS * 1000)
+    text = await page.inner_text("#talk-error")
+    assert "The agent could not answer" in text
+    assert "model" in text
+    assert await page.get_attribute("#view-talk", "data-state") == "live"  # the talk goes on
+    await screenshot(page, "error-upstream")
