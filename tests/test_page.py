@@ -41,15 +41,44 @@ TALK_SECONDS = 40.0
 
 Launch = Callable[..., Awaitable[Page]]
 
+#: Visible text whose contrast with its background is under 4.5:1, as "TAG#id.class: ratio".
+CONTRAST = """() => {
+          const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
+          const lum = ([r, g, b]) => {
+            const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+            return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+          };
+          const background = (e) => {
+            for (; e; e = e.parentElement) {
+              const c = rgb(getComputedStyle(e).backgroundColor);
+              if (c.length < 4 || c[3] > 0) return c;
+            }
+            return [255, 255, 255];
+          };
+          const out = [];
+          for (const e of document.querySelectorAll('body *')) {
+            const text = [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+            if (!text || !e.offsetParent || e.disabled) continue;
+            const a = lum(rgb(getComputedStyle(e).color)), b = lum(background(e));
+            const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+            if (ratio < 4.5) out.push(`${e.tagName}#${e.id}.${e.className}: ${ratio.toFixed(2)}`);
+          }
+          return out;
+        }"""
 
-def question_wav(path: Path) -> Path:
+
+def question_wav(path: Path, *, interrupt_after: float | None = None) -> Path:
     """The spoken question with silence around it: Chromium loops the fake microphone's
-    file, and the answer needs a quiet gap to be heard in."""
+    file, and the answer needs a quiet gap to be heard in. With ``interrupt_after``,
+    the question is asked again that many seconds after it ended: over the answer."""
     with wave.open(str(DATA / "arctic_a0007.wav")) as w:
         rate = w.getframerate()
         speech = np.frombuffer(w.readframes(w.getnframes()), np.int16)
     silence = np.zeros(rate, np.int16)
-    audio = np.concatenate([silence, speech, *[silence] * 9])
+    parts = [silence, speech]
+    if interrupt_after is not None:
+        parts += [np.zeros(int(rate * interrupt_after), np.int16), speech]
+    audio = np.concatenate([*parts, *[silence] * 9])
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -61,12 +90,14 @@ def question_wav(path: Path) -> Path:
 @pytest.fixture
 async def launch(tmp_path: Path) -> AsyncIterator[Launch]:
     """``await launch(gw, microphone=True)``: a page of ``gw`` in a fresh headless
-    Chromium; ``microphone=False`` gives a browser that denies the microphone."""
-    wav = question_wav(tmp_path / "question.wav")
+    Chromium; ``microphone=False`` gives a browser that denies the microphone, ``wav``
+    another file for the fake microphone."""
+    question = question_wav(tmp_path / "question.wav")
     browsers: list[Browser] = []
     async with async_playwright() as p:
 
-        async def start(gw: Gateway, *, microphone: bool = True) -> Page:
+        async def start(gw: Gateway, *, microphone: bool = True, wav: Path | None = None) -> Page:
+            wav = wav or question
             args = [
                 "--use-fake-device-for-media-stream",
                 "--autoplay-policy=no-user-gesture-required",
@@ -305,3 +336,57 @@ async def test_upstream_model_error(gateway: GatewayFactory, launch: Launch) -> 
     assert "model" in text
     assert await page.get_attribute("#view-talk", "data-state") == "live"  # the talk goes on
     await screenshot(page, "error-upstream")
+
+
+async def test_speaking_over_the_answer_interrupts_it(
+    gateway: GatewayFactory, launch: Launch, tmp_path: Path
+) -> None:
+    gw = await gateway()
+    wav = question_wav(tmp_path / "twice.wav", interrupt_after=1.5)
+    page = await launch(gw, wav=wav)
+    await page.click("#talk-start")
+    cut = "#transcript li.assistant.interrupted[data-truncated-ms]"
+    await page.wait_for_selector(cut, timeout=TALK_SECONDS * 1000)
+    heard = int(await page.get_attribute(cut, "data-truncated-ms") or -1)
+    assert 0 <= heard < 3000  # the answer is over 4 s long: the rest was not played
+    assert "Interrupted after" in await page.inner_text(cut)
+    # the second question is heard and answered in turn
+    await page.wait_for_selector(
+        "#transcript li.assistant:not(.interrupted) .latency", timeout=30_000
+    )
+    await screenshot(page, "talk-interrupted")
+
+
+async def test_page_is_usable_by_keyboard_and_labelled(
+    gateway: GatewayFactory, launch: Launch
+) -> None:
+    gw = await gateway()
+    page = await launch(gw, microphone=False)
+    unlabelled = await page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea, button, meter, output')]
+              .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                           && !e.getAttribute('aria-labelledby') && !e.textContent.trim())
+              .map(e => e.outerHTML)"""
+    )
+    assert unlabelled == []
+    # the tabs follow the WAI-ARIA pattern: arrows move, the panel follows
+    await page.focus("#tab-talk")
+    await page.keyboard.press("ArrowRight")
+    assert await page.evaluate("() => document.activeElement.id") == "tab-speak"
+    assert await page.is_visible("#view-speak")
+    assert not await page.is_visible("#view-talk")
+    await page.keyboard.press("End")
+    assert await page.get_attribute("#tab-gateway", "aria-selected") == "true"
+    await page.keyboard.press("Home")
+    assert await page.is_visible("#view-talk")
+    # text contrast: at least 4.5:1 against the background it is drawn on (WCAG AA);
+    # a grey probe paragraph shows the check can fail
+    await page.evaluate(
+        """() => { const p = document.createElement('p'); p.id = 'probe';
+                   p.style.color = '#bbbbbb'; p.textContent = 'probe';
+                   document.querySelector('main').append(p); }"""
+    )
+    assert await page.evaluate(CONTRAST) == ["P#probe.: 1.92"]
+    await page.evaluate("() => document.querySelector('#probe').remove()")
+    low = await page.evaluate(CONTRAST)
+    assert low == []

@@ -40,6 +40,12 @@ export class Conversation {
       case "response.output_audio_transcript.done":
         if (event.transcript) this.setText(this.line(event.item_id, "assistant", "Agent", ""), event.transcript);
         break;
+      case "conversation.item.truncated": {
+        // the server cut its copy of the answer to what was heard
+        const li = this.items.get(event.item_id);
+        if (li) li.dataset.truncatedMs = String(event.audio_end_ms);
+        break;
+      }
       default:
         break;
     }
@@ -49,6 +55,17 @@ export class Conversation {
   latency(id, ms) {
     const li = this.line(id, "assistant", "Agent", "");
     if (!li.querySelector(".latency")) this.showLatency(li, ms);
+  }
+
+  /** The person spoke over this answer after hearing `heardMs` of it. */
+  interrupted(id, heardMs) {
+    const li = this.line(id, "assistant", "Agent", "");
+    if (li.classList.contains("interrupted")) return;
+    li.classList.add("interrupted");
+    const span = document.createElement("span");
+    span.className = "detail";
+    span.textContent = `Interrupted after ${(heardMs / 1000).toFixed(1)} s`;
+    li.append(span);
   }
 
   showLatency(li, ms) {

@@ -13,7 +13,8 @@ const SECRET_SECONDS = 60;
 const LIMIT_ERRORS = ["session_too_long", "rate_limited", "message_too_large", "idle_timeout"];
 
 export class WebSocketTalk {
-  /** `ui`: {status(text), fail(message) (ends the talk), warn(message), event(realtimeEvent), latency(itemId, ms),
+  /** `ui`: {status(text), fail(message) (ends the talk), warn(message), event(realtimeEvent),
+   * latency(itemId, ms), interrupted(itemId, heardMs),
    * mic(level), agent(level), played(ms), session(id), ended()} */
   constructor(ui) {
     this.ui = ui;
@@ -137,6 +138,7 @@ export class WebSocketTalk {
       this.ws.send(
         JSON.stringify({ type: "conversation.item.truncate", item_id: p.itemId, content_index: 0, audio_end_ms: heard })
       );
+      this.ui.interrupted(p.itemId, heard);
     }
     this.playing = null;
   }

@@ -105,6 +105,7 @@ export class TalkView {
       warn: (message) => this.warn(message),
       event: (event) => this.conversation.handle(event),
       latency: (itemId, ms) => this.conversation.latency(itemId, ms),
+      interrupted: (itemId, heardMs) => this.conversation.interrupted(itemId, heardMs),
       mic: (level) => (this.micMeter.value = Math.min(1, level * 4)),
       agent: (level) => (this.agentMeter.value = Math.min(1, level * 4)),
       played: (ms) => (this.root.dataset.audioMs = String(Math.round(ms))),
