@@ -54,6 +54,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/voxgate bench speech
 	$(BIN)/voxgate bench realtime
 	$(BIN)/voxgate bench sfu
+	$(BIN)/voxgate bench page
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -186,6 +186,10 @@ def _cmd_bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         from voxgate.bench.realtime import main as bench_realtime
 
         return bench_realtime(args.bench_args)
+    if args.which == "page":
+        from voxgate.bench.page import main as bench_page
+
+        return bench_page(args.bench_args)
     if args.which == "sfu":
         from voxgate.bench.sfu import main as bench_sfu
 
@@ -302,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sub.add_parser("serve", help="run the server"))
     common(sub.add_parser("check-config", help="validate the configuration and print it"))
     b = sub.add_parser("bench", help="benchmarks (voxgate bench relay --help)")
-    b.add_argument("which", choices=("relay", "speech", "realtime", "sfu"))
+    b.add_argument("which", choices=("relay", "speech", "realtime", "sfu", "page"))
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     say = sub.add_parser("say", help="synthesize text to a WAV file")
     say.add_argument("text")

@@ -1,0 +1,128 @@
+"""``voxgate bench page``: turn latency as the browser page measures it, in both talk modes.
+
+Starts voxgate as its own process and the system Chromium (Playwright, headless) with a
+fake microphone that loops a spoken question (``tests/data/arctic_a0007.wav``, 4 s)
+followed by silence. The page's Talk view runs in the WebSocket mode, then in the
+WebRTC mode; each turn's figure is the one the page shows: from the end of the person's
+speech (the last microphone level above −40 dBFS before ``speech_stopped``) to the first
+answer audio heard. It includes the server's 500 ms silence window. The two modes run
+one after the other in the same run, against the same server and agent (``voxgate/echo``,
+piper, pocketsphinx), so the WebRTC path's cost is the difference.
+
+Needs the test extra (Playwright) and Debian's ``chromium``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import wave
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from voxgate.bench.relay import _config, pct, voxgate_proc
+
+QUESTION = Path(__file__).resolve().parents[3] / "tests" / "data" / "arctic_a0007.wav"
+
+
+def looped_question(path: Path, silence_s: float) -> Path:
+    with wave.open(str(QUESTION)) as w:
+        rate = w.getframerate()
+        speech = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    after = np.zeros(int(rate * silence_s), np.int16)
+    audio = np.concatenate([np.zeros(rate // 2, np.int16), speech, after])
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(audio.tobytes())
+    return path
+
+
+async def measure(base: str, chromium: str, wav: Path, mode: str, turns: int) -> list[float]:
+    from playwright.async_api import async_playwright
+
+    args = [
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, args=args)
+        try:
+            context = await browser.new_context()
+            await context.grant_permissions(["microphone"], origin=base)
+            page = await context.new_page()
+            await page.goto(base + "/")
+            await page.wait_for_selector(
+                "#talk-voice option[value='en_US-joe-medium']", state="attached"
+            )
+            await page.check(f"input[name=mode][value={mode}]")
+            await page.click("#talk-start")
+            values: list[float] = []
+            async with asyncio.timeout(30 + turns * 20):
+                while len(values) < turns:
+                    await asyncio.sleep(0.5)
+                    values = await page.evaluate(
+                        "() => [...document.querySelectorAll('#transcript .latency')]"
+                        ".map(e => Number(e.dataset.ms))"
+                    )
+                    error = await page.evaluate(
+                        "() => { const e = document.querySelector('#talk-error');"
+                        " return e.hidden ? null : e.textContent; }"
+                    )
+                    if error:
+                        raise RuntimeError(f"{mode}: the page says {error.strip()!r}")
+            await page.click("#talk-stop")
+            return values[:turns]
+        finally:
+            await browser.close()
+
+
+def line(label: str, values: list[float]) -> str:
+    return (
+        f"{label:<10} end of speech → first audio heard: p50 {statistics.median(values):.0f} ms"
+        f"  p95 {pct(values, 0.95):.0f} ms  min {min(values):.0f}  max {max(values):.0f}"
+        f"  (n={len(values)})"
+    )
+
+
+async def run(args: argparse.Namespace) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        raise SystemExit("voxgate bench page: no system Chromium (apt-get install chromium)")
+    tmp = Path(tempfile.mkdtemp(prefix="voxgate-bench-page-"))
+    cfg = tmp / "voxgate.toml"
+    preload = '\n[speech]\npreload = ["piper", "pocketsphinx"]\n'
+    cfg.write_text(_config(9, tmp / "usage.db") + preload)
+    wav = looped_question(tmp / "question.wav", args.silence)
+    gateway = voxgate_proc(cfg)
+    base = f"http://127.0.0.1:{gateway.port}"
+    try:
+        print(f"# voxgate bench page — {os.cpu_count()} cores, headless {chromium}")
+        print(f"## {args.turns} turns per mode: a 4 s question, then {args.silence:g} s of silence")
+        for mode, label in (("ws", "WebSocket"), ("rtc", "WebRTC")):
+            print(line(label, await measure(base, chromium, wav, mode, args.turns)), flush=True)
+    finally:
+        gateway.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="voxgate bench page", description=__doc__)
+    p.add_argument("--turns", type=int, default=5, help="turns measured per mode")
+    p.add_argument("--silence", type=float, default=7.0, help="seconds after each question")
+    args = p.parse_args(argv)
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
