@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import wave
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from tests.conftest import Gateway, GatewayFactory, provider_overrides
 
+from voxgate.bench.page import question_wav
 from voxgate.testing import RecordingUpstream
 
 try:
@@ -67,32 +66,12 @@ CONTRAST = """() => {
         }"""
 
 
-def question_wav(path: Path, *, interrupt_after: float | None = None) -> Path:
-    """The spoken question with silence around it: Chromium loops the fake microphone's
-    file, and the answer needs a quiet gap to be heard in. With ``interrupt_after``,
-    the question is asked again that many seconds after it ended: over the answer."""
-    with wave.open(str(DATA / "arctic_a0007.wav")) as w:
-        rate = w.getframerate()
-        speech = np.frombuffer(w.readframes(w.getnframes()), np.int16)
-    silence = np.zeros(rate, np.int16)
-    parts = [silence, speech]
-    if interrupt_after is not None:
-        parts += [np.zeros(int(rate * interrupt_after), np.int16), speech]
-    audio = np.concatenate([*parts, *[silence] * 9])
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(audio.tobytes())
-    return path
-
-
 @pytest.fixture
 async def launch(tmp_path: Path) -> AsyncIterator[Launch]:
     """``await launch(gw, microphone=True)``: a page of ``gw`` in a fresh headless
     Chromium; ``microphone=False`` gives a browser that denies the microphone, ``wav``
     another file for the fake microphone."""
-    question = question_wav(tmp_path / "question.wav")
+    question = question_wav(tmp_path / "question.wav", silence_s=9)
     browsers: list[Browser] = []
     async with async_playwright() as p:
 
@@ -342,7 +321,7 @@ async def test_speaking_over_the_answer_interrupts_it(
     gateway: GatewayFactory, launch: Launch, tmp_path: Path
 ) -> None:
     gw = await gateway()
-    wav = question_wav(tmp_path / "twice.wav", interrupt_after=1.5)
+    wav = question_wav(tmp_path / "twice.wav", silence_s=9, interrupt_after=1.5)
     page = await launch(gw, wav=wav)
     await page.click("#talk-start")
     cut = "#transcript li.assistant.interrupted[data-truncated-ms]"

@@ -21,28 +21,29 @@ import shutil
 import statistics
 import sys
 import tempfile
-import wave
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
+from voxgate.audio import read_wav, write_wav
 from voxgate.bench.relay import _config, pct, voxgate_proc
 
 QUESTION = Path(__file__).resolve().parents[3] / "tests" / "data" / "arctic_a0007.wav"
 
 
-def looped_question(path: Path, silence_s: float) -> Path:
-    with wave.open(str(QUESTION)) as w:
-        rate = w.getframerate()
-        speech = np.frombuffer(w.readframes(w.getnframes()), np.int16)
-    after = np.zeros(int(rate * silence_s), np.int16)
-    audio = np.concatenate([np.zeros(rate // 2, np.int16), speech, after])
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(audio.tobytes())
+def question_wav(path: Path, *, silence_s: float, interrupt_after: float | None = None) -> Path:
+    """Write the spoken question, half a second of silence before it and ``silence_s``
+    after it (Chromium loops a fake microphone's file). With ``interrupt_after``, the
+    question is asked again that many seconds after it ended: over the answer."""
+    wav = read_wav(QUESTION)
+    rate, speech = wav.sample_rate, wav.pcm
+
+    def silence(seconds: float) -> bytes:
+        return bytes(2 * int(rate * seconds))
+
+    pcm = silence(0.5) + speech
+    if interrupt_after is not None:
+        pcm += silence(interrupt_after) + speech
+    write_wav(path, pcm + silence(silence_s), rate)
     return path
 
 
@@ -103,7 +104,7 @@ async def run(args: argparse.Namespace) -> None:
     cfg = tmp / "voxgate.toml"
     preload = '\n[speech]\npreload = ["piper", "pocketsphinx"]\n'
     cfg.write_text(_config(9, tmp / "usage.db") + preload)
-    wav = looped_question(tmp / "question.wav", args.silence)
+    wav = question_wav(tmp / "question.wav", silence_s=args.silence)
     gateway = voxgate_proc(cfg)
     base = f"http://127.0.0.1:{gateway.port}"
     try:

@@ -130,29 +130,17 @@ export class WebRtcTalk {
       case "input_audio_buffer.speech_started":
         this.clock.started();
         this.answering = null;
-        this.ui.status("Hearing you…");
         break;
       case "input_audio_buffer.speech_stopped":
         this.clock.stopped();
-        this.ui.status("Thinking…");
         break;
       case "response.output_audio_transcript.delta":
-        this.ui.status("Answering. Speak to interrupt.");
         this.answering = event.item_id;
         if (this.waitingLatency !== null) {
           this.ui.latency(event.item_id, this.waitingLatency);
           this.waitingLatency = null;
         }
         break;
-      case "response.done": {
-        const r = event.response || {};
-        if (r.status === "failed") {
-          const err = (r.status_details && r.status_details.error) || {};
-          this.ui.warn(`The agent could not answer: ${err.message || "its language model failed"}. Check that the model's server is running, or choose another model, then try again.`);
-        }
-        this.ui.status("Listening. Ask something; speak over the answer to interrupt it.");
-        break;
-      }
       case "error":
         this.ui.warn(`The agent reported a problem: ${(event.error && event.error.message) || "unknown error"}`);
         break;

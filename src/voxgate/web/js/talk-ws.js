@@ -87,11 +87,9 @@ export class WebSocketTalk {
       case "input_audio_buffer.speech_started":
         this.bargeIn();
         this.clock.started();
-        this.ui.status("Hearing you…");
         break;
       case "input_audio_buffer.speech_stopped":
         this.clock.stopped();
-        this.ui.status("Thinking…");
         break;
       case "response.output_audio.delta": {
         const at = this.player.play(base64ToBytes(event.delta), RATE);
@@ -101,16 +99,6 @@ export class WebSocketTalk {
           const ms = this.clock.answer(at);
           if (ms !== null) this.ui.latency(event.item_id, ms);
         }
-        this.ui.status("Answering. Speak to interrupt.");
-        break;
-      }
-      case "response.done": {
-        const r = event.response || {};
-        if (r.status === "failed") {
-          const err = (r.status_details && r.status_details.error) || {};
-          this.ui.warn(`The agent could not answer: ${err.message || "its language model failed"}. Check that the model's server is running, or choose another model, then try again.`);
-        }
-        this.ui.status("Listening. Ask something; speak over the answer to interrupt it.");
         break;
       }
       case "error": {

@@ -5,6 +5,8 @@ import { Conversation } from "./conversation.js";
 import { WebRtcTalk } from "./talk-rtc.js";
 import { WebSocketTalk } from "./talk-ws.js";
 
+const LISTENING = "Listening. Ask something; speak over the answer to interrupt it.";
+
 export class TalkView {
   constructor(root, page) {
     this.root = root;
@@ -103,7 +105,10 @@ export class TalkView {
       status: (text) => this.status(text),
       fail: (message) => this.fail(message),
       warn: (message) => this.warn(message),
-      event: (event) => this.conversation.handle(event),
+      event: (event) => {
+        this.conversation.handle(event);
+        this.onEvent(event);
+      },
       latency: (itemId, ms) => this.conversation.latency(itemId, ms),
       interrupted: (itemId, heardMs) => this.conversation.interrupted(itemId, heardMs),
       mic: (level) => (this.micMeter.value = Math.min(1, level * 4)),
@@ -115,6 +120,34 @@ export class TalkView {
       },
       ended: () => {},
     };
+  }
+
+  /** What both modes show of a Realtime event: the turn's stage and failed answers. */
+  onEvent(event) {
+    switch (event.type) {
+      case "input_audio_buffer.speech_started":
+        this.status("Hearing you…");
+        break;
+      case "input_audio_buffer.speech_stopped":
+        this.status("Thinking…");
+        break;
+      case "response.output_audio_transcript.delta":
+        this.status("Answering. Speak to interrupt.");
+        break;
+      case "response.done": {
+        const r = event.response || {};
+        if (r.status === "failed") {
+          const err = (r.status_details && r.status_details.error) || {};
+          this.warn(
+            `The agent could not answer: ${err.message || "its language model failed"}. Check that the model's server is running, or choose another model, then try again.`
+          );
+        }
+        this.status(LISTENING);
+        break;
+      }
+      default:
+        break;
+    }
   }
 
   status(text) {
