@@ -45,6 +45,12 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy src
+	@# the page's JavaScript modules must parse (node checks .mjs files as modules)
+	@if command -v node >/dev/null 2>&1; then \
+	  tmp=$$(mktemp -d); for f in src/voxgate/web/js/*.js; do \
+	    cp "$$f" "$$tmp/$$(basename "$$f" .js).mjs"; node --check "$$tmp/$$(basename "$$f" .js).mjs" || exit 1; \
+	  done; rm -rf "$$tmp"; \
+	else echo "make: node not found; the page's JavaScript was not syntax-checked"; fi
 
 test: system-deps lint
 	$(BIN)/python -m pytest

@@ -5,6 +5,8 @@
 import { ApiError, ServerUnreachable, request } from "./api.js";
 
 const REFRESH_MS = 2000;
+/** The configuration changes rarely (engines load on first use): read it less often. */
+const CONFIG_REFRESH_MS = 10_000;
 
 function bytes(n) {
   if (n < 1024) return `${n} B`;
@@ -53,11 +55,13 @@ export class GatewayView {
     this.token = "";
     this.timer = null;
     this.shown = false;
+    this.configAt = 0;
     this.path = "/v1/local/default";
     this.errorBox = root.querySelector("#gw-error");
     root.querySelector("#gw-form").addEventListener("submit", (e) => {
       e.preventDefault();
       this.token = root.querySelector("#gw-token").value.trim();
+      this.configAt = 0;
       this.refresh();
     });
     document.addEventListener("visibilitychange", () => this.schedule());
@@ -98,14 +102,15 @@ export class GatewayView {
   async refresh() {
     clearTimeout(this.timer);
     try {
+      const configDue = Date.now() - this.configAt >= CONFIG_REFRESH_MS;
       const [live, logs, config] = await Promise.all([
         this.get("/sessions"),
         this.get("/logs?limit=20"),
-        this.get("/config"),
+        configDue ? this.get("/config") : null,
       ]);
       this.showLive(live);
       this.showUsage(logs.records);
-      this.showConfig(config);
+      if (config) this.showConfig(config);
       this.errorBox.hidden = true;
       this.serverGone(false);
       this.root.querySelector("#gw-updated").textContent = `Updated ${new Date().toLocaleTimeString()}`;
@@ -175,6 +180,7 @@ export class GatewayView {
   }
 
   showConfig(config) {
+    this.configAt = Date.now();
     const providers = this.root.querySelector("#cfg-providers");
     providers.replaceChildren(
       ...config.providers.map((p) => {
