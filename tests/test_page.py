@@ -161,7 +161,8 @@ async def test_talk_over_websocket(gateway: GatewayFactory, launch: Launch) -> N
     await screenshot(page, "talk-idle")
     state = await talk_until_answered(page, "ws")
     assert state["session"].startswith("sess_")
-    assert "superlative" in state["agent"][0]  # the echo model says what it heard
+    # the echo model says what it heard (a turn may have been split: any answer will do)
+    assert any("superlative" in a for a in state["agent"]), state
     assert 0 < state["latency"][0] < 10_000
     # the client secret, never a gateway token: the page minted one and used it
     assert gw.services.client_secrets is not None
@@ -187,8 +188,8 @@ async def test_talk_through_the_media_server(gateway: GatewayFactory, launch: La
     page = await launch(gw)
     state = await talk_until_answered(page, "rtc")
     agent_id = state["session"]
-    assert agent_id in gw.services.media.agents
-    assert "superlative" in state["agent"][0]
+    assert agent_id in gw.services.media.agents, state
+    assert any("superlative" in a for a in state["agent"]), state
     await screenshot(page, "talk-webrtc")
     await show_gateway(page, agent_id)
     assert "agent" in await page.inner_text(f'#live tr[data-session="{agent_id}"]')

@@ -42,6 +42,7 @@ export class WebRtcTalk {
         "The WebRTC mode needs a media app without a secret (the built-in app “default” of a server on 127.0.0.1). Use the WebSocket mode here."
       );
     }
+    this.ctx = ctx;
     const base = `/v1/apps/${encodeURIComponent(app)}`;
     this.base = base;
     this.ui.status("Opening a media-server session…");
@@ -85,7 +86,6 @@ export class WebRtcTalk {
     });
 
     this.micMeter = streamMeter(ctx, mic);
-    this.ctx = ctx;
     this.meter = setInterval(() => this.tick(), 50);
     this.ui.status("Connected through the media server. Ask something.");
   }
@@ -108,7 +108,7 @@ export class WebRtcTalk {
     const audio = document.getElementById("rtc-audio");
     audio.srcObject = stream; // Chromium sends a remote stream to Web Audio only while an element plays it
     audio.play().catch(() => {});
-    this.agentMeter = streamMeter(this.ctx || new AudioContext(), stream);
+    this.agentMeter = streamMeter(this.ctx, stream);
   }
 
   watch(url) {

@@ -8,9 +8,8 @@ import { WebSocketTalk } from "./talk-ws.js";
 const LISTENING = "Listening. Ask something; speak over the answer to interrupt it.";
 
 export class TalkView {
-  constructor(root, page) {
+  constructor(root) {
     this.root = root;
-    this.page = page;
     this.form = root.querySelector("#talk-form");
     this.startButton = root.querySelector("#talk-start");
     this.stopButton = root.querySelector("#talk-stop");
@@ -76,7 +75,6 @@ export class TalkView {
         voice: this.voice.value,
         app: app && app.name,
       });
-      if (this.talk === talk && !talk.stopped && this.root.dataset.state === "connecting") this.state = "live";
     } catch (err) {
       if (this.talk === talk) this.fail(err instanceof MicError ? err.message : err.message || String(err));
     }
