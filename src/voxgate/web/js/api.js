@@ -5,7 +5,7 @@
 /** The server did not answer (stopped, restarted, network gone). */
 export class ServerUnreachable extends Error {
   constructor() {
-    super("The voxgate server cannot be reached. Is it still running? Start it again (make run) and retry.");
+    super(goneMessage("retry"));
     this.name = "ServerUnreachable";
   }
 }
@@ -51,6 +51,17 @@ export async function request(method, path, { body, token } = {}) {
     throw new ApiError(res.status, code, message);
   }
   return data;
+}
+
+/** Said whenever the server does not answer; `next` is what to do once it runs again. */
+export function goneMessage(next) {
+  return `The voxgate server cannot be reached. Is it still running? Start it again (make run), then ${next}.`;
+}
+
+/** Words for a connection that failed: `ifAlive` while the server still answers its
+ * health check (it refused or dropped us), else that it is gone. */
+export async function whyFailed(ifAlive, next) {
+  return (await serverAlive()) ? ifAlive : goneMessage(next);
 }
 
 /** True when the server answers its health check. */

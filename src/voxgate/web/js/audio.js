@@ -38,20 +38,26 @@ export async function openMic() {
 }
 
 /** Root mean square of an analyser's current window (0..1). */
-export function levelOf(analyser, buffer) {
+function levelOf(analyser, buffer) {
   analyser.getFloatTimeDomainData(buffer);
   let sum = 0;
   for (const v of buffer) sum += v * v;
   return Math.sqrt(sum / buffer.length);
 }
 
-/** A meter on a live stream: call `level()` whenever a reading is wanted. */
-export function streamMeter(ctx, stream) {
+/** An analyser to connect sources to: `level()` reads it whenever a reading is wanted. */
+function meter(ctx) {
   const analyser = ctx.createAnalyser();
   analyser.fftSize = 1024;
-  ctx.createMediaStreamSource(stream).connect(analyser);
   const buffer = new Float32Array(analyser.fftSize);
-  return { level: () => levelOf(analyser, buffer) };
+  return { analyser, level: () => levelOf(analyser, buffer) };
+}
+
+/** A meter on a live stream. */
+export function streamMeter(ctx, stream) {
+  const m = meter(ctx);
+  ctx.createMediaStreamSource(stream).connect(m.analyser);
+  return m;
 }
 
 /** Microphone → PCM16 chunks at `rate`, through an AudioWorklet.
@@ -79,10 +85,9 @@ export async function startCapture(ctx, stream, rate, onChunk, chunkMs = 40) {
 export class Player {
   constructor(ctx) {
     this.ctx = ctx;
-    this.analyser = ctx.createAnalyser();
-    this.analyser.fftSize = 1024;
+    this.meter = meter(ctx);
+    this.analyser = this.meter.analyser;
     this.analyser.connect(ctx.destination);
-    this.buffer = new Float32Array(this.analyser.fftSize);
     this.sources = new Set();
     this.next = 0;
     /** Milliseconds of audio played to the end (not cut off). */
@@ -123,7 +128,7 @@ export class Player {
   }
 
   level() {
-    return levelOf(this.analyser, this.buffer);
+    return this.meter.level();
   }
 }
 

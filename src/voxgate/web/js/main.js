@@ -1,6 +1,6 @@
 // The page: tabs, the server's configuration, and the banner shown when the server is gone.
 
-import { ServerUnreachable, request } from "./api.js";
+import { ServerUnreachable, goneMessage, request } from "./api.js";
 import { GatewayView } from "./gateway.js";
 import { SpeakView } from "./speak.js";
 import { TalkView } from "./talk.js";
@@ -38,8 +38,9 @@ function setUpTabs(onShow) {
 export function serverGone(gone, retry) {
   banner.hidden = !gone;
   if (gone) {
-    document.getElementById("banner-text").textContent =
-      "The voxgate server cannot be reached. Is it still running? Start it again (make run); this page reconnects on its own, or press Retry.";
+    document.getElementById("banner-text").textContent = goneMessage(
+      "press Retry (this page also reconnects on its own)"
+    );
     document.getElementById("banner-retry").onclick = retry;
   }
 }

@@ -1,7 +1,7 @@
 // Speak / listen: text to speech and a recording to text, through the unified speech
 // protocol (ws /v1/tts/{engine}, ws /v1/stt/{engine}), the same for every engine.
 
-import { closeReason, serverAlive, wsUrl } from "./api.js";
+import { closeReason, whyFailed, wsUrl } from "./api.js";
 import { Player } from "./audio.js";
 
 const TTS_RATE = 24000;
@@ -16,13 +16,8 @@ function connect(path) {
     ws.binaryType = "arraybuffer";
     ws.onopen = () => resolve(ws);
     ws.onerror = async () => {
-      reject(
-        new Error(
-          (await serverAlive())
-            ? "The server refused the connection (a gateway token may be required, or it is at its connection limit)."
-            : "The voxgate server cannot be reached. Is it still running? Start it again (make run) and retry."
-        )
-      );
+      const refused = "The server refused the connection (a gateway token may be required, or it is at its connection limit).";
+      reject(new Error(await whyFailed(refused, "retry")));
     };
   });
 }

@@ -4,7 +4,7 @@
 // stream (GET /agents/{id}/events, Server-Sent Events with Realtime event shapes).
 // The media API is the SFU's (spec/sfu.md), used as any application would.
 
-import { ApiError, request, serverAlive } from "./api.js";
+import { ApiError, goneMessage, request, serverAlive } from "./api.js";
 import { TurnClock, VOICE_LEVEL, streamMeter } from "./audio.js";
 
 const GATHER_TIMEOUT_MS = 3000;
@@ -186,7 +186,7 @@ export class WebRtcTalk {
   }
 
   lost() {
-    this.ui.fail("Lost the connection: the voxgate server stopped or cannot be reached. Start it again (make run), then press Start.");
+    this.ui.fail(goneMessage("press Start"));
     this.stop(false);
   }
 

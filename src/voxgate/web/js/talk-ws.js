@@ -5,7 +5,7 @@
 // server hears the person start speaking, playback stops and the unheard part of the
 // answer is truncated, as OpenAI's own clients do.
 
-import { ApiError, closeReason, request, serverAlive, wsUrl } from "./api.js";
+import { ApiError, closeReason, request, whyFailed, wsUrl } from "./api.js";
 import { Player, TurnClock, base64ToBytes, bytesToBase64, startCapture } from "./audio.js";
 
 const RATE = 24000;
@@ -135,12 +135,9 @@ export class WebSocketTalk {
     this.cleanup();
     if (this.stopped) return;
     if (!this.opened) {
-      const alive = await serverAlive();
-      this.ui.fail(
-        alive
-          ? "The server refused the connection: the client secret may have expired, or the server is at its connection limit. Press Start to try again."
-          : "The voxgate server cannot be reached. Is it still running? Start it again (make run), then press Start."
-      );
+      const refused =
+        "The server refused the connection: the client secret may have expired, or the server is at its connection limit. Press Start to try again.";
+      this.ui.fail(await whyFailed(refused, "press Start"));
       return;
     }
     const reason = closeReason(e.code);
@@ -150,12 +147,7 @@ export class WebSocketTalk {
     } else if (e.code === 1000) {
       this.ui.fail("The server ended the session. Press Start to begin a new one.");
     } else {
-      const alive = await serverAlive();
-      this.ui.fail(
-        alive
-          ? "The connection to the server dropped. Press Start to reconnect."
-          : "Lost the connection: the voxgate server stopped or cannot be reached. Start it again (make run), then press Start."
-      );
+      this.ui.fail(await whyFailed("The connection to the server dropped. Press Start to reconnect.", "press Start"));
     }
   }
 
