@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from voxgate.engines.registry import EngineRegistry
 from voxgate.server.app import SERVICES, Services, create_app
 from voxgate.settings import EngineSettings, Settings, SpeechSettings
 from voxgate.testing import RecordingUpstream
+from voxgate.testing.canary import Canary, CanaryResult
 
 
 @dataclass
@@ -116,3 +118,41 @@ async def settled(gw: Gateway) -> None:
     # a handler between its close and its record write is in neither set for one turn
     await asyncio.sleep(0.05)
     await wait_for(lambda: not gw.services.pending_writes)
+
+
+@pytest.fixture
+async def canary() -> AsyncIterator[Canary]:
+    """A healthy relay client in a process of its own (see :mod:`voxgate.testing.canary`):
+    start the gateway with ``canary.provider_toml()``, then ``canary.begin(...)``."""
+    async with await Canary.start() as c:
+        yield c
+
+
+def canary_url(gw: Gateway) -> str:
+    return gw.ws("/v1/local/default/canary")
+
+
+CANARY_P99_MS = 50.0
+
+
+def assert_healthy(result: CanaryResult, *, p99_ms: float = CANARY_P99_MS) -> None:
+    """The canary got every echo, and 99 % of them within ``p99_ms``."""
+    print(result.summary())
+    assert not result.errors, result.summary()
+    assert len(result.rtts_ms) >= 10, result.summary()
+    assert result.p99 < p99_ms, result.summary()
+
+
+@pytest.fixture
+def tracebacks(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
+    """``tracebacks()``: each log record of voxgate's that carried an exception."""
+    caplog.set_level(logging.WARNING, logger="voxgate")
+
+    def found() -> list[str]:
+        return [
+            f"{r.name}: {r.getMessage()} ({r.exc_info[0].__name__ if r.exc_info[0] else ''})"
+            for r in caplog.records
+            if r.exc_info is not None and r.name.startswith("voxgate")
+        ]
+
+    return found
