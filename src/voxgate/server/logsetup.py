@@ -3,42 +3,22 @@
 Nothing logs a token or key on purpose (URLs are logged with secret query values
 redacted, headers are never logged); the :class:`SecretScrubber` is the safety net:
 it replaces every configured secret value, anything after ``Bearer``/``Token``/``Key``
-schemes, and secret-bearing query parameters in each formatted line.
+schemes, and secret-bearing query parameters in each formatted line. It lives in
+:mod:`voxgate.scrub`, since captured relay frames are scrubbed with it too.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
-_PATTERNS = [
-    # HTTP auth schemes (capitalised as in headers) followed by a credential-length value
-    re.compile(r"\b(Bearer|bearer|Token|Key)\s+[A-Za-z0-9._~+/=-]{12,}"),
-    re.compile(r"(?i)([?&](?:key|api_key|access_token|token|xi-api-key)=)[^&\s\"']+"),
-    re.compile(r"(?i)((?:voxgate|cf-aig)-authorization\.)[^,\s\"']+"),
-    re.compile(r"(?i)((?:openai-insecure-api-key|xi-api-key|fal-api-key)\.)[^,\s\"']+"),
-]
+from voxgate.scrub import SecretScrubber
 
-
-class SecretScrubber:
-    def __init__(self, secrets: Iterable[str]) -> None:
-        # Longest first so that a secret containing another is replaced whole.
-        self.secrets = sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for s in self.secrets:
-            if s in text:
-                text = text.replace(s, "***")
-        text = _PATTERNS[0].sub(lambda m: f"{m.group(1)} ***", text)
-        for pat in _PATTERNS[1:]:
-            text = pat.sub(lambda m: f"{m.group(1)}***", text)
-        return text
-
+__all__ = ["SecretScrubber", "configure_logging"]
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
