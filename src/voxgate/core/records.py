@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from voxgate.protocols.relay.capture import CapturedFrame
+
+#: Integers in a kept record stay within what JSON readers hold exactly (and SQLite's
+#: 64-bit integers): counters saturate here instead of failing the write.
+MAX_SAFE_INT = 2**53 - 1
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,19 @@ class UsageRecord:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def clamped(self) -> UsageRecord:
+        """This record with integers within ±:data:`MAX_SAFE_INT` and floats finite."""
+        changes: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, int) and abs(value) > MAX_SAFE_INT:
+                changes[f.name] = MAX_SAFE_INT if value > 0 else -MAX_SAFE_INT
+            elif isinstance(value, float) and not math.isfinite(value):
+                changes[f.name] = 0.0
+        return replace(self, **changes) if changes else self
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from voxgate.core.relay import RelaySession
 from voxgate.errors import LimitExceeded
 from voxgate.server.app import Services
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
+from voxgate.store import write_record
 from voxgate.transports.speech import SpeechConnection, SpeechEnding, SpeechSessionLike
 from voxgate.transports.ws import GatewayWebSocketResponse
 
@@ -82,7 +83,7 @@ async def save_record(
         upstream_close_code=upstream_code,
         error=error,
     )
-    task = asyncio.create_task(s.store.add(record, session.capture()))
+    task = asyncio.create_task(write_record(s.store, record, session.capture()))
     s.pending_writes.add(task)
     task.add_done_callback(s.pending_writes.discard)
     try:

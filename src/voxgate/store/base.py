@@ -1,12 +1,22 @@
-"""The usage store interface."""
+"""The usage store interface, and :func:`write_record`, how a session's record is kept."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import orjson
+
 from voxgate.core.records import SessionCapture, UsageRecord
-from voxgate.errors import ConfigError
+from voxgate.errors import ConfigError, StoreError
+
+log = logging.getLogger("voxgate.store")
+
+#: Seconds to wait before each retry of a failed record write.
+RETRY_DELAYS = (0.05, 0.25, 1.0)
 
 
 @dataclass(frozen=True)
@@ -55,3 +65,36 @@ def open_store(url: str) -> UsageStore:
         f"store.url: {url.split('://', 1)[0]}:// is not available in this version; "
         "use sqlite:///path/to/voxgate.db"
     )
+
+
+async def write_record(
+    store: UsageStore,
+    record: UsageRecord,
+    capture: SessionCapture | None = None,
+    *,
+    retry_delays: Sequence[float] = RETRY_DELAYS,
+) -> None:
+    """Add ``record``, retrying a failed write after each of ``retry_delays``.
+
+    A write that still fails is never dropped
+    silently: it is logged at error level with the whole record (counts, codes, no
+    secrets), so an operator can restore it. Only cancellation escapes.
+    """
+    attempts = len(retry_delays) + 1
+    for attempt in range(attempts):
+        try:
+            await store.add(record, capture)
+        except StoreError as exc:
+            if attempt + 1 == attempts:
+                log.error(
+                    "usage record %s not saved after %d attempts: %s; record: %s",
+                    record.session_id,
+                    attempts,
+                    exc,
+                    orjson.dumps(record.to_json()).decode(),
+                )
+                return
+            log.warning("usage record %s not saved (%s); retrying", record.session_id, exc)
+            await asyncio.sleep(retry_delays[attempt])
+        else:
+            return

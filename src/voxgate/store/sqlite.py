@@ -62,8 +62,10 @@ class SQLiteStore(UsageStore):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, fn, conn)
-        except sqlite3.Error as exc:
-            raise StoreError(f"sqlite: {exc}") from exc
+        except (sqlite3.Error, OverflowError, UnicodeError) as exc:
+            # OverflowError: an integer past SQLite's 64 bits; UnicodeError: a string
+            # that is not valid UTF-8 (lone surrogates)
+            raise StoreError(f"sqlite: {type(exc).__name__}: {exc}") from exc
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
@@ -83,6 +85,7 @@ class SQLiteStore(UsageStore):
             raise StoreError(f"cannot open usage store {self.path!r}: {exc}") from exc
 
     async def add(self, record: UsageRecord, capture: SessionCapture | None = None) -> None:
+        record = record.clamped()
         row = [getattr(record, c) for c in _COLUMNS]
 
         def write(conn: sqlite3.Connection) -> None:

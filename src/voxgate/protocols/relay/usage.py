@@ -3,6 +3,11 @@
 Only text (JSON) frames are looked at, and only those that contain the marker of an
 event that carries usage: a substring test first (cheap, no parse), then one
 ``orjson`` parse of the few frames that pass. Audio frames are never decoded.
+
+What an upstream reports is validated, not trusted: a count counts only when it is a
+non-negative integer (:func:`reported_count`), one report adds at most
+:data:`MAX_TOKENS_PER_REPORT`, and totals saturate at :data:`MAX_COUNT`, so they stay
+exact in JSON and fit any database integer whatever an upstream sends.
 """
 
 from __future__ import annotations
@@ -10,6 +15,29 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+
+#: The most tokens one usage report adds; a larger figure is clamped to it.
+MAX_TOKENS_PER_REPORT = 1_000_000_000
+#: Where a session's totals saturate: the largest integer JSON readers keep exactly.
+MAX_COUNT = 2**53 - 1
+
+
+def reported_count(value: object) -> int | None:
+    """A token count as reported by an upstream: ``None`` unless it is a non-negative
+    integer (an integral float counts: JSON parsers read large integers as floats),
+    else the count clamped to :data:`MAX_TOKENS_PER_REPORT`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None  # also NaN and the infinities
+    if value < 0:
+        return None
+    return MAX_TOKENS_PER_REPORT if value >= MAX_TOKENS_PER_REPORT else int(value)
+
+
+def saturating_add(total: int, n: int) -> int:
+    """``total + n``, saturating at :data:`MAX_COUNT`."""
+    return min(total + n, MAX_COUNT)
 
 
 class UsageMeter:
@@ -32,11 +60,13 @@ class UsageMeter:
         self._add(inp, out, inp + out)
 
     def _add(self, inp: Any, out: Any, total: Any) -> None:
-        i = inp if isinstance(inp, int) else 0
-        o = out if isinstance(out, int) else 0
-        self.input_tokens += i
-        self.output_tokens += o
-        self.total_tokens += total if isinstance(total, int) else i + o
+        """Count one report; figures that are not valid counts count as 0."""
+        i = reported_count(inp) or 0
+        o = reported_count(out) or 0
+        t = reported_count(total)
+        self.input_tokens = saturating_add(self.input_tokens, i)
+        self.output_tokens = saturating_add(self.output_tokens, o)
+        self.total_tokens = saturating_add(self.total_tokens, i + o if t is None else t)
 
 
 class OpenAIUsageMeter(UsageMeter):
