@@ -19,6 +19,7 @@ from voxgate.engines.registry import EngineRegistry
 from voxgate.errors import GatewayRejection, UpstreamError
 from voxgate.protocols.adapter import MAX_INGEST_MESSAGE
 from voxgate.protocols.relay.providers import Provider, build_registry
+from voxgate.scrub import SecretScrubber
 from voxgate.server.metrics import Metrics
 from voxgate.settings import Settings
 from voxgate.state import StateBackend, open_state
@@ -58,6 +59,8 @@ class Services:
     ready: bool = False
     #: Usage writes still in flight, awaited at shutdown so no record is lost.
     pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Removes configured secrets (and auth-scheme values) from captured frames.
+    scrubber: SecretScrubber = field(default_factory=lambda: SecretScrubber(()))
 
 
 SERVICES = web.AppKey("voxgate_services", Services)
@@ -152,6 +155,7 @@ def create_app(
         owns_engines=engines is None,
         llms=LLMRegistry(settings.llm),
         media=MediaServer(clock or SystemClock(), ids or random_id),
+        scrubber=SecretScrubber(settings.secret_values()),
     )
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     app[SERVICES] = services
@@ -205,5 +209,11 @@ async def _cleanup(app: web.Application) -> None:
     await s.llms.close()
     if s.owns_engines:
         await s.engines.close()
+    # handlers cancelled after on_shutdown (e.g. still dialling an upstream) write
+    # their records late: let those writes finish before the store closes
+    if s.pending_writes:
+        await asyncio.wait(
+            list(s.pending_writes), timeout=s.settings.server.shutdown_timeout_seconds
+        )
     await s.store.close()
     await s.state.close()

@@ -1,9 +1,15 @@
 """``ws /v1/{account}/{gateway}/{provider}[/{path}]``: the provider relay endpoint.
 
 Everything that can fail is checked before the upgrade so the client gets an HTTP
-answer it can read: 404 unknown account/gateway/provider, 400 bad path, 426 not a
-WebSocket request, 401 token, 429 connection limit, 502 upstream failure (with the
-upstream's status). Only then is the client's upgrade accepted.
+answer it can read: 404 unknown account/gateway/provider, 400 bad path or a malformed
+WebSocket handshake, 426 not a WebSocket request, 401 token, 429 connection limit, 502
+upstream failure (with the upstream's status). Only then is the client's upgrade accepted.
+
+A session begins once those checks pass and the upstream is dialled; from then on it
+leaves exactly one usage record whatever happens: the upstream refuses, the client
+vanishes during the dial or the upgrade, the handler is cancelled (server shutdown), or
+the relay ends in any way. The record is written after the session's slots are given
+back, and the write itself retries and reports failures (:func:`voxgate.store.write_record`).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import hdrs, web
 
 from voxgate.core.limits import LIMIT_NAMES
@@ -30,7 +37,7 @@ from voxgate.server.app import SERVICES, Services
 from voxgate.server.auth import authenticate
 from voxgate.server.sessions import acquire_slots, save_record
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
-from voxgate.transports.relay import RelayConnection
+from voxgate.transports.relay import SHUTDOWN, Ending, RelayConnection
 from voxgate.transports.ws import AiohttpChannel, GatewayWebSocketResponse
 
 log = logging.getLogger("voxgate.relay")
@@ -48,6 +55,9 @@ async def relay(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"unknown provider {provider_name!r}")
     if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
         raise UpgradeRequired()
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        # checked before the upstream is dialled: aiohttp would refuse it at the upgrade
+        raise BadRequest("not a valid WebSocket handshake (Sec-WebSocket-Key, -Version)")
     offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
     creds = read_credentials(provider, request.headers, offered, request.query.keys())
     try:
@@ -66,16 +76,18 @@ async def relay(request: web.Request) -> web.StreamResponse:
         stored_key=gw.keys[provider.name].value if provider.name in gw.keys else None,
     )
     limits = token.limits if token is not None and token.limits is not None else gw.limits
-    session = _new_session(request, s, gw, provider, token, limits)
+    session = _new_session(request, s, gw, provider, token, limits, creds)
     slots = await acquire_slots(s, gw, token, limits, session.info.session_id)
     outcome = Outcome()
     try:
         return await run_relay(request, s, session, upstream_req, creds, limits, outcome)
     finally:
-        # the slot is free as soon as the session is over, before the record is written
-        for key in slots:
-            await s.state.release_slot(key, session.info.session_id)
-        await save_record(s, session, outcome.client_code, outcome.upstream_code, outcome.error)
+        try:
+            # the slot is free as soon as the session is over, before the record is written
+            for key in slots:
+                await s.state.release_slot(key, session.info.session_id)
+        finally:
+            await save_record(s, session, outcome.client_code, outcome.upstream_code, outcome.error)
 
 
 def _new_session(
@@ -85,11 +97,17 @@ def _new_session(
     provider: Provider,
     token: TokenSettings | None,
     limits: Limits,
+    creds: Credentials,
 ) -> RelaySession:
     capture = None
     if gw.capture_payloads:
         relay = s.settings.relay
-        capture = Capture(max_frames=relay.capture_max_frames, max_bytes=relay.capture_max_bytes)
+        capture = Capture(
+            max_frames=relay.capture_max_frames,
+            max_bytes=relay.capture_max_bytes,
+            # besides configured secrets: the keys this client brought
+            scrub=s.scrubber.with_secrets((creds.client_key, creds.gateway_token)),
+        )
     info = SessionInfo(
         session_id=s.ids("sess"),
         account=gw.account,
@@ -127,6 +145,7 @@ async def run_relay(
     limits: Limits,
     outcome: Outcome,
 ) -> web.StreamResponse:
+    """Dial the upstream, upgrade the client, relay; ``outcome`` says how it ended."""
     loop = asyncio.get_running_loop()
     provider = session.info.provider
     started = loop.time()
@@ -138,14 +157,22 @@ async def run_relay(
         s.metrics.handshake_rejections[(502, exc.reason)] += 1
         outcome.error = f"upstream_{exc.reason}"
         raise
+    except asyncio.CancelledError:
+        outcome.error = "server_shutdown"
+        raise
     s.metrics.observe_connect(provider, loop.time() - started)
     try:
         ws = await accept_client(
             request, s, limits, select_subprotocol(creds, upstream_ws.protocol)
         )
     except (ConnectionError, RuntimeError):
-        await upstream_ws.close(code=1001, message=b"client went away")
+        # the client vanished while the upstream was dialled or during the upgrade
         outcome.upstream_code, outcome.error = 1001, "client_disconnected"
+        await _close_upstream(s, upstream_ws, 1001, "client went away")
+        return web.Response(status=CLIENT_GONE)
+    except BaseException:
+        outcome.upstream_code = 1001
+        await _close_upstream(s, upstream_ws, 1001, "gateway error")
         raise
     conn = RelayConnection(
         session,
@@ -165,9 +192,29 @@ async def run_relay(
         },
     )
     try:
-        ending = await conn.run()
+        await conn.run()
     finally:
         s.live.discard(conn)
+        _closed(s, session, conn.ending or SHUTDOWN, outcome)
+    return ws
+
+
+#: The status logged for a request whose client left before its answer (nginx's 499).
+CLIENT_GONE = 499
+
+
+async def _close_upstream(
+    s: Services, upstream_ws: aiohttp.ClientWebSocketResponse, code: int, reason: str
+) -> None:
+    try:
+        async with asyncio.timeout(s.settings.server.shutdown_timeout_seconds):
+            await upstream_ws.close(code=code, message=reason.encode())
+    except (TimeoutError, ConnectionError, RuntimeError) as exc:
+        log.debug("upstream close did not complete: %s", type(exc).__name__)
+
+
+def _closed(s: Services, session: RelaySession, ending: Ending, outcome: Outcome) -> None:
+    """Count and log a relayed session's end, and put it in the outcome for the record."""
     if ending.limit is not None:
         s.metrics.limit_rejections[LIMIT_NAMES[ending.limit]] += 1
     s.metrics.session_closed(session, ending.client_code, ending.upstream_code)
@@ -182,7 +229,6 @@ async def run_relay(
             "error": ending.error,
         },
     )
-    return ws
 
 
 async def accept_client(

@@ -105,6 +105,8 @@ class RelayConnection:
         self._idle_timer: asyncio.TimerHandle | None = None
         #: Resolved when both sides have been closed.
         self.finished: asyncio.Future[None] = self._loop.create_future()
+        #: How the session ended, once :meth:`run` has returned (or was cancelled).
+        self.ending: Ending | None = None
 
     def stop(self, ending: Ending = SHUTDOWN) -> None:
         if not self._done.done():
@@ -145,6 +147,7 @@ class RelayConnection:
             ending = SHUTDOWN
             raise
         finally:
+            self.ending = ending
             deadline.cancel()
             self._idle_timer.cancel()
             for task in pumps:
