@@ -404,7 +404,18 @@ def _llms(r: _Reader, environ: Mapping[str, str]) -> dict[str, LLMSettings]:
         if t.raw("api_key_env") is not _MISSING:
             env = t.string("api_key_env")
             api_key = Secret(env=env, value=environ.get(env))
-        llm[name] = LLMSettings(name=name, base_url=t.string("base_url"), api_key=api_key)
+        d = LLMSettings(name=name, base_url="")
+        llm[name] = LLMSettings(
+            name=name,
+            base_url=t.string("base_url"),
+            api_key=api_key,
+            connect_timeout_seconds=t.number(
+                "connect_timeout_seconds", d.connect_timeout_seconds, minimum=0.1
+            ),
+            read_timeout_seconds=t.number(
+                "read_timeout_seconds", d.read_timeout_seconds, minimum=0.1
+            ),
+        )
     return llm
 
 

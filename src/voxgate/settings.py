@@ -133,6 +133,10 @@ class LLMSettings:
     name: str
     base_url: str
     api_key: Secret | None = None
+    #: Longest wait for the endpoint's TCP (and TLS) connection.
+    connect_timeout_seconds: float = 10.0
+    #: Longest wait for the answer's headers, and then for each next piece of it.
+    read_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

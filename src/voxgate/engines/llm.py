@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import LineTooLong
 
 from voxgate.engines.base import EngineError, UpstreamEngineError
 from voxgate.protocols.chat import (
@@ -97,8 +98,18 @@ class EchoModel(LanguageModel):
         yield ChatDone(finish, inp, len(words))
 
 
+#: The longest error body read from a failed request (for its message).
+ERROR_BODY_BYTES = 4096
+
+
 class OpenAIChatModel(LanguageModel):
-    """A streamed ``POST {base_url}/chat/completions`` with a bearer key."""
+    """A streamed ``POST {base_url}/chat/completions`` with a bearer key.
+
+    Every failure is an :class:`LLMError` (code ``llm_error``): a refused or dropped
+    connection, an HTTP error, a chunk the protocol does not allow (the message names
+    the field), an event-stream line over aiohttp's line limit (128 KiB), and a wait
+    longer than ``read_timeout`` for the answer's headers or its next bytes.
+    """
 
     def __init__(
         self,
@@ -108,12 +119,17 @@ class OpenAIChatModel(LanguageModel):
         base_url: str,
         api_key: str | None,
         http: aiohttp.ClientSession,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
     ) -> None:
         self.name = name
         self.model = model
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._http = http
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=read_timeout
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         body = request_body(request)
@@ -123,24 +139,51 @@ class OpenAIChatModel(LanguageModel):
             headers["Authorization"] = f"Bearer {self._api_key}"
         url = f"{self.base_url}/chat/completions"
         try:
-            async with self._http.post(url, data=orjson.dumps(body), headers=headers) as resp:
+            async with self._http.post(
+                url, data=orjson.dumps(body), headers=headers, timeout=self._timeout
+            ) as resp:
                 if resp.status != 200:
+                    detail = _error_message(await resp.content.read(ERROR_BODY_BYTES))
                     raise LLMError(
-                        f"{self.name}: HTTP {resp.status}: {_error_message(await resp.read())}",
+                        f"{self.name}: HTTP {resp.status}: {detail}",
                         retryable=resp.status in (429, 500, 502, 503, 504),
                     )
                 parser = ChatStreamParser()
-                async for line in resp.content:
+                async for line in _lines(resp.content):
                     for event in parser.feed(line):
                         yield event
                 for event in parser.end():
                     yield event
         except ChatProtocolError as exc:
             raise LLMError(f"{self.name}: {exc.public_message}") from exc
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise LLMError(
+                f"{self.name}: cannot reach {url} within {self._timeout.sock_connect:g}s",
+                retryable=True,
+            ) from exc
+        except TimeoutError as exc:
+            raise LLMError(
+                f"{self.name}: {url} sent nothing for {self._timeout.sock_read:g}s",
+                retryable=True,
+            ) from exc
+        except aiohttp.ClientError as exc:
             raise LLMError(
                 f"{self.name}: cannot reach {url}: {type(exc).__name__}", retryable=True
             ) from exc
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The lines of a response body. A line over aiohttp's limit (twice the reader's
+    64 KiB buffer) is a protocol error: aiohttp 3.12+ raises ``LineTooLong``, older
+    versions ``ValueError("Chunk too big")``."""
+    while True:
+        try:
+            line = await content.readline()
+        except (LineTooLong, ValueError):
+            raise ChatProtocolError("the model sent an event-stream line over 128 KiB") from None
+        if not line:
+            return
+        yield line
 
 
 def _error_message(body: bytes) -> str:
@@ -181,7 +224,13 @@ class LLMRegistry:
         if settings is not None:
             key = settings.api_key.value if settings.api_key is not None else None
             return OpenAIChatModel(
-                model, name, base_url=settings.base_url, api_key=key, http=self.http()
+                model,
+                name,
+                base_url=settings.base_url,
+                api_key=key,
+                http=self.http(),
+                connect_timeout=settings.connect_timeout_seconds,
+                read_timeout=settings.read_timeout_seconds,
             )
         if provider == "openai":
             return OpenAIChatModel(

@@ -10,11 +10,14 @@ deltas (``index``, then ``id``/``name`` once and ``arguments`` in pieces) and on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from voxgate.errors import RemoteProtocolError
+from voxgate.protocols.relay.usage import reported_count
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,13 @@ def request_body(req: ChatRequest) -> dict[str, Any]:
 
 
 class ChatStreamParser:
-    """Feed each line of the event stream; :meth:`end` after the body ends."""
+    """Feed each line of the event stream; :meth:`end` after the body ends.
+
+    A chunk that is not what the chat-completions protocol says (not JSON, a field of
+    the wrong type, a negative token count) raises :class:`ChatProtocolError` naming
+    the field; nothing else escapes. Token counts above
+    :data:`~voxgate.protocols.relay.usage.MAX_TOKENS_PER_REPORT` are clamped to it.
+    """
 
     def __init__(self) -> None:
         self._finish: str | None = None
@@ -145,35 +154,36 @@ class ChatStreamParser:
         except orjson.JSONDecodeError:
             raise ChatProtocolError("the model sent a chunk that is not JSON") from None
         if not isinstance(chunk, dict):
-            raise ChatProtocolError("the model sent a chunk that is not an object")
-        if isinstance(chunk.get("error"), dict):
-            message = str(chunk["error"].get("message", "error"))
             raise ChatProtocolError(
-                f"model error: {message}", public_message=f"model error: {message}"
+                f"the model sent a chunk that is not an object ({_kind(chunk)})"
+            )
+        error = chunk.get("error")
+        if error is not None:
+            detail = error.get("message", "error") if isinstance(error, dict) else error
+            message = f"model error: {str(detail)[:200]}"
+            raise ChatProtocolError(message, public_message=message)
+        usage = _optional(chunk, "usage", dict, "usage")
+        if usage is not None:
+            self._usage = (
+                _count(usage, "prompt_tokens", "usage.prompt_tokens"),
+                _count(usage, "completion_tokens", "usage.completion_tokens"),
             )
         out: list[ChatEvent] = []
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self._usage = (
-                int(usage.get("prompt_tokens") or 0),
-                int(usage.get("completion_tokens") or 0),
-            )
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                out.append(TextDelta(str(delta["content"])))
-            for call in delta.get("tool_calls") or ():
-                fn = call.get("function") or {}
-                out.append(
-                    ToolCallDelta(
-                        int(call.get("index", 0)),
-                        call.get("id"),
-                        fn.get("name"),
-                        fn.get("arguments") or "",
-                    )
-                )
-            if choice.get("finish_reason"):
-                self._finish = str(choice["finish_reason"])
+        choices = _optional(chunk, "choices", list, "choices") or ()
+        for i, choice in enumerate(choices):
+            where = f"choices[{i}]"
+            if not isinstance(choice, dict):
+                raise _wrong(where, "an object", choice)
+            delta = _optional(choice, "delta", dict, f"{where}.delta") or {}
+            content = _optional(delta, "content", str, f"{where}.delta.content")
+            if content:
+                out.append(TextDelta(content))
+            calls = _optional(delta, "tool_calls", list, f"{where}.delta.tool_calls") or ()
+            for j, call in enumerate(calls):
+                out.append(_tool_call(call, f"{where}.delta.tool_calls[{j}]"))
+            finish = _optional(choice, "finish_reason", str, f"{where}.finish_reason")
+            if finish:
+                self._finish = finish
         return out
 
     def end(self) -> list[ChatEvent]:
@@ -184,3 +194,55 @@ class ChatStreamParser:
             raise ChatProtocolError("the model's stream ended before a finish reason")
         inp, outp = self._usage or (0, 0)
         return [ChatDone(self._finish, inp, outp)]
+
+
+def _tool_call(call: object, where: str) -> ToolCallDelta:
+    if not isinstance(call, dict):
+        raise _wrong(where, "an object", call)
+    index = call.get("index", 0)
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise _wrong(f"{where}.index", "a non-negative integer", index)
+    fn = _optional(call, "function", dict, f"{where}.function") or {}
+    return ToolCallDelta(
+        index,
+        _optional(call, "id", str, f"{where}.id"),
+        _optional(fn, "name", str, f"{where}.function.name"),
+        _optional(fn, "arguments", str, f"{where}.function.arguments") or "",
+    )
+
+
+def _optional(obj: dict[str, Any], key: str, kind: type[T], where: str) -> T | None:
+    """``obj[key]`` when it is a ``kind``; None when absent or null; else the error."""
+    value = obj.get(key)
+    if value is None or isinstance(value, kind):
+        return value
+    raise _wrong(where, _KIND_NAMES[kind], value)
+
+
+def _count(usage: dict[str, Any], key: str, where: str) -> int:
+    value = usage.get(key)
+    if value is None:
+        return 0
+    n = reported_count(value)
+    if n is None:
+        raise _wrong(where, "a non-negative integer", value)
+    return n
+
+
+_KIND_NAMES: dict[type, str] = {dict: "an object", list: "a list", str: "a string"}
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return _KIND_NAMES.get(type(value), type(value).__name__)
+
+
+def _wrong(where: str, expected: str, got: object) -> ChatProtocolError:
+    return ChatProtocolError(
+        f"the model sent a malformed chunk: {where}: expected {expected}, got {_kind(got)}"
+    )
