@@ -12,6 +12,11 @@ sender. An SFU forwards instead, so this module gives it two packet paths:
   This is the one hook into aiortc internals; :func:`check_aiortc` verifies what it
   relies on, and ``tests/test_webrtc_hook.py`` fails loudly when an aiortc upgrade
   breaks it. aiortc is pinned in ``pyproject.toml`` for that reason.
+
+:func:`close_peer` closes a PeerConnection for good: when aiortc's own ``close`` fails
+half way (it stops at a transceiver a bad description left without a transport), it
+stops every remaining transport itself, reading the PeerConnection's transport sets
+(also checked by :func:`check_aiortc`), so no ICE socket outlives the session.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fractions
+import logging
 import re
 from collections.abc import Callable
 from importlib.metadata import version
@@ -42,6 +48,9 @@ TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
 _STATS = "_RTCRtpReceiver__remote_streams"
 _CODECS = "_RTCRtpReceiver__codecs"
+_PC_TRANSPORTS = ("_RTCPeerConnection__dtlsTransports", "_RTCPeerConnection__iceTransports")
+
+log = logging.getLogger("voxgate.webrtc")
 
 #: Called with (Opus payload, RTP timestamp) for each packet a tapped receiver gets.
 PacketSink = Callable[[bytes, int], None]
@@ -65,12 +74,43 @@ def check_aiortc() -> None:
             raise AiortcIncompatible(f"aiortc {installed}: RTCRtpReceiver has no {attr}")
     if not hasattr(RTCRtpReceiver, "_handle_rtp_packet"):
         raise AiortcIncompatible(f"aiortc {installed}: no RTCRtpReceiver._handle_rtp_packet")
+    names = RTCPeerConnection.__init__.__code__.co_names
+    for attr in _PC_TRANSPORTS:
+        if attr not in names:
+            raise AiortcIncompatible(f"aiortc {installed}: RTCPeerConnection has no {attr}")
 
 
 def peer_connection() -> RTCPeerConnection:
     """A PeerConnection with no STUN servers: the server has only host candidates, and
     aiortc's default (a public STUN server) is unreachable offline."""
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """Close ``pc`` and release every transport and socket it opened. Never raises.
+
+    aiortc's ``close`` stops transceivers, then each transceiver's transports, in one
+    pass that ends at the first failure; a transceiver that a BUNDLE group pointed at a
+    missing mid has no transport, and the sockets of those after it stayed open for
+    good. So when ``close`` fails, the failure is logged and every transport the
+    PeerConnection still holds is stopped one by one."""
+    try:
+        await pc.close()
+    except Exception:
+        log.exception("aiortc could not close a PeerConnection; stopping its transports")
+        await _stop_transports(pc)
+
+
+async def _stop_transports(pc: RTCPeerConnection) -> None:
+    """Stop what holds sockets and tasks: every DTLS transport, then every ICE
+    transport (both idempotent), as ``close`` would have."""
+    dtls, ice = (list(getattr(pc, name)) for name in _PC_TRANSPORTS)
+    for transport in [*dtls, *ice]:
+        try:
+            await transport.stop()
+        except Exception:
+            log.exception("stopping %s failed", type(transport).__name__)
+    pc.remove_all_listeners()
 
 
 def tap_receiver(receiver: RTCRtpReceiver, sink: PacketSink) -> None:
