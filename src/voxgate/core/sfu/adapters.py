@@ -9,7 +9,9 @@
   sends one ``Packet`` per 20 ms frame. If its WebSocket drops it redials the same URL
   for up to ``reconnect_seconds``, holding a bounded backlog, then gives up and closes.
 
-Both are one direction, and :meth:`close` is idempotent.
+Both are one direction, and :meth:`close` is idempotent. Their loops outlive a frame
+that fails (it is logged and dropped), and ``close`` releases everything even when a
+loop had failed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from voxgate.core.sfu.loops import stop_task, surviving
 from voxgate.core.sfu.tracks import PcmPublisher, TrackSource
 from voxgate.protocols.adapter import MAX_INGEST_MESSAGE, PacketError, decode_packet, encode_packet
 from voxgate.transports.dial import Dial, DialError
@@ -83,15 +86,19 @@ class IngestAdapter:
                 except PacketError as exc:
                     await self._refuse(1007, f"frame is not a protobuf Packet: {exc}")
                     return
-                self.bytes_processed += len(msg)
-                self._buffer += packet.payload
-                if len(self._buffer) >= FRAME_BYTES:
-                    self._data.set()
+                with surviving(log, "ingest adapter %s: a %d-byte frame", self.id, len(msg)):
+                    self._take(len(msg), packet.payload)
                 if len(self._buffer) >= self._max_buffer:
                     self._room.clear()
                     await self._room.wait()
         finally:
             self._eof = True
+            self._data.set()
+
+    def _take(self, size: int, payload: bytes) -> None:
+        self.bytes_processed += size
+        self._buffer += payload
+        if len(self._buffer) >= FRAME_BYTES:
             self._data.set()
 
     async def _refuse(self, code: int, reason: str) -> None:
@@ -115,11 +122,13 @@ class IngestAdapter:
                 due = now
             n = min(len(self._buffer) // FRAME_BYTES, max(1, int((now - due) / 0.02) + 1))
             take = n * FRAME_BYTES
-            self._publisher.write(bytes(self._buffer[:take]))
+            pcm = bytes(self._buffer[:take])
             del self._buffer[:take]
             if len(self._buffer) < self._max_buffer:
                 self._room.set()
             due += n * FRAME_SECONDS
+            with surviving(log, "ingest adapter %s: playing %d bytes", self.id, take):
+                self._publisher.write(pcm)
             await asyncio.sleep(max(0.0, due - loop.time()))
         await self.close()
 
@@ -127,15 +136,12 @@ class IngestAdapter:
         if self._closed:
             return None
         self._closed = True
-        current = asyncio.current_task()
         for task in (self._reader, self._player):
-            if task is not current:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop_task(task, log, f"ingest adapter {self.id}: {task.get_name()}")
         with contextlib.suppress(ConnectionError, RuntimeError):
             await self._channel.close(1000, "adapter closed")
-        await self._publisher.aclose()
+        with surviving(log, "ingest adapter %s: closing its track", self.id):
+            await self._publisher.aclose()
         self._publisher.source.end()
         self._on_close(self.id)
         return self.bytes_processed
@@ -206,21 +212,25 @@ class StreamAdapter:
 
     async def _run(self) -> None:
         while (payload := await self._queue.get()) is not None:
-            pcm = self._decoder.decode(payload)
-            if not pcm:
-                continue
-            frame = self._frame(pcm)
-            channel = self._channel
-            if channel is not None and not self._dropped.is_set():
-                try:
-                    await channel.send_bytes(frame)
-                    self.bytes_processed += len(frame)
-                    continue
-                except (ConnectionError, RuntimeError):
-                    self._dropped.set()
-            self._backlog.append(frame)
-            self._reconnect_soon()
+            with surviving(log, "stream adapter %s: a %d-byte packet", self.id, len(payload)):
+                await self._forward(payload)
         await self.close()
+
+    async def _forward(self, payload: bytes) -> None:
+        pcm = self._decoder.decode(payload)
+        if not pcm:
+            return
+        frame = self._frame(pcm)
+        channel = self._channel
+        if channel is not None and not self._dropped.is_set():
+            try:
+                await channel.send_bytes(frame)
+                self.bytes_processed += len(frame)
+                return
+            except (ConnectionError, RuntimeError):
+                self._dropped.set()
+        self._backlog.append(frame)
+        self._reconnect_soon()
 
     _redial: asyncio.Task[None] | None = None
 
@@ -233,40 +243,47 @@ class StreamAdapter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._reconnect_seconds
         while loop.time() < deadline:
-            try:
-                async with asyncio.timeout(max(0.1, deadline - loop.time())):
-                    channel = await self._dial(self._endpoint)
-            except (DialError, TimeoutError):
-                await asyncio.sleep(0.2)
-                continue
-            self.reconnects += 1
-            try:
-                while self._backlog:
-                    frame = self._backlog.popleft()
-                    await channel.send_bytes(frame)
-                    self.bytes_processed += len(frame)
-            except (ConnectionError, RuntimeError):
-                continue
-            self._dropped.clear()
-            self._channel = channel
-            self._watch = asyncio.create_task(self._watch_peer(channel))
-            return
+            back = False
+            with surviving(log, "stream adapter %s: redialling", self.id):
+                back = await self._redial_once(max(0.1, deadline - loop.time()))
+            if back:
+                return
+            await asyncio.sleep(0.2)
         log.info(
             "stream adapter %s: endpoint gone for %ss, closing", self.id, self._reconnect_seconds
         )
         await self.close()
+
+    async def _redial_once(self, within: float) -> bool:
+        """Dial once and send the backlog; whether the endpoint is back."""
+        try:
+            async with asyncio.timeout(within):
+                channel = await self._dial(self._endpoint)
+        except (DialError, TimeoutError):
+            return False
+        self.reconnects += 1
+        try:
+            while self._backlog:
+                frame = self._backlog.popleft()
+                await channel.send_bytes(frame)
+                self.bytes_processed += len(frame)
+        except (ConnectionError, RuntimeError):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await channel.close(1000, "")
+            return False
+        self._dropped.clear()
+        self._channel = channel
+        self._watch = asyncio.create_task(self._watch_peer(channel), name=f"stream-peer-{self.id}")
+        return True
 
     async def close(self) -> int | None:
         if self._closed:
             return None
         self._closed = True
         self._source.unsubscribe(self)
-        current = asyncio.current_task()
         for task in (self._task, self._watch, self._redial):
-            if task is not None and task is not current:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            name = task.get_name() if task is not None else ""
+            await stop_task(task, log, f"stream adapter {self.id}: {name}")
         if self._channel is not None:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self._channel.close(1000, "adapter closed")

@@ -12,13 +12,15 @@ instead of a TCP connection. Between them the bridge is an OpenAI Realtime clien
   ingest channel at real-time pace, a little ahead. When the caller starts speaking
   (``input_audio_buffer.speech_started``) what has not been played is dropped, as a
   Realtime client does on barge-in.
+
+Each loop outlives a frame that fails (logged, then dropped); :meth:`CallAgent.close`
+closes every part even when one of them fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ import orjson
 import pybase64
 
 from voxgate.core.relay import RelaySession
+from voxgate.core.sfu.loops import stop_task, surviving
 from voxgate.core.sfu.media import MediaServer
 from voxgate.protocols.adapter import PacketError, decode_packet, encode_packet
 from voxgate.testing.memory import MemoryChannel, memory_pair
@@ -154,12 +157,13 @@ class CallAgent:
         while not isinstance(msg := await channel.receive(), Closed):
             if not isinstance(msg, bytes):
                 continue
-            try:
-                pcm = decode_packet(msg).payload
-            except PacketError:
-                continue
-            stereo = np.frombuffer(pcm, np.int16).reshape(-1, 2).astype(np.int32)
-            frames.append(stereo.sum(axis=1) // 2)
+            with surviving(log, "agent %s: ear %d, a %d-byte frame", self.id, n, len(msg)):
+                try:
+                    pcm = decode_packet(msg).payload
+                except PacketError:
+                    continue
+                stereo = np.frombuffer(pcm, np.int16).reshape(-1, 2).astype(np.int32)
+                frames.append(stereo.sum(axis=1) // 2)
 
     async def _mix(self) -> None:
         """Every 20 ms, one frame from each ear that has one, summed; sent in batches."""
@@ -174,16 +178,21 @@ class CallAgent:
             parts = [ear.popleft() for ear in self._ears.values() if ear]
             if not parts:
                 continue
-            mixed = np.sum(parts, axis=0) if len(parts) > 1 else parts[0]
-            batch.append(np.clip(mixed, -32768, 32767).astype(np.int16))
-            if len(batch) >= APPEND_FRAMES and self._voice is not None:
-                audio = pybase64.b64encode(np.concatenate(batch).tobytes()).decode()
-                batch = []
-                event = {"type": "input_audio_buffer.append", "audio": audio}
-                data = orjson.dumps(event).decode()
-                if self.counters is not None:
-                    self.counters.client_frame(loop.time(), data)
-                await self._voice.handle(data)
+            with surviving(log, "agent %s: mixing %d ears", self.id, len(parts)):
+                mixed = np.sum(parts, axis=0) if len(parts) > 1 else parts[0]
+                batch.append(np.clip(mixed, -32768, 32767).astype(np.int16))
+                if len(batch) >= APPEND_FRAMES:
+                    audio, batch = np.concatenate(batch).tobytes(), []
+                    await self._append(loop.time(), audio)
+
+    async def _append(self, now: float, pcm: bytes) -> None:
+        if self._voice is None:
+            return
+        audio = pybase64.b64encode(pcm).decode()
+        data = orjson.dumps({"type": "input_audio_buffer.append", "audio": audio}).decode()
+        if self.counters is not None:
+            self.counters.client_frame(now, data)
+        await self._voice.handle(data)
 
     # -- mouth ------------------------------------------------------------------------
 
@@ -239,8 +248,8 @@ class CallAgent:
             while len(self._playout) >= FRAME_BYTES or (self._playout and sent == 0):
                 frame = bytes(self._playout[:FRAME_BYTES]).ljust(FRAME_BYTES, b"\0")
                 del self._playout[:FRAME_BYTES]
-                assert self._mouth is not None
-                await self._mouth.send_bytes(encode_packet(seq, seq * FRAME_SAMPLES, frame))
+                with surviving(log, "agent %s: speaking frame %d", self.id, seq):
+                    await self._say(encode_packet(seq, seq * FRAME_SAMPLES, frame))
                 seq += 1
                 sent += 1
                 ahead = started + sent * FRAME_SAMPLES / RATE - loop.time()
@@ -248,6 +257,18 @@ class CallAgent:
                     await asyncio.sleep(ahead - LEAD_SECONDS)
             if len(self._playout) < FRAME_BYTES:
                 self._speaking.clear()
+
+    async def _say(self, packet: bytes) -> None:
+        """One frame into the mouth; if the mouth's adapter is gone, what was left to
+        say is dropped (the agent goes on listening)."""
+        if self._mouth is None:
+            self._playout.clear()
+            return
+        try:
+            await self._mouth.send_bytes(packet)
+        except ConnectionError:
+            log.info("agent %s: its track's adapter is closed; dropping what is left", self.id)
+            self._playout.clear()
 
     # -- end --------------------------------------------------------------------------
 
@@ -258,13 +279,14 @@ class CallAgent:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task, log, f"agent {self.id}: {task.get_name()}")
         if self._voice is not None:
-            await self._voice.close()
+            with surviving(log, "agent %s: closing its voice session", self.id):
+                await self._voice.close()
         self._tell_watchers(None)
         for adapter in self._adapters:
-            await adapter.close()
+            with surviving(log, "agent %s: closing adapter %s", self.id, adapter.id):
+                await adapter.close()
         if self.on_close is not None:
             await self.on_close(self)
         return 0

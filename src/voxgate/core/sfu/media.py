@@ -3,6 +3,10 @@
 There is no room object (spec/sfu.md): an application decides who pulls what. A
 track with no packets for ``stale_seconds`` is collected, and so is a session that
 lost connectivity (or never had it) and has been without for as long.
+
+Collection outlives its failures: a session whose tracks or close raise is logged
+(once, with its traceback) and dropped from the table, and the other sessions are
+collected all the same; the collector task itself never ends before :meth:`close`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Protocol
 
 from voxgate.clock import Clock, IdFactory
 from voxgate.core.sfu.adapters import IngestAdapter, StreamAdapter
+from voxgate.core.sfu.loops import stop_task, surviving
 from voxgate.core.sfu.session import SfuSession
 from voxgate.core.sfu.tracks import TrackSource
 from voxgate.errors import SfuError
@@ -55,6 +60,8 @@ class MediaServer:
     closed_ids: set[str] = field(default_factory=set)
     _collector: asyncio.Task[None] | None = None
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Set to run a collection now (new settings), without waiting out the interval.
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def new_session(self, app_id: str) -> SfuSession:
         sid = self.ids("sess").replace("sess_", "")
@@ -120,13 +127,19 @@ class MediaServer:
         self.closed_ids.add(adapter_id)
         sid = getattr(adapter, "owns_session", None)
         if isinstance(sid, str) and (s := self.sessions.pop(sid, None)) is not None:
-            task = asyncio.get_running_loop().create_task(s.close())
+            task = asyncio.get_running_loop().create_task(self._close(sid, s))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
     async def close_session(self, sid: str) -> None:
+        """Forget session ``sid`` and close it. Never raises: a close that fails is
+        logged with its traceback (the session is gone from the table either way)."""
         s = self.sessions.pop(sid, None)
         if s is not None:
+            await self._close(sid, s)
+
+    async def _close(self, sid: str, s: SfuSession) -> None:
+        with surviving(log, "closing session %s", sid):
             await s.close()
 
     # -- collection -------------------------------------------------------------------
@@ -134,40 +147,71 @@ class MediaServer:
     def start(self) -> None:
         self._collector = asyncio.create_task(self._collect_loop(), name="sfu-collector")
 
+    @property
+    def collector_alive(self) -> bool:
+        return self._collector is not None and not self._collector.done()
+
+    def reconfigure(self, settings: MediaSettings) -> None:
+        """Use ``settings`` from now on; the collector runs at once, then at the new pace."""
+        self.settings = settings
+        self._wake.set()
+
     async def _collect_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.collect_every)
-            await self.collect()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.collect_every):
+                    await self._wake.wait()
+            self._wake.clear()
+            with surviving(log, "media collection"):
+                await self.collect()
 
     async def collect(self) -> None:
-        """End tracks gone quiet; close sessions without connectivity for too long."""
+        """End tracks gone quiet; close sessions without connectivity for too long.
+
+        One session's failure is logged and does not keep the others from collection:
+        that session is closed."""
         now = self.clock.monotonic()
-        limit = self.settings.stale_seconds
         for sid, s in list(self.sessions.items()):
-            for lt in list(s.local.values()):
-                if now - lt.source.last_packet >= limit:
-                    log.info("track %s/%s collected: no packets", sid, lt.source.name)
-                    lt.source.end()
-            lost = s.disconnected_since
-            never = s.connection_state in ("new", "connecting") and not s.local
-            if (lost is not None and now - lost >= limit) or (
-                never and now - s.created >= limit and not self._in_use(sid)
-            ):
-                log.info("session %s collected: no connectivity", sid)
+            if s.closed:  # closed by a failed negotiation: only the entry is left
+                self.sessions.pop(sid, None)
+                continue
+            # a session that cannot be collected is closed: its failure is logged once,
+            # not at every round
+            stale = True
+            with surviving(log, "collecting session %s", sid):
+                stale = self._collect_tracks(sid, s, now)
+            if stale:
+                log.info("session %s collected", sid)
                 await self.close_session(sid)
+
+    def _collect_tracks(self, sid: str, s: SfuSession, now: float) -> bool:
+        """End ``s``'s quiet tracks; whether ``s`` itself is due for collection."""
+        limit = self.settings.stale_seconds
+        for lt in list(s.local.values()):
+            if now - lt.source.last_packet >= limit:
+                log.info("track %s/%s collected: no packets", sid, lt.source.name)
+                lt.source.end()
+        lost = s.disconnected_since
+        never = s.connection_state in ("new", "connecting") and not s.local
+        return (lost is not None and now - lost >= limit) or (
+            never and now - s.created >= limit and not self._in_use(sid)
+        )
 
     def _in_use(self, sid: str) -> bool:
         """Adapter sessions have no PeerConnection; their adapter keeps them."""
         return any(getattr(a, "session_id", None) == sid for a in self.adapters.values())
 
     async def close(self) -> None:
-        if self._collector is not None:
-            self._collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._collector
+        """Stop collection; close every agent, adapter and session (each one's failure
+        is logged and the rest still close)."""
+        await stop_task(self._collector, log, "the media collector")
         for agent in list(self.agents.values()):
-            await agent.close()
+            with surviving(log, "closing agent %s", agent.id):
+                await agent.close()
         for adapter in list(self.adapters.values()):
-            await adapter.close()
+            with surviving(log, "closing adapter %s", adapter.id):
+                await adapter.close()
         for sid in list(self.sessions):
             await self.close_session(sid)
+        if self._closing:
+            await asyncio.wait(list(self._closing))

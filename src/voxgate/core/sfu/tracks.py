@@ -9,11 +9,15 @@ each one queues and drops on its own.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from voxgate.core.sfu.loops import surviving
 from voxgate.transports.opus import FRAME_BYTES, FRAME_SAMPLES, OpusEncoder
+
+log = logging.getLogger("voxgate.sfu.tracks")
 
 
 class Subscriber(Protocol):
@@ -76,6 +80,7 @@ class PcmPublisher:
 
     :meth:`write` takes any amount of PCM; whole 20 ms frames are encoded off the event
     loop in order, and a partial frame waits for the rest. Call :meth:`aclose` when done.
+    A batch that fails to encode is logged and skipped; the track goes on.
     """
 
     def __init__(self, source: TrackSource, now: Callable[[], float]) -> None:
@@ -108,8 +113,9 @@ class PcmPublisher:
                     self._queue.put_nowait(None)
                     break
                 pcm += nxt
-            packets = await loop.run_in_executor(None, self._encoder.encode, pcm)
-            now = self._now()
-            for payload in packets:
-                self.source.deliver(payload, self._samples, now)
-                self._samples += FRAME_SAMPLES
+            with surviving(log, "track %s: encoding %d bytes", self.source.name, len(pcm)):
+                packets = await loop.run_in_executor(None, self._encoder.encode, pcm)
+                now = self._now()
+                for payload in packets:
+                    self.source.deliver(payload, self._samples, now)
+                    self._samples += FRAME_SAMPLES
