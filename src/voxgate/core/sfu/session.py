@@ -4,42 +4,53 @@ Negotiation follows spec/sfu.md: pushing local tracks answers the client's offer
 pulling remote tracks makes a server offer that the client answers with
 ``PUT /renegotiate``. Operations on one session run one at a time (a lock), since
 each changes the PeerConnection's signalling state.
+
+A client's description is checked (:func:`voxgate.core.sfu.sdp.check_sdp`) before
+aiortc sees it, so a bad one is refused with a 400 that names the problem and leaves
+the session as it was. Should aiortc still fail to apply one, or to answer it, the
+PeerConnection may be half-built: the session is closed at once (every transport and
+socket released) and the request answers 400; the media server drops it from its table.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
+from voxgate.core.sfu.sdp import MAX_SDP, PARSER_ERRORS, Section, check_sdp, sections_of
 from voxgate.core.sfu.tracks import PcmPublisher, TrackSource
 from voxgate.errors import SfuError
 from voxgate.transports.webrtc import (
     PacketTrack,
     align_header_extensions,
+    close_peer,
     peer_connection,
     tap_receiver,
 )
 
+__all__ = ["MAX_SDP", "SfuSession", "TrackRequest", "TrackResult", "check_sdp"]
+
 log = logging.getLogger("voxgate.sfu")
 
-#: What aiortc raises for an SDP it cannot use (parsing is loose, so several kinds).
+#: What aiortc raises for a description it cannot use: its own errors, and what its
+#: loose parser lets through to the code behind it. Caught only around the calls that
+#: apply a client's description or answer it, after :func:`check_sdp` accepted it.
 SDP_ERRORS = (
-    ValueError,
-    KeyError,
-    IndexError,
-    TypeError,
+    *PARSER_ERRORS,
     InvalidAccessError,
     InvalidStateError,
     OperationError,
     InternalError,
 )
+
+#: The signalling states in which the PeerConnection takes a client's offer or answer.
+_EXPECTED = {"offer": ("stable",), "answer": ("have-local-offer",)}
 
 
 @dataclass(frozen=True)
@@ -105,6 +116,8 @@ class SfuSession:
         self.closed = False
         self._lock = asyncio.Lock()
         self._tapped: set[int] = set()
+        #: The m-lines described so far (by the last offer, either side's).
+        self._sections: list[Section] = []
 
     # -- published tracks -------------------------------------------------------------
 
@@ -152,18 +165,31 @@ class SfuSession:
         return self._pc.connectionState if self._pc is not None else "new"
 
     async def _apply_remote(self, sdp: str, kind: str) -> None:
-        check_sdp(sdp, kind)
+        """Check and apply a client's description. Raises SfuError 400; when aiortc
+        fails half way through, the session is closed first."""
+        pc = self.pc
+        if pc.signalingState not in _EXPECTED[kind]:
+            why = f"an {kind} is not expected now (signalling state {pc.signalingState})"
+            raise SfuError(400, "invalid_session_description", why)
+        sections = check_sdp(sdp, kind, self._sections)
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         except SDP_ERRORS as exc:
-            raise SfuError(
-                400, "invalid_session_description", f"the {kind} cannot be applied: {exc}"
-            ) from exc
-        for transceiver in self.pc.getTransceivers():
+            await self._failed(f"the {kind} cannot be applied", exc)
+        self._sections = sections
+        for transceiver in pc.getTransceivers():
             receiver = transceiver.receiver
             if id(receiver) not in self._tapped and transceiver.mid is not None:
                 self._tapped.add(id(receiver))
                 tap_receiver(receiver, self._sink(transceiver.mid))
+
+    async def _failed(self, what: str, exc: Exception) -> NoReturn:
+        """aiortc refused a description :func:`check_sdp` accepted: the PeerConnection
+        may be half-built, so close the session, then refuse the request."""
+        log.warning("session %s: %s (%s: %s); closing it", self.id, what, type(exc).__name__, exc)
+        await self.close()
+        why = f"{what}: {exc or type(exc).__name__}; the session is closed"
+        raise SfuError(400, "invalid_session_description", why) from exc
 
     def _sink(self, mid: str) -> Callable[[bytes, int], None]:
         def deliver(payload: bytes, timestamp: int) -> None:
@@ -174,11 +200,17 @@ class SfuSession:
 
     async def _local_description(self, make_offer: bool) -> str:
         pc = self.pc
+        if not make_offer:
+            try:
+                await pc.setLocalDescription(await pc.createAnswer())
+            except SDP_ERRORS as exc:
+                await self._failed("the server cannot answer this offer", exc)
+            return str(pc.localDescription.sdp)
         remote = pc.remoteDescription.sdp if pc.remoteDescription is not None else None
-        desc = await (pc.createOffer() if make_offer else pc.createAnswer())
-        await pc.setLocalDescription(desc)
-        sdp = str(pc.localDescription.sdp)
-        return align_header_extensions(sdp, remote) if make_offer else sdp
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = align_header_extensions(str(pc.localDescription.sdp), remote)
+        self._sections = sections_of(sdp)
+        return sdp
 
     async def answer(self, offer: str) -> str:
         """Apply a client offer (new session, or one that only changes directions)."""
@@ -349,26 +381,7 @@ class SfuSession:
             rt.track.end()
         self.remote.clear()
         if self._pc is not None:
-            await self._pc.close()
-
-
-_SDP_LINE = re.compile(r"[a-z]=[^\r\n]*")
-MAX_SDP = 64 * 1024
-
-
-def check_sdp(sdp: str, kind: str) -> None:
-    """Refuse what is not an SDP with media: aiortc's parser accepts almost anything."""
-    lines = [line for line in sdp.replace("\r\n", "\n").split("\n") if line]
-    if len(sdp) > MAX_SDP:
-        raise SfuError(400, "invalid_session_description", f"the {kind} is over 64 KB")
-    if not lines or lines[0] != "v=0":
-        raise SfuError(400, "invalid_session_description", f"the {kind} must start with v=0")
-    for n, line in enumerate(lines, 1):
-        if not _SDP_LINE.fullmatch(line):
-            why = f"the {kind}'s line {n} is not <type>=<value>"
-            raise SfuError(400, "invalid_session_description", why)
-    if not any(line.startswith("m=") for line in lines):
-        raise SfuError(400, "invalid_session_description", f"the {kind} has no m= line")
+            await close_peer(self._pc)
 
 
 def _sends(tr: RTCRtpTransceiver) -> bool:
