@@ -2,7 +2,9 @@
 
 Every route is under ``/v1/apps/{appId}`` and takes ``Authorization: Bearer <app
 secret>``. Errors are ``{errorCode, errorDescription}`` bodies, as Cloudflare's API
-answers, never the gateway's ``{error: …}`` shape.
+answers, never the gateway's ``{error: …}`` shape. Whatever a client sends is answered
+with a 4xx that names the problem; a 5xx (``internal_error``) is a fault of the server
+and is logged with its traceback.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def sfu_handler(
             return await fn(request, s, app_id)
         except SfuError as exc:
             return sfu_error(exc.status, exc.code, exc.public_message)
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("media server: %s %s failed", request.method, request.path)
+            return sfu_error(500, "internal_error", "internal error")
 
     return handle
 
@@ -125,7 +132,7 @@ async def new_session(request: web.Request, s: Services, app_id: str) -> web.Res
     if offer is not None:
         try:
             answer = await session.answer(offer)
-        except SfuError:
+        except BaseException:  # a session whose offer failed is not kept, half-built
             await s.media.close_session(session.id)
             raise
         out["sessionDescription"] = {"type": "answer", "sdp": answer}
