@@ -64,9 +64,21 @@ def _client_closed(c: Closed) -> Ending:
     )
 
 
+#: What aiohttp closes a connection with when a message is over ``max_msg_size``.
+MESSAGE_TOO_BIG = 1009
+
+
 def _upstream_closed(c: Closed) -> Ending:
     if c.clean:
         return Ending(sendable_close_code(c.code, fallback=1000), c.reason, c.code, c.reason)
+    if c.code == CloseCode.MESSAGE_TOO_LARGE:  # over relay.max_upstream_message_bytes
+        return Ending(
+            client_code=CloseCode.INTERNAL_ERROR,
+            client_reason="upstream message too large",
+            upstream_code=MESSAGE_TOO_BIG,
+            upstream_reason="message too large",
+            error="upstream_message_too_large",
+        )
     return Ending(
         client_code=CloseCode.INTERNAL_ERROR,
         client_reason="upstream connection lost",
