@@ -13,11 +13,16 @@ canonical recognition events. None of them opens a socket or reads a clock:
 - Deepgram ``speak``: ``Speak`` + ``Flush`` → binary audio then ``Flushed``; ``Clear``
   interrupts and is answered by ``Cleared``. ``listen``: binary audio in, ``Results``
   out, ``Finalize`` answered by results with ``from_finalize``.
+
+``receive`` never raises, whatever a provider sends: a TTS failure is a
+:class:`ProviderFailed` value, a malformed recognition result a ``RecognitionFailed``
+event naming the field; messages of other types are ignored.
 """
 
 from __future__ import annotations
 
 import binascii
+import math
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -28,8 +33,10 @@ import pybase64
 from voxgate.engines.base import (
     Finalized,
     RecognitionEvent,
+    RecognitionFailed,
     SpeechStarted,
     Transcript,
+    UpstreamEngineError,
 )
 
 
@@ -284,30 +291,68 @@ class DeepgramSTT:
         return Finalized(text, round(self._audio_seconds, 3), 0.0)
 
     def receive(self, data: str | bytes) -> list[RecognitionEvent]:
+        """Events for one provider message; a malformed ``Results`` message becomes one
+        :class:`RecognitionFailed` naming the field. Never raises."""
         msg = _json(data) if isinstance(data, str) else None
         if msg is None:
             return []
         kind = msg.get("type")
         if kind == "SpeechStarted":
-            ts = msg.get("timestamp")
-            return [SpeechStarted(float(ts) if isinstance(ts, int | float) else 0.0)]
+            return [SpeechStarted(_number(msg.get("timestamp")))]
         if kind != "Results":
             return []
-        alts = (msg.get("channel") or {}).get("alternatives") or [{}]
-        alt = alts[0] if isinstance(alts[0], dict) else {}
-        text = str(alt.get("transcript") or "")
-        confidence = alt.get("confidence")
-        start = msg.get("start")
-        ts = float(start) if isinstance(start, int | float) else 0.0
-        conf = float(confidence) if isinstance(confidence, int | float) else 0.0
+        alt = _first_alternative(msg)
+        if isinstance(alt, str):
+            return [_malformed(alt)]
+        text = alt.get("transcript")
+        if text is None:
+            text = ""
+        elif not isinstance(text, str):
+            return [_malformed("channel.alternatives[0].transcript: expected a string")]
+        conf = _number(alt.get("confidence"))
+        ts = _number(msg.get("start"))
         out: list[RecognitionEvent] = []
-        if msg.get("is_final"):
+        if msg.get("is_final") is True:
             if text:
                 self._finals.append(text)
                 out.append(Transcript(text, True, conf, ts))
-            if msg.get("from_finalize"):
+            if msg.get("from_finalize") is True:
                 done = self.finalized_now()
                 out.append(Finalized(done.text, done.audio_duration_seconds, ts))
         elif text and self.interim:
             out.append(Transcript(text, False, conf, ts))
         return out
+
+
+def _first_alternative(msg: dict[str, Any]) -> dict[str, Any] | str:
+    """``channel.alternatives[0]`` of a ``Results`` message (``{}`` when there is none),
+    or what is wrong with the message."""
+    channel = msg.get("channel")
+    if channel is None:
+        return {}
+    if not isinstance(channel, dict):
+        return "channel: expected an object"
+    alts = channel.get("alternatives")
+    if alts is None:
+        return {}
+    if not isinstance(alts, list):
+        return "channel.alternatives: expected a list"
+    if not alts:
+        return {}
+    if not isinstance(alts[0], dict):
+        return "channel.alternatives[0]: expected an object"
+    return alts[0]
+
+
+def _number(value: Any) -> float:
+    """A number the provider reported, or 0.0 when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    number = float(value)
+    return number if math.isfinite(number) else 0.0
+
+
+def _malformed(what: str) -> RecognitionFailed:
+    return RecognitionFailed(
+        UpstreamEngineError(f"deepgram sent a malformed Results message: {what}")
+    )
