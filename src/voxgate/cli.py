@@ -198,6 +198,10 @@ def _cmd_bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         from voxgate.bench.speech import main as bench_speech
 
         return bench_speech(args.bench_args)
+    if args.which == "soak":
+        from voxgate.bench.soak import main as bench_soak
+
+        return bench_soak(args.bench_args)
     from voxgate.bench.relay import main as bench_relay
 
     return bench_relay(args.bench_args)
@@ -306,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sub.add_parser("serve", help="run the server"))
     common(sub.add_parser("check-config", help="validate the configuration and print it"))
     b = sub.add_parser("bench", help="benchmarks (voxgate bench relay --help)")
-    b.add_argument("which", choices=("relay", "speech", "realtime", "sfu", "page"))
+    b.add_argument("which", choices=("relay", "speech", "realtime", "sfu", "page", "soak"))
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     say = sub.add_parser("say", help="synthesize text to a WAV file")
     say.add_argument("text")

@@ -83,12 +83,23 @@ async def _serve_forever(handler: object) -> None:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """A server process that prints ``listening on http://HOST:PORT``; its stderr goes to
+    ``stderr`` (a file, created or truncated) when given, else nowhere."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        *,
+        stderr: Path | None = None,
+    ) -> None:
         self.name = name
+        self._stderr = stderr.open("w") if stderr is not None else None
         self.p = subprocess.Popen(
             argv,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self._stderr if self._stderr is not None else subprocess.DEVNULL,
             text=True,
             env={**os.environ, **(env or {})},
         )
@@ -124,12 +135,15 @@ class Proc:
             self.p.wait(10)
         except subprocess.TimeoutExpired:
             self.p.kill()
+        if self._stderr is not None:
+            self._stderr.close()
 
 
-def voxgate_proc(cfg: Path) -> Proc:
-    """``voxgate serve`` with ``cfg`` on a free port, as its own process."""
+def voxgate_proc(cfg: Path, *, stderr: Path | None = None) -> Proc:
+    """``voxgate serve`` with ``cfg`` on a free port, as its own process (its log, at
+    level warning, to the file ``stderr`` if given)."""
     argv = [sys.executable, "-m", "voxgate", "serve", "--config", str(cfg), "--port", "0"]
-    return Proc("voxgate", [*argv, "--log-level", "warning"])
+    return Proc("voxgate", [*argv, "--log-level", "warning"], stderr=stderr)
 
 
 def _mode_argv(*mode: str) -> list[str]:
