@@ -494,3 +494,12 @@ def test_speech_provider_translators_answer_with_their_own_values(
         for event in stt.receive(frame):
             assert isinstance(event, SpeechStarted | Transcript | Finalized | RecognitionFailed)
     assert isinstance(stt.finalized_now(), Finalized)
+
+
+def test_capture_keeps_a_document_order_prefix_of_wide_frames() -> None:
+    wide = json.dumps({"type": "x", "items": [{"n": i, "audio": "QUJD" * 40} for i in range(1000)]})
+    payload = redact_text(wide, 4096)
+    assert payload.startswith('{"type":"x","items":[{"n":0,"audio":"<redacted 160 bytes>"},')
+    assert '{"n":60,' in payload  # everything up to the size limit is kept
+    assert payload.endswith(" bytes>")
+    assert len(payload.encode()) <= 4096 + MARKER_BYTES

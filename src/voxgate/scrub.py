@@ -16,10 +16,16 @@ from collections.abc import Iterable
 import orjson
 
 _SCHEME = re.compile(r"\b(Bearer|bearer|Token|Key)\s+[A-Za-z0-9._~+/=-]{12,}")
+_SCHEME_WORDS = ("Bearer", "bearer", "Token", "Key")
+#: Each pattern with a lower-case literal that any match contains: the pattern runs only
+#: on text that holds it (a substring test is ~100 times cheaper than the regex).
 _PREFIXED = [
-    re.compile(r"(?i)([?&](?:key|api_key|access_token|token|xi-api-key)=)[^&\s\"']+"),
-    re.compile(r"(?i)((?:voxgate|cf-aig)-authorization\.)[^,\s\"']+"),
-    re.compile(r"(?i)((?:openai-insecure-api-key|xi-api-key|fal-api-key)\.)[^,\s\"']+"),
+    (re.compile(r"(?i)([?&](?:key|api_key|access_token|token|xi-api-key)=)[^&\s\"']+"), "="),
+    (re.compile(r"(?i)((?:voxgate|cf-aig)-authorization\.)[^,\s\"']+"), "authorization."),
+    (
+        re.compile(r"(?i)((?:openai-insecure-api-key|xi-api-key|fal-api-key)\.)[^,\s\"']+"),
+        "api-key.",
+    ),
 ]
 #: Secrets shorter than this are not replaced by value (they would match ordinary words).
 MIN_SECRET_CHARS = 4
@@ -56,7 +62,10 @@ class SecretScrubber:
         for s in self.secrets:
             if s in text:
                 text = text.replace(s, "***")
-        text = _SCHEME.sub(lambda m: f"{m.group(1)} ***", text)
-        for pat in _PREFIXED:
-            text = pat.sub(lambda m: f"{m.group(1)}***", text)
+        if any(w in text for w in _SCHEME_WORDS):
+            text = _SCHEME.sub(lambda m: f"{m.group(1)} ***", text)
+        lower = text.lower()
+        for pat, literal in _PREFIXED:
+            if literal in lower:
+                text = pat.sub(lambda m: f"{m.group(1)}***", text)
         return text

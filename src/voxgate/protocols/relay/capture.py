@@ -9,17 +9,20 @@ own keys, auth-scheme values) and is cut to the capture size limit.
 
 Capturing never fails a session and its work is bounded for any frame:
 
-- JSON is walked without recursion; containers nested deeper than :data:`MAX_DEPTH`
-  become ``"<cut: nested deeper than 32 levels>"``.
-- JSON text over :data:`MAX_PARSE_BYTES` is not parsed; it is kept as the placeholder
-  ``"<not captured: …>"`` naming why.
-- Only a prefix of a text, the size limit plus the scrubber's margin, is scrubbed, so
-  a stored payload is at most ``max_bytes`` plus a marker of under 40 bytes.
+- JSON is walked without recursion, in document order, and no further than the values
+  that can reach the kept size; containers nested deeper than :data:`MAX_DEPTH` become
+  ``"<cut: nested deeper than 32 levels>"``.
+- Text over :data:`MAX_PARSE_BYTES` is not parsed: JSON is kept as the placeholder
+  ``"<not captured: …>"`` naming why, other text is kept cut.
+- Only a prefix of a text, the size limit plus the scrubber's margin, is scrubbed and
+  kept: a stored payload is at most ``max_bytes`` plus a marker (or the placeholder)
+  of under 100 bytes.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,9 +36,12 @@ AUDIO_FIELDS = frozenset(
 )
 #: Containers nested deeper than this are replaced by a marker (orjson writes 254 at most).
 MAX_DEPTH = 32
-#: JSON text larger than this is not parsed for redaction (it would hold the event loop).
-MAX_PARSE_BYTES = 1024 * 1024
+#: JSON text larger than this is not parsed for redaction: parsing holds the event loop
+#: (~5 ms for 256 KiB of the worst shapes; realtime events are a few KiB).
+MAX_PARSE_BYTES = 256 * 1024
 TOO_DEEP = f"<cut: nested deeper than {MAX_DEPTH} levels>"
+TOO_MANY = "<cut: more values than the capture keeps>"
+_BASE64_MIN = 128
 _BASE64 = re.compile(r"[A-Za-z0-9+/=_-]{128,}")
 _SPACE = frozenset(" \t\r\n")
 
@@ -50,19 +56,27 @@ class CapturedFrame:
     payload: str  # redacted JSON or text; for binary, ""
 
 
-def redact_text(data: str, max_bytes: int, scrub: SecretScrubber | None = None) -> str:
-    """The stored form of one text frame: redacted, scrubbed, cut. Never raises."""
-    size = utf8_len(data)
-    if size > MAX_PARSE_BYTES and _looks_like_json(data):
-        return (
-            f"<not captured: {size} bytes of JSON, over the {MAX_PARSE_BYTES}-byte "
-            "limit for redaction>"
-        )
+def redact_text(
+    data: str, max_bytes: int, scrub: SecretScrubber | None = None, *, size: int | None = None
+) -> str:
+    """The stored form of one text frame: redacted, scrubbed, cut. Never raises.
+
+    ``size`` is the frame's UTF-8 length when the caller has it already.
+    """
+    if size is None:
+        size = utf8_len(data)
+    if size > MAX_PARSE_BYTES:
+        if _looks_like_json(data):
+            return (
+                f"<not captured: {size} bytes of JSON, over the {MAX_PARSE_BYTES}-byte "
+                "limit for redaction>"
+            )
+        return _keep(data, max_bytes, scrub)
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         return _keep(data, max_bytes, scrub)
-    return _keep(orjson.dumps(_redact(value)).decode(), max_bytes, scrub)
+    return _keep(orjson.dumps(_redact(value, max_bytes)).decode(), max_bytes, scrub)
 
 
 def utf8_len(text: str) -> int:
@@ -80,47 +94,76 @@ def _mark(value: str) -> str:
     return f"<redacted {len(value)} bytes>"
 
 
-def _redact(root: Any) -> Any:
-    """A copy of a parsed JSON value with audio strings replaced; no recursion."""
-    if isinstance(root, str):
-        return _mark(root) if _BASE64.fullmatch(root) else root
-    holder: list[Any] = [None]
-    # (node, the container to put its copy in, the key or index there, depth)
-    stack: list[tuple[Any, Any, Any, int]] = [(root, holder, 0, 0)]
-    while stack:
-        node, parent, slot, depth = stack.pop()
-        if isinstance(node, dict):
-            if depth >= MAX_DEPTH:
-                parent[slot] = TOO_DEEP
-                continue
-            kind = node.get("type")
-            audio_event = isinstance(kind, str) and "audio" in kind
-            obj: dict[str, Any] = {}
-            parent[slot] = obj
-            for k, v in node.items():
-                if isinstance(v, str):
-                    obj[k] = _mark(v) if _is_audio(k, v, audio_event) else v
-                elif isinstance(v, dict | list):
-                    obj[k] = None
-                    stack.append((v, obj, k, depth + 1))
-                else:
-                    obj[k] = v
-        elif isinstance(node, list):
-            if depth >= MAX_DEPTH:
-                parent[slot] = TOO_DEEP
-                continue
-            arr: list[Any] = [None] * len(node)
-            parent[slot] = arr
-            for i, v in enumerate(node):
-                if isinstance(v, str):
-                    arr[i] = _mark(v) if _BASE64.fullmatch(v) else v
-                elif isinstance(v, dict | list):
-                    stack.append((v, arr, i, depth + 1))
-                else:
-                    arr[i] = v
+class _Open:
+    """A container being copied: its source, its copy, and how far the copy has got."""
+
+    __slots__ = ("audio_event", "depth", "items", "out", "src")
+
+    def __init__(self, src: dict[str, Any] | list[Any], out: Any, depth: int) -> None:
+        self.src = src
+        self.out = out
+        self.depth = depth
+        if isinstance(src, dict):
+            kind = src.get("type")
+            self.audio_event = isinstance(kind, str) and "audio" in kind
+            self.items: Iterator[tuple[Any, Any]] = iter(src.items())
         else:
-            parent[slot] = node
-    return holder[0]
+            self.audio_event = False
+            self.items = enumerate(src)
+
+
+def _redact(root: Any, budget: int) -> Any:
+    """A copy of a parsed JSON value with audio strings replaced; no recursion.
+
+    Values are copied in document order until the copy would be longer than ``budget``
+    bytes of JSON (counted from below: what each value writes at least); each container
+    left unfinished then ends with one :data:`TOO_MANY`. A budget of the kept size
+    therefore loses nothing that would have been kept.
+    """
+    if not isinstance(root, dict | list):
+        return _mark(root) if isinstance(root, str) and _BASE64.fullmatch(root) else root
+    top = _Open(root, {} if isinstance(root, dict) else [], 0)
+    stack = [top]
+    while stack and budget > 0:
+        frame = stack[-1]
+        out, is_dict = frame.out, isinstance(frame.src, dict)
+        for key, v in frame.items:
+            # a separator, and for an object member its quoted key and colon
+            budget -= len(key) + 4 if is_dict else 1
+            t = type(v)  # orjson makes exact types: no subclasses to miss
+            if t is str:
+                if is_dict:
+                    v = _mark(v) if _is_audio(key, v, frame.audio_event) else v
+                elif len(v) >= _BASE64_MIN and _BASE64.fullmatch(v):
+                    v = _mark(v)
+                budget -= len(v) + 2
+            elif t is dict or t is list:
+                budget -= 1  # two brackets, less the separator its last member has not
+                if frame.depth + 1 >= MAX_DEPTH:
+                    v = TOO_DEEP
+                else:
+                    child = _Open(v, {} if t is dict else [], frame.depth + 1)
+                    _put(out, is_dict, key, child.out)
+                    stack.append(child)
+                    break  # copy the child first: document order
+            else:
+                budget -= 1
+            _put(out, is_dict, key, v)
+            if budget <= 0:
+                break
+        else:
+            stack.pop()
+    for frame in stack:  # out of budget: say where each unfinished copy stops
+        if len(frame.out) < len(frame.src):
+            _put(frame.out, isinstance(frame.out, dict), "<cut>", TOO_MANY)
+    return top.out
+
+
+def _put(out: Any, is_dict: bool, key: Any, value: Any) -> None:
+    if is_dict:
+        out[key] = value
+    else:
+        out.append(value)
 
 
 def _is_audio(key: str, value: str, audio_event: bool) -> bool:
@@ -168,8 +211,9 @@ class Capture:
         if len(self.frames) >= self.max_frames:
             return
         if isinstance(data, str):
-            payload = redact_text(data, self.max_bytes, self.scrub)
-            frame = CapturedFrame(seq, direction, at, "text", utf8_len(data), payload)
+            size = utf8_len(data)
+            payload = redact_text(data, self.max_bytes, self.scrub, size=size)
+            frame = CapturedFrame(seq, direction, at, "text", size, payload)
         else:
             frame = CapturedFrame(seq, direction, at, "binary", len(data), "")
         self.frames.append(frame)
