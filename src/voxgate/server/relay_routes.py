@@ -170,8 +170,10 @@ async def run_relay(
         outcome.upstream_code, outcome.error = 1001, "client_disconnected"
         await _close_upstream(s, upstream_ws, 1001, "client went away")
         return web.Response(status=CLIENT_GONE)
-    except BaseException:
+    except BaseException as exc:  # cancelled, or refused by aiohttp: never leak the upstream
+        cancelled = isinstance(exc, asyncio.CancelledError)
         outcome.upstream_code = 1001
+        outcome.error = "server_shutdown" if cancelled else "internal_error"
         await _close_upstream(s, upstream_ws, 1001, "gateway error")
         raise
     conn = RelayConnection(
