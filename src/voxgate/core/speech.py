@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 from voxgate.audio import AudioFormat, Encoding, StreamResampler, from_pcm16, to_pcm16
 from voxgate.clock import IdFactory
+from voxgate.core.parsing import parse
 from voxgate.core.relay import RelaySession
 from voxgate.core.text import SentenceBuffer
 from voxgate.engines.base import (
@@ -123,8 +124,11 @@ class TTSSession:
         self._engine: TextToSpeech | None = None
         self._stream: SynthesisStream | None = None
         self._converter: OutputConverter | None = None
-        #: Streams replaced by ``configure``; queued jobs may still use them.
+        #: Streams replaced by ``configure`` that queued jobs still use.
         self._retired: list[SynthesisStream] = []
+        #: Jobs queued or running per stream (by ``id``), so a retired one is closed
+        #: once its last job is done.
+        self._queued: dict[int, int] = {}
         self._buffer = SentenceBuffer()
         self._jobs: asyncio.Queue[_Speak | _EndOfUtterance] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -138,18 +142,21 @@ class TTSSession:
 
     async def handle(self, data: str | bytes) -> None:
         p = self.protocol
-        event = p.receive(data)  # MessageError propagates to the transport
+        event = await parse(p.receive, data)  # MessageError propagates to the transport
         if isinstance(event, Ping):
             await self._send(p.pong())
         elif isinstance(event, Init):
             await self._init(event)
         elif isinstance(event, InputText):
+            if len(self._buffer) + len(event.text) > p.max_text_chars * 4:
+                # refused whole: nothing of it is buffered or counted
+                raise MessageError(
+                    "text_too_long",
+                    f"too much text buffered without a sentence end (limit "
+                    f"{p.max_text_chars * 4} characters): send flush",
+                )
             self._counters.characters += len(event.text)
             self._buffer.add(event.text)
-            if len(self._buffer) > p.max_text_chars * 4:
-                raise MessageError(
-                    "text_too_long", "too much text buffered without a sentence end: send flush"
-                )
             sentences = self._buffer.take_sentences()
             if sentences:
                 self._queue_text(sentences)
@@ -215,19 +222,28 @@ class TTSSession:
         self._stream, self._converter = stream, converter
         self.protocol.reconfigure(config)
         if old is not None and old is not stream:
-            # queued jobs keep the stream they were queued with; it is released at the end
-            self._retired.append(old)
+            # queued jobs keep the stream they were queued with; it is closed after the
+            # last of them (at once if none is queued)
+            if id(old) in self._queued:
+                self._retired.append(old)
+            else:
+                with contextlib.suppress(Exception):
+                    await old.aclose()
         await self._send(self.protocol.configured())
 
     def _queue_text(self, text: str) -> None:
         assert self._stream is not None
         assert self._converter is not None
-        self._jobs.put_nowait(_Speak(text, self._stream, self._converter))
+        stream = self._stream
+        self._queued[id(stream)] = self._queued.get(id(stream), 0) + 1
+        self._jobs.put_nowait(_Speak(text, stream, self._converter))
 
     async def _stop(self) -> None:
         self._buffer.clear()
         while not self._jobs.empty():
-            self._jobs.get_nowait()
+            job = self._jobs.get_nowait()
+            if isinstance(job, _Speak):
+                await self._release(job.stream)
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
@@ -239,6 +255,8 @@ class TTSSession:
         self._utterance_ms = 0.0
 
     async def _synthesize_jobs(self) -> None:
+        """Speak queued jobs in order. A job that fails ends with an ``error``; the
+        utterance still gets its ``audio_end`` and later jobs are spoken."""
         p = self.protocol
         while True:
             job = await self._jobs.get()
@@ -249,23 +267,46 @@ class TTSSession:
                 self._utterance_ms = 0.0
                 continue
             try:
-                async for pcm in job.stream.synthesize(job.text):
-                    out = await self._workers.run(job.converter.convert, pcm)
-                    if not out:
-                        continue
-                    ms = job.converter.fmt.duration_ms(len(out))
-                    self._utterance_ms += ms
-                    self.audio_ms += ms
-                    self._counters.audio_seconds += ms / 1000.0
-                    await self._send(p.audio_chunk(out, ms))
+                await self._speak(job)
             except EngineError as exc:
                 log.warning("synthesis failed: %s", exc)
                 await self._send(engine_error_frame(p.error, exc))
+            except Exception as exc:  # an engine's own bug: this job fails, the session goes on
+                log.exception("synthesis failed")
+                await self._send(
+                    p.error("internal_error", f"synthesis failed ({type(exc).__name__})")
+                )
+            finally:
+                await self._release(job.stream)
+
+    async def _speak(self, job: _Speak) -> None:
+        p = self.protocol
+        async for pcm in job.stream.synthesize(job.text):
+            out = await self._workers.run(job.converter.convert, pcm)
+            if not out:
+                continue
+            ms = job.converter.fmt.duration_ms(len(out))
+            self._utterance_ms += ms
+            self.audio_ms += ms
+            self._counters.audio_seconds += ms / 1000.0
+            await self._send(p.audio_chunk(out, ms))
+
+    async def _release(self, stream: SynthesisStream) -> None:
+        """One queued job of ``stream`` is done: close it if it was retired and unused."""
+        left = self._queued[id(stream)] = self._queued.get(id(stream), 1) - 1
+        if left <= 0:
+            del self._queued[id(stream)]
+            if any(s is stream for s in self._retired):
+                self._retired = [s for s in self._retired if s is not stream]
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
+        # the cancelled task keeps its frame (self) through its exception: let it go
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
         streams = {id(s): s for s in [self._stream, *self._retired] if s is not None}
         for stream in streams.values():
             with contextlib.suppress(Exception):
@@ -309,7 +350,7 @@ class STTSession:
 
     async def handle(self, data: str | bytes) -> None:
         p = self.protocol
-        event = p.receive(data)
+        event = await parse(p.receive, data)
         if isinstance(event, Ping):
             await self._send(p.pong())
         elif isinstance(event, Start):
@@ -378,9 +419,11 @@ class STTSession:
         if self._stream is not None:
             with contextlib.suppress(Exception):
                 await self._stream.aclose()
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        # the cancelled task keeps its frame (self) through its exception: let it go
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     def error(self, code: str, message: str, *, retryable: bool = False) -> str:
         return self.protocol.error(code, message, retryable=retryable)

@@ -117,6 +117,9 @@ class SegmenterSettings:
     min_silence_ms: int = 500
     #: Audio kept from before the start, handed to the decoder with the start.
     preroll_ms: int = 300
+    #: An utterance ends here even if speech goes on (the decoder holds an utterance's
+    #: audio: unbroken "speech", such as noise, must not grow it without bound).
+    max_utterance_ms: int = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,7 @@ class Segmenter:
     _recent: deque[bytes] = field(default_factory=deque)
     _speech_run: int = 0
     _silence_run: int = 0
+    _utterance_frames: int = 0
 
     def __post_init__(self) -> None:
         frame_ms = 1000 * self.vad.frame_samples / self.vad.sample_rate
@@ -164,6 +168,7 @@ class Segmenter:
         self._start_frames = max(1, round(s.min_speech_ms / frame_ms))
         self._end_frames = max(1, round(s.min_silence_ms / frame_ms))
         self._preroll_frames = round(s.preroll_ms / frame_ms)
+        self._max_frames = max(1, round(s.max_utterance_ms / frame_ms))
 
     def push(self, pcm: bytes) -> list[Segment]:
         out: list[Segment] = []
@@ -181,7 +186,8 @@ class Segmenter:
         if self.in_speech:
             out.append(UtteranceAudio(frame))
             self._silence_run = 0 if speech else self._silence_run + 1
-            if self._silence_run >= self._end_frames:
+            self._utterance_frames += 1
+            if self._silence_run >= self._end_frames or self._utterance_frames >= self._max_frames:
                 self.in_speech = False
                 self._speech_run = 0
                 out.append(UtteranceEnd(self._seconds(self.samples_seen)))
@@ -193,6 +199,7 @@ class Segmenter:
         if self._speech_run >= self._start_frames:
             self.in_speech = True
             self._silence_run = 0
+            self._utterance_frames = len(self._recent)
             audio = b"".join(self._recent)
             self._recent.clear()
             started = self.samples_seen - len(audio) // 2

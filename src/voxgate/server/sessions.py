@@ -61,6 +61,7 @@ async def run_live(
             await start()
         ending = await conn.run(session, first=first)
     finally:
+        ws.too_large_farewell = None  # it refers to conn, which refers to ws
         s.live_speech.discard(conn)
         if ending.limit is not None:
             s.metrics.limit_rejections[LIMIT_NAMES[ending.limit]] += 1

@@ -151,6 +151,8 @@ class SpeechConnection:
             await session.close()
         finally:
             await self._close(ending)
+            # the session's send points back here: let both go without a full collection
+            self.session = None
             if not self.finished.done():
                 self.finished.set_result(None)
         return ending
@@ -184,6 +186,9 @@ class SpeechConnection:
                     self.stop(self._limit(verdict))
                     return
                 await self._dispatch(session, data)
+                # frames a client sent back to back are already buffered, and reading
+                # them does not yield: let every other session run between two of them
+                await asyncio.sleep(0)
         except Exception:
             log.exception("speech session failed")
             self.stop(

@@ -93,7 +93,12 @@ class AiohttpChannel:
 
     async def receive(self) -> str | bytes | Closed:
         ws = self._ws
-        msg = await ws.receive()
+        try:
+            msg = await ws.receive()
+        except ConnectionError:
+            # aiohttp answers a ping from inside receive(); when the peer has just
+            # vanished, that write fails ("Cannot write to closing transport")
+            return Closed(WSCloseCode.ABNORMAL_CLOSURE, "", clean=False)
         t = msg.type
         if t is WSMsgType.TEXT or t is WSMsgType.BINARY:
             return msg.data  # type: ignore[no-any-return]
