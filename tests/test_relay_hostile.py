@@ -649,7 +649,9 @@ async def test_relay_fuzz_one_record_per_session_beside_a_healthy_canary(
             await asyncio.sleep(0.05)
             recs = await store.query(q)
     elapsed = time.perf_counter() - started
+    errors = Counter(r.error for r in recs)
     print(f"fuzz: {elapsed:.1f} s, {sessions} sessions, {len(recs)} records, {dict(stats)}")
+    print(f"fuzz: record errors {dict(errors)}")
     assert len(recs) == sessions, (len(recs), sessions, dict(stats))
     assert len({r.session_id for r in recs}) == len(recs)
     for r in recs:
