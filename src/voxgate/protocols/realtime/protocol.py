@@ -19,6 +19,7 @@ import orjson
 import pybase64
 
 from voxgate.clock import IdFactory
+from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.items import Item, parse_item
 from voxgate.protocols.realtime.session import (
@@ -26,9 +27,11 @@ from voxgate.protocols.realtime.session import (
     Tool,
     parse_format,
     parse_max_tokens,
+    parse_metadata,
     parse_modalities,
     parse_tool_choice,
     parse_tools,
+    parse_voice,
 )
 
 # --- client events -----------------------------------------------------------------------
@@ -173,6 +176,14 @@ class RealtimeProtocol:
             raise ClientEventError(
                 "invalid_value", "event_id must be a string of ≤128 characters", param="event_id"
             )
+        deep = nesting_error(data, msg)
+        if deep is not None:
+            raise ClientEventError(
+                "invalid_value",
+                f"{deep} nests more than {MAX_DEPTH} levels deep",
+                param=deep,
+                event_id=event_id,
+            )
         kind = msg.get("type")
         parser = _PARSERS.get(kind) if isinstance(kind, str) else None
         if parser is None:
@@ -283,9 +294,10 @@ class RealtimeProtocol:
                     out.append(parse_item(x, lambda: self.ids("item"), param=f"{p}.input[{i}]"))
             inputs = tuple(out)
         modalities = r.get("output_modalities", r.get("modalities"))
-        audio = r.get("audio") or {}
-        output = audio.get("output") or {} if isinstance(audio, dict) else {}
-        voice = output.get("voice", r.get("voice"))
+        audio = _object(r.get("audio"), f"{p}.audio")
+        output = _object(audio.get("output"), f"{p}.audio.output")
+        voice_param = f"{p}.audio.output.voice" if "voice" in output else f"{p}.voice"
+        voice = parse_voice(output.get("voice", r.get("voice")), voice_param)
         fmt = output.get("format", r.get("output_audio_format"))
         max_tokens_key = (
             "max_output_tokens" if "max_output_tokens" in r else "max_response_output_tokens"
@@ -295,11 +307,7 @@ class RealtimeProtocol:
             raise ClientEventError(
                 "invalid_type", "response.instructions must be a string", param=f"{p}.instructions"
             )
-        metadata = r.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            raise ClientEventError(
-                "invalid_type", "response.metadata must be an object", param=f"{p}.metadata"
-            )
+        metadata = parse_metadata(r.get("metadata"), f"{p}.metadata")
         return ResponseParams(
             conversation=conv,
             input=inputs,
@@ -313,7 +321,7 @@ class RealtimeProtocol:
             else None,
             max_output_tokens=parse_max_tokens(r.get(max_tokens_key), f"{p}.{max_tokens_key}"),
             max_output_tokens_set=max_tokens_key in r,
-            voice=voice if isinstance(voice, str) else None,
+            voice=voice,
             output_format=parse_format(fmt, f"{p}.audio.output.format")
             if fmt is not None
             else None,
@@ -363,6 +371,15 @@ class RealtimeProtocol:
                 "event_id": exc.event_id,
             },
         )
+
+
+def _object(value: Any, param: str) -> dict[str, Any]:
+    """An optional object field: ``{}`` when absent or null."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ClientEventError("invalid_type", f"{param} must be an object", param=param)
+    return value
 
 
 def _simple(cls: Callable[[str | None], ClientEvent]) -> Callable[..., ClientEvent]:

@@ -23,6 +23,8 @@ from voxgate.protocols.realtime.errors import ClientEventError
 OPENAI_VOICES = frozenset(
     {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 )
+MAX_VOICE = 256
+MAX_METADATA_PAIRS = 16
 EAGERNESS = ("low", "medium", "high", "auto")
 TOOL_CHOICES = ("auto", "none", "required")
 DEFAULT_MODEL = "voxgate/echo"
@@ -260,6 +262,35 @@ def check_tool_choice(choice: str, named: bool, tools: tuple[Tool, ...], param: 
         raise _bad(param, f"tool_choice names {choice!r}, which is not in tools")
 
 
+def parse_voice(value: Any, param: str) -> str | None:
+    """A voice name, or ``{id}`` (a custom voice); ``None`` for the engine's default voice,
+    which OpenAI's own voice names (``alloy``…) also mean — in a session and a response."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+        param = f"{param}.id"
+    voice = _str(value, param, allow_none=True)
+    if voice is not None and not 0 < len(voice) <= MAX_VOICE:
+        raise _bad(param, f"{param} must be 1–{MAX_VOICE} characters")
+    return None if voice in OPENAI_VOICES else voice
+
+
+def parse_metadata(value: Any, param: str) -> dict[str, str] | None:
+    """OpenAI's metadata: at most 16 pairs, keys ≤ 64 and values ≤ 512 characters."""
+    if value is None:
+        return None
+    meta = _obj(value, param)
+    if len(meta) > MAX_METADATA_PAIRS:
+        raise _bad(param, f"{param} may have at most {MAX_METADATA_PAIRS} pairs")
+    for key, v in meta.items():
+        if len(key) > 64:
+            raise _bad(param, f"{param} keys must be at most 64 characters")
+        if not isinstance(v, str) or len(v) > 512:
+            raise ClientEventError(
+                "invalid_type", f"{param}.{key} must be a string of ≤512 characters", param=param
+            )
+    return dict(meta)
+
+
 def parse_max_tokens(value: Any, param: str) -> int | None:
     if value == "inf" or value is None:
         return None
@@ -392,11 +423,7 @@ def _apply_output(c: SessionConfig, out: Mapping[str, Any]) -> SessionConfig:
     if "format" in out:
         c = replace(c, output_format=parse_format(out["format"], f"{p}.format"))
     if "voice" in out:
-        v = out["voice"]
-        if isinstance(v, Mapping):  # {id: "..."} custom voice
-            v = v.get("id")
-        voice = _str(v, f"{p}.voice", allow_none=True)
-        c = replace(c, voice=None if voice in OPENAI_VOICES else voice)
+        c = replace(c, voice=parse_voice(out["voice"], f"{p}.voice"))
     if "model" in out:
         c = replace(c, tts_model=_str(out["model"], f"{p}.model", allow_none=True))
     if "speed" in out and out["speed"] is not None:

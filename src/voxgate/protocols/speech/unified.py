@@ -21,6 +21,7 @@ import pybase64
 
 from voxgate.audio import AudioFormatError, Encoding
 from voxgate.errors import RemoteProtocolError
+from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 
 
 class MessageError(RemoteProtocolError):
@@ -134,6 +135,11 @@ def _parse_object(data: str | bytes) -> dict[str, Any]:
     kind = msg.get("type")
     if not isinstance(kind, str):
         raise MessageError("invalid_field", "field 'type' is required and must be a string")
+    deep = nesting_error(data, msg)
+    if deep is not None:
+        raise MessageError(
+            "invalid_field", f"field {deep!r} nests more than {MAX_DEPTH} levels deep"
+        )
     return msg
 
 
