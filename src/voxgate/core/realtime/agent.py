@@ -25,9 +25,17 @@ from dataclasses import dataclass
 
 from voxgate.audio import AudioFormat, Encoding, StreamResampler, to_pcm16
 from voxgate.clock import IdFactory
+from voxgate.core.parsing import parse
 from voxgate.core.realtime.conversation import Conversation
-from voxgate.core.realtime.response import Response, ResponsePlan
-from voxgate.core.realtime.turns import IdleTimeout, TurnDetector, TurnEnded, TurnEvent, TurnStarted
+from voxgate.core.realtime.response import Response, ResponsePlan, announce_evicted
+from voxgate.core.realtime.turns import (
+    IdleTimeout,
+    State,
+    TurnDetector,
+    TurnEnded,
+    TurnEvent,
+    TurnStarted,
+)
 from voxgate.core.relay import RelaySession
 from voxgate.engines.base import (
     EngineError,
@@ -81,6 +89,12 @@ OPENAI_STT_MODELS = frozenset(
 #: Appends larger than this are scored by the VAD in a worker, not on the event loop.
 INLINE_VAD_BYTES = 16000 * 2
 MIN_COMMIT_MS = 100
+#: The most audio the input buffer holds: without turn detection more is refused
+#: (``input_audio_buffer_full``); with it, a turn that lasts longer ends there.
+MAX_INPUT_BUFFER_SECONDS = 300
+#: Between turns, audio kept beyond ``prefix_padding_ms`` (a turn starts a little after
+#: its first speech frame).
+IDLE_KEEP_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,15 @@ class _Recognizer:
         self.stream = stream
         self.pending: deque[str] = deque()
         self.finals: list[str] = []
-        self._reader = asyncio.create_task(self._read(), name="realtime-stt")
+        # held only while it runs: a finished task keeps its frame (self) through its
+        # exception, and holding it would make a cycle that outlives the session
+        self._reader: asyncio.Task[None] | None = asyncio.create_task(
+            self._read(), name="realtime-stt"
+        )
+        self._reader.add_done_callback(self._reader_done)
+
+    def _reader_done(self, _task: asyncio.Task[None]) -> None:
+        self._reader = None
 
     async def finalize(self, item_id: str) -> None:
         self.pending.append(item_id)
@@ -139,8 +161,10 @@ class _Recognizer:
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
             await self.stream.aclose()
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
+        if self._reader is not None:
+            reader = self._reader
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
 
 class RealtimeAgent:
@@ -182,7 +206,7 @@ class RealtimeAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._voices: dict[tuple[str, str | None, float], SynthesisStream] = {}
         self._voice_name = ""
-        self._pipeline = asyncio.create_task(self._run_pipeline(), name="realtime-input")
+        self._spawn(self._run_pipeline())
 
     # -- the session's lifetime ----------------------------------------------------------
 
@@ -202,12 +226,18 @@ class RealtimeAgent:
 
     async def _warm(self) -> None:
         try:
-            tts = await self.deps.get_tts(self._tts_name(self.config))
-            caps = tts.capabilities
-            self._voice_name = caps.voices[0].id if caps.voices else ""
+            await self._default_voice()
             await self.deps.get_stt(self._stt_name(self.config))
         except EngineError as exc:  # said again, as an error event, when the session needs it
             log.warning("realtime engines not ready: %s", exc)
+
+    async def _default_voice(self) -> str:
+        """The TTS engine's voice used when none is named (loads the engine once)."""
+        if not self._voice_name:
+            tts = await self.deps.get_tts(self._tts_name(self.config))
+            caps = tts.capabilities
+            self._voice_name = caps.voices[0].id if caps.voices else ""
+        return self._voice_name
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -215,18 +245,31 @@ class RealtimeAgent:
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        self._pipeline.cancel()
         for r in list(self._responses.values()):
             r.cancel("client_cancelled")
-        tasks = [self._pipeline, *self._tasks]
+        tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        del tasks
         for rec in [*self._retired, *([self._recognizer] if self._recognizer else [])]:
             await rec.aclose()
         for stream in self._voices.values():
             with contextlib.suppress(Exception):
                 await stream.aclose()
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop what points back at this agent (the recognizer, responses, the
+        connection's ``send``), so a closed session is freed at once by reference
+        counting instead of waiting for a full garbage collection."""
+        self._recognizer = None
+        self._retired.clear()
+        self._responses.clear()
+        self._current = None
+        self._voices.clear()
+        self._transcripts.clear()
+        self._send = _gone
 
     def ended(self, reason: str) -> str | None:
         return None  # the Realtime protocol has no goodbye event: the close code says it
@@ -240,7 +283,7 @@ class RealtimeAgent:
     async def handle(self, data: str | bytes) -> None:
         event_id: str | None = None
         try:
-            event = self.protocol.receive(data)
+            event = await parse(self.protocol.receive, data)
             event_id = event.event_id
             await self._dispatch(event)
         except ClientEventError as exc:
@@ -372,6 +415,7 @@ class RealtimeAgent:
         await self._send(
             p.event("conversation.item.done", previous_item_id=prev, item=p.item(item))
         )
+        await announce_evicted(self.conversation, p, self._send)
         audio = [c for c in item.content if c.type == "input_audio" and c.transcript is None]
         if audio:
             self._spawn(self._transcribe_item(item, audio[0]))
@@ -416,6 +460,8 @@ class RealtimeAgent:
         )
 
     async def _create_response(self, params: ResponseParams | None = None) -> Response:
+        with contextlib.suppress(EngineError):  # an engine that fails says so when it speaks
+            await self._default_voice()
         plan = self._plan(params or ResponseParams())
         if plan.in_conversation and self._current is not None:
             raise ClientEventError(
@@ -551,6 +597,7 @@ class RealtimeAgent:
         self._expect_transcript(item.id)
         fmt = self.config.input_format
         pcm = to_pcm16(part.audio or b"", fmt.encoding) if part.audio else b""
+        part.audio = None  # it is never sent back: only its transcript is kept
         try:
             stt = await self.deps.get_stt(self._stt_name(self.config))
             key = self.deps.engine_key(stt.name)
@@ -621,9 +668,22 @@ class RealtimeAgent:
         self._buffer.clear()
         self._buffer_start_ms = self._position_ms
 
+    @property
+    def input_buffer_ms(self) -> float:
+        """Milliseconds of audio in the input buffer (not yet committed or dropped)."""
+        return len(self._buffer) * 1000 / (2 * self.config.input_format.rate)
+
     async def _take_audio(self, pcm: bytes) -> None:
         rate = self.config.input_format.rate
         ms = len(pcm) * 1000 / (2 * rate)
+        cap = MAX_INPUT_BUFFER_SECONDS * rate * 2
+        if self.config.turn_detection is None and len(self._buffer) + len(pcm) > cap:
+            raise ClientEventError(
+                "input_audio_buffer_full",
+                f"the input audio buffer holds at most {MAX_INPUT_BUFFER_SECONDS} s of audio: "
+                "commit or clear it (this audio was not added)",
+                param="audio",
+            )
         self._buffer += pcm
         self._position_ms += ms
         self.counters.audio_seconds += ms / 1000
@@ -640,6 +700,24 @@ class RealtimeAgent:
             await self._turn(event)
         if sent < len(pcm16k):
             await rec.stream.send(pcm16k[sent:])
+        if self.config.turn_detection is not None:
+            await self._bound_buffer(cap)
+
+    async def _bound_buffer(self, cap: int) -> None:
+        """With turn detection, the buffer holds a turn: between turns only the audio a
+        turn's start may reach back to is kept, and a turn that outlasts the cap ends."""
+        if self.detector.state is State.SPEAKING:
+            if len(self._buffer) > cap:
+                self.detector.reset()
+                await self._turn(TurnEnded(round(self._position_ms)))
+            return
+        fmt = AudioFormat(Encoding.PCM16, self.config.input_format.rate)
+        td = self.config.turn_detection or _NO_TURNS
+        keep = fmt.bytes_for(td.prefix_padding_ms + IDLE_KEEP_MS)
+        if len(self._buffer) > 2 * keep:
+            drop = len(self._buffer) - keep
+            del self._buffer[:drop]
+            self._buffer_start_ms += fmt.duration_ms(drop)
 
     def _analyse(self, pcm: bytes) -> tuple[bytes, list[tuple[int, TurnEvent]]]:
         """Resample to 16 kHz and score the VAD; each turn event with its byte offset."""
@@ -741,8 +819,13 @@ class RealtimeAgent:
         await self._send(
             p.event("conversation.item.done", previous_item_id=prev, item=p.item(item))
         )
+        await announce_evicted(self.conversation, p, self._send)
         rec = await self._ensure_recognizer()
         await rec.finalize(item_id)
+
+
+async def _gone(_frame: str) -> None:
+    """The ``send`` of a closed agent: its connection is gone."""
 
 
 #: The detector of a session without turn detection is never fed; it needs a config.

@@ -2,6 +2,11 @@
 
 Every operation that can be refused raises :class:`ClientEventError` before it changes
 anything, so a bad ``conversation.item.*`` event never loses an item.
+
+The conversation is bounded, as OpenAI's is by its model's context: past
+:data:`MAX_ITEMS` items or :data:`MAX_CHARS` characters of content, the oldest items are
+dropped when a new one is added (never the new one). :meth:`Conversation.take_evicted`
+gives their ids, so the client is told with ``conversation.item.deleted``.
 """
 
 from __future__ import annotations
@@ -64,11 +69,50 @@ class SpokenText:
         self.pieces = kept
 
 
+#: The most items a conversation keeps.
+MAX_ITEMS = 1000
+#: The most characters of content (text, transcripts, arguments, outputs; audio not yet
+#: transcribed counts its bytes) a conversation keeps.
+MAX_CHARS = 512_000
+
+
+def item_size(item: Item) -> int:
+    """What ``item`` counts against :data:`MAX_CHARS`."""
+    size = len(item.arguments) + len(item.output)
+    for part in item.content:
+        size += len(part.text or "") + len(part.transcript or "") + len(part.audio or b"")
+    return size
+
+
 class Conversation:
-    def __init__(self) -> None:
+    def __init__(self, *, max_items: int = MAX_ITEMS, max_chars: int = MAX_CHARS) -> None:
         self.items: list[Item] = []
         #: What was spoken of each assistant audio item, by item id.
         self.spoken: dict[str, SpokenText] = {}
+        self.max_items = max_items
+        self.max_chars = max_chars
+        self._evicted: list[str] = []
+
+    def take_evicted(self) -> list[str]:
+        """Ids of the items dropped to keep the bound since the last call (oldest first)."""
+        out, self._evicted = self._evicted, []
+        return out
+
+    def _evict(self, keep: Item) -> None:
+        sizes = [item_size(i) for i in self.items]
+        total = sum(sizes)
+        i = 0
+        while len(self.items) > self.max_items or total > self.max_chars:
+            if i >= len(self.items):
+                break
+            item = self.items[i]
+            if item is keep:
+                i += 1
+                continue
+            del self.items[i]
+            total -= sizes.pop(i)
+            self.spoken.pop(item.id, None)
+            self._evicted.append(item.id)
 
     def get(self, item_id: str) -> Item:
         for item in self.items:
@@ -92,18 +136,21 @@ class Conversation:
                 f"an item with id {item.id!r} is already in the conversation",
                 param="item.id",
             )
+        prev: str | None
         if previous_item_id is None:
             prev = self.last_id()
             self.items.append(item)
-            return prev
-        if previous_item_id == "root":
+        elif previous_item_id == "root":
+            prev = None
             self.items.insert(0, item)
-            return None
-        for i, existing in enumerate(self.items):
-            if existing.id == previous_item_id:
-                self.items.insert(i + 1, item)
-                return previous_item_id
-        raise not_found(previous_item_id, "previous_item_id")
+        else:
+            at = next((i for i, x in enumerate(self.items) if x.id == previous_item_id), None)
+            if at is None:
+                raise not_found(previous_item_id, "previous_item_id")
+            prev = previous_item_id
+            self.items.insert(at + 1, item)
+        self._evict(keep=item)
+        return prev
 
     def delete(self, item_id: str) -> None:
         item = self.get(item_id)

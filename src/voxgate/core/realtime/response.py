@@ -254,6 +254,7 @@ class Response:
             await self.send(
                 p.event("conversation.item.added", previous_item_id=prev, item=p.item(out.item))
             )
+            await announce_evicted(self.conversation, p, self.send)
 
     async def _tool_delta(self, calls: dict[int, _Output], ev: ToolCallDelta) -> None:
         out = calls.get(ev.index)
@@ -336,6 +337,12 @@ class Response:
         await self._delta(
             "response.content_part.done", out, part=part.to_json(beta=self.protocol.beta)
         )
+
+
+async def announce_evicted(conversation: Conversation, p: RealtimeProtocol, send: Send) -> None:
+    """Tell the client of the items the conversation dropped to stay within its bound."""
+    for item_id in conversation.take_evicted():
+        await send(p.event("conversation.item.deleted", item_id=item_id))
 
 
 class _Speaker:

@@ -1,0 +1,238 @@
+"""Hostile input to ``/v1/realtime``: each reproducer from issue 12, sent as a client
+would, and what the client sees (an ``error`` naming the field, nothing applied, the
+session goes on, memory bounded)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import aiohttp
+import psutil
+import pybase64
+import pytest
+
+from conftest import Gateway, GatewayFactory, settled, wait_for
+from test_realtime_ws import RT, connect, text_item
+from voxgate.audio import Encoding, from_pcm16
+from voxgate.core.realtime.agent import MAX_INPUT_BUFFER_SECONDS, RealtimeAgent
+from voxgate.core.realtime.conversation import MAX_ITEMS
+
+pytestmark = pytest.mark.timeout(180)
+
+URL = "/v1/realtime?model=voxgate/echo"
+
+
+def nested(depth: int, leaf: str = "1") -> str:
+    return "[" * depth + leaf + "]" * depth
+
+
+async def error_for(rt: RT, raw: str) -> dict[str, Any]:
+    await rt.ws.send_str(raw)
+    event = await rt.recv()
+    assert event["type"] == "error", event
+    error: dict[str, Any] = event["error"]
+    return error
+
+
+async def session_now(rt: RT) -> dict[str, Any]:
+    """The session as it is (an empty update changes nothing and answers with it)."""
+    await rt.send("session.update", session={})
+    event = await rt.recv()
+    assert event["type"] == "session.updated", event
+    session: dict[str, Any] = event["session"]
+    return session
+
+
+async def test_deep_json_is_refused_naming_the_field_and_nothing_is_applied(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, tracebacks: Any
+) -> None:
+    """Issue 12 defect 4: 300-deep ``truncation`` or tool ``parameters`` closed the session
+    with 1011 after applying the config; a 300-deep ``metadata`` was never answered."""
+    gw = await gateway()
+    ws, rt = await connect(http, gw.ws(URL))
+    before = await session_now(rt)
+    deep_truncation = (
+        '{"type":"session.update","event_id":"ev1","session":{"instructions":"changed",'
+        f'"truncation":{nested(300)}}}}}'
+    )
+    error = await error_for(rt, deep_truncation)
+    assert error["code"] == "invalid_value"
+    assert error["param"].startswith("session.truncation")
+    assert error["event_id"] == "ev1"
+    assert "32 levels" in error["message"]
+    deep_tool = (
+        '{"type":"session.update","session":{"tools":[{"type":"function","name":"f",'
+        f'"parameters":{{"a":{nested(300)}}}}}]}}}}'
+    )
+    error = await error_for(rt, deep_tool)
+    assert (error["code"], error["param"]) == ("invalid_value", "session.tools[0].parameters")
+    deep_metadata = f'{{"type":"response.create","response":{{"metadata":{{"k":{nested(300)}}}}}}}'
+    error = await error_for(rt, deep_metadata)
+    assert (error["code"], error["param"]) == ("invalid_value", "response.metadata.k[0]")
+    assert await session_now(rt) == before  # nothing applied
+    # a schema of ordinary depth still works
+    ok = {"type": "object", "properties": {"a": {"type": "object", "properties": {}}}}
+    await rt.send("session.update", session={"tools": [{"name": "f", "parameters": ok}]})
+    assert (await rt.recv())["type"] == "session.updated"
+    await ws.close()
+    await settled(gw)
+    [record] = await gw.services.store.query(_query())
+    assert (record.client_close_code, record.error) == (1000, None)
+    assert tracebacks() == []
+
+
+async def test_wrong_types_get_errors_naming_the_field(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, tracebacks: Any
+) -> None:
+    """Issue 12 defect 5: ``response.audio.output: "x"`` raised AttributeError (1011)."""
+    gw = await gateway()
+    ws, rt = await connect(http, gw.ws(URL))
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"audio": {"output": "x"}}, "response.audio.output"),
+        ({"audio": "x"}, "response.audio"),
+        ({"audio": {"output": {"voice": 7}}}, "response.audio.output.voice"),
+        ({"voice": ["alloy"]}, "response.voice"),
+        ({"metadata": {"k": 1}}, "response.metadata"),
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "response.metadata"),
+    ]
+    for response, param in cases:
+        await rt.send("response.create", response=response)
+        event = await rt.recv()
+        assert event["type"] == "error", event
+        assert event["error"]["param"] == param, (response, event)
+        assert event["error"]["type"] == "invalid_request_error"
+    await rt.send("conversation.item.create", item=text_item("still here"))
+    assert (await rt.recv())["type"] == "conversation.item.added"
+    await ws.close()
+    assert tracebacks() == []
+
+
+async def test_openai_voice_names_mean_the_default_voice_in_a_response_too(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Issue 12 defect 6: ``response.create`` with ``voice: "alloy"`` failed."""
+    gw = await gateway()
+    ws, rt = await connect(http, gw.ws(URL))
+    voice = "en_US-joe-medium"  # piper's default voice
+    await rt.send("conversation.item.create", item=text_item("hello"))
+    for response in ({"voice": "alloy"}, {"audio": {"output": {"voice": "marin"}}}):
+        await rt.send("response.create", response=response)
+        events = await rt.until("response.done")
+        done = events[-1]["response"]
+        assert done["status"] == "completed", done
+        assert done["audio"]["output"]["voice"] == voice
+        assert any(e["type"] == "response.output_audio.delta" for e in events)
+    await ws.close()
+
+
+async def test_a_long_user_item_is_answered_at_bounded_cost(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Issue 12 defect 1, realtime: an 8,000-character item + ``response.create`` took
+    the server to 1.77 GB (the echo answer was synthesized as one piece)."""
+    gw = await gateway()
+    ws, rt = await connect(http, gw.ws(URL))
+    proc = psutil.Process(os.getpid())
+    before = proc.memory_info().rss
+    await rt.send("conversation.item.create", item=text_item("y" * 8000))
+    await rt.until("conversation.item.done")
+    await rt.send("response.create")
+    peak = before
+    deltas = 0
+    async with asyncio.timeout(60):
+        while deltas < 5:
+            event = await rt.recv()
+            deltas += event["type"] == "response.output_audio.delta"
+            peak = max(peak, proc.memory_info().rss)
+    await rt.send("response.cancel")
+    done = (await rt.until("response.done"))[-1]["response"]
+    assert done["status"] == "cancelled"
+    grown = (peak - before) / 2**20
+    print(f"RSS grew {grown:.0f} MiB while an 8,000-character item was answered")
+    assert grown < 400
+    await ws.close()
+
+
+def _agent(gw: Gateway) -> RealtimeAgent:
+    [conn] = list(gw.services.live_speech)
+    assert isinstance(conn.session, RealtimeAgent)
+    return conn.session
+
+
+def _mulaw_silence(seconds: float) -> list[str]:
+    """Appends of µ-law silence at 8 kHz, the largest the default limit allows."""
+    data = from_pcm16(b"\0\0" * int(8000 * seconds), Encoding.MULAW)
+    size = 200_000
+    return [pybase64.b64encode(data[i : i + size]).decode() for i in range(0, len(data), size)]
+
+
+async def test_the_input_buffer_is_bounded(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, tracebacks: Any
+) -> None:
+    """Issue 12 defect 13: with server VAD and a quiet microphone the buffer grew with the
+    audio (2.8 MiB/min), and without turn detection it grew until a commit."""
+    gw = await gateway()
+    ws, rt = await connect(http, gw.ws(URL))
+    fmt = {"type": "audio/pcmu"}
+    await rt.send("session.update", session={"audio": {"input": {"format": fmt}}})
+    await rt.until("session.updated")
+    for piece in _mulaw_silence(120):  # two minutes of quiet microphone, server VAD
+        await rt.send("input_audio_buffer.append", audio=piece)
+    # the audio is taken by the input pipeline in order; once it is, the buffer holds at
+    # most prefix padding + 1 s, twice (it was the whole two minutes)
+    agent = _agent(gw)
+    await wait_for(lambda: agent.input_buffer_ms <= 2 * (300 + 1000), within=20)
+
+    td_off = {"audio": {"input": {"turn_detection": None}}}
+    await rt.send("session.update", session=td_off)
+    await rt.until("session.updated")
+    for piece in _mulaw_silence(MAX_INPUT_BUFFER_SECONDS + 10):
+        await rt.send("input_audio_buffer.append", audio=piece)
+    error = (await rt.until("error"))[-1]["error"]
+    assert (error["code"], error["param"]) == ("input_audio_buffer_full", "audio")
+    assert f"{MAX_INPUT_BUFFER_SECONDS} s" in error["message"]
+    assert _agent(gw).input_buffer_ms <= MAX_INPUT_BUFFER_SECONDS * 1000
+    await rt.send("input_audio_buffer.clear")
+    await rt.until("input_audio_buffer.cleared")
+    assert _agent(gw).input_buffer_ms == 0
+    await ws.close()
+    assert tracebacks() == []
+
+
+async def test_the_conversation_is_bounded_and_the_client_is_told(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Issue 12 defect 13: 3,000 items of 60 KB took +170 MiB; the oldest items now go,
+    each with ``conversation.item.deleted``, as a model's context drops old turns."""
+    gw = await gateway()
+    ws, rt = await connect(http, gw.ws(URL))
+    for i in range(MAX_ITEMS + 20):
+        await rt.send("conversation.item.create", item=text_item(f"item {i}", id=f"it_{i}"))
+    deleted: list[str] = []
+    async with asyncio.timeout(60):
+        while len(deleted) < 20:
+            event = await rt.recv()
+            if event["type"] == "conversation.item.deleted":
+                deleted.append(event["item_id"])
+    assert deleted == [f"it_{i}" for i in range(20)]
+    await rt.send("conversation.item.retrieve", item_id="it_0")
+    assert (await rt.until("error"))[-1]["error"]["code"] == "item_not_found"
+    await rt.send("conversation.item.retrieve", item_id="it_20")
+    assert (await rt.until("conversation.item.retrieved"))[-1]["item"]["id"] == "it_20"
+    # size, too: 60 KB items push out the small ones and each other
+    for i in range(12):
+        await rt.send("conversation.item.create", item=text_item("w" * 60_000, id=f"big_{i}"))
+    await rt.send("conversation.item.retrieve", item_id="big_11")
+    events = await rt.until("conversation.item.retrieved")
+    gone = {e["item_id"] for e in events if e["type"] == "conversation.item.deleted"}
+    assert "big_0" in gone
+    assert sum(len(i.text()) for i in _agent(gw).conversation.items) <= 512_000
+    await ws.close()
+
+
+def _query() -> Any:
+    from voxgate.store.base import UsageQuery
+
+    return UsageQuery(account="local", gateway="default", limit=10)
