@@ -354,22 +354,6 @@ async def run_load(args: argparse.Namespace, gateway: Proc, canary: Canary, db: 
     return Outcome(samples, after, load, canary_result, records, stop_wall)
 
 
-async def start_canary() -> Canary:
-    """``Canary.start``, but with a pipe reader limit that holds a long run's result line
-    (the default 64 KiB overflows after about 3 minutes of round trips every 20 ms)."""
-    argv = (sys.executable, "-m", "voxgate.testing.canary")
-    pipe = asyncio.subprocess.PIPE
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=pipe, stdout=pipe, limit=1 << 28)
-    assert proc.stdout is not None
-    async with asyncio.timeout(30):
-        words = (await proc.stdout.readline()).decode().split()
-    if words[:1] != ["upstream"]:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"the canary process did not start: {words}")
-    return Canary(proc, words[1])
-
-
 async def sample_run(server: psutil.Process, args: argparse.Namespace, load: Load) -> list[Sample]:
     """Sample the server every ``--sample-seconds`` for the run; a line every 30 s."""
     t0 = time.monotonic()
@@ -502,7 +486,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     echo = Proc("echo upstream", _mode_argv("--echo-server"))
     try:
-        async with await start_canary() as canary:
+        async with await Canary.start() as canary:
             cfg.write_text(soak_config(echo.port, db, canary))
             gateway = voxgate_proc(cfg, stderr=log)
             try:

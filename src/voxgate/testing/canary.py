@@ -78,6 +78,8 @@ class Canary:
             "voxgate.testing.canary",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            # the result is one JSON line: ~20 bytes a round trip, 50 round trips a second
+            limit=1 << 28,
         )
         assert proc.stdout is not None
         async with asyncio.timeout(30):
