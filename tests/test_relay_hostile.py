@@ -12,17 +12,19 @@ import base64
 import contextlib
 import functools
 import json
+import logging
 import random
 import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp import WSMsgType
+from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import LineTooLong
 from tests.conftest import (
     GatewayFactory,
     assert_healthy,
@@ -33,6 +35,7 @@ from tests.conftest import (
 
 from voxgate.core.records import SessionCapture, UsageRecord
 from voxgate.errors import StoreError
+from voxgate.server.logsetup import MalformedRequests
 from voxgate.store import UsageQuery, UsageStore
 from voxgate.store.sqlite import SQLiteStore
 from voxgate.testing import RecordingUpstream
@@ -370,7 +373,11 @@ def fuzz_toml(up: str, reject: str, dead: str, canary_toml: str) -> str:
 
 async def fuzz_upstream(conn: Connection) -> None:
     """Echo, and obey a few commands: close with a code, drop, flood, oversize, usage."""
-    ws = conn.ws
+    with contextlib.suppress(ConnectionError):  # the gateway may be gone mid-send
+        await _obey(conn.ws)
+
+
+async def _obey(ws: web.WebSocketResponse) -> None:
     async for msg in ws:
         if msg.type is WSMsgType.BINARY:
             await ws.send_bytes(msg.data)
@@ -603,6 +610,8 @@ async def test_relay_fuzz_one_record_per_session_beside_a_healthy_canary(
     http: aiohttp.ClientSession,
     canary: Canary,
     tracebacks: Callable[[], list[str]],
+    caplog: pytest.LogCaptureFixture,
+    quiet_malformed_requests: None,
 ) -> None:
     rng = random.Random(SEED)
     stats: Counter[str] = Counter()
@@ -664,6 +673,41 @@ async def test_relay_fuzz_one_record_per_session_beside_a_healthy_canary(
             assert secret not in blob
     assert_healthy(result)
     assert tracebacks() == []
+    # nor from aiohttp's server, for requests its parser refused (see MalformedRequests)
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+@pytest.fixture
+def quiet_malformed_requests() -> Iterator[None]:
+    """The filter ``configure_logging`` puts on aiohttp's server logger, for one test."""
+    server = logging.getLogger("aiohttp.server")
+    quiet = MalformedRequests()
+    server.addFilter(quiet)
+    yield
+    server.removeFilter(quiet)
+
+
+def test_malformed_requests_are_one_line_without_the_bytes() -> None:
+    exc = LineTooLong(b"X-Big: secret-" + b"b" * 100, 8190)
+    record = logging.LogRecord(
+        "aiohttp.server",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request from %s",
+        ("127.0.0.1",),
+        (type(exc), exc, None),
+    )
+    logging.getLogger("aiohttp.server").setLevel(logging.INFO)
+    try:
+        assert MalformedRequests().filter(record)
+    finally:
+        logging.getLogger("aiohttp.server").setLevel(logging.NOTSET)
+    assert (record.levelname, record.exc_info) == ("INFO", None)
+    assert record.getMessage() == "malformed HTTP request from 127.0.0.1 (LineTooLong)"
+    other = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "boom", (), None)
+    assert MalformedRequests().filter(other)
+    assert other.levelname == "ERROR"
 
 
 def closed_port() -> int:

@@ -47,6 +47,8 @@ async def raw_server(script: RawScript) -> AsyncIterator[str]:
             await script(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            pass  # stopped by the cleanup below (a cancelled callback task logs an error)
         finally:
             writer.transport.abort()
             tasks.discard(task)

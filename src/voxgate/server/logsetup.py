@@ -15,10 +15,11 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 from voxgate.scrub import SecretScrubber
 
-__all__ = ["SecretScrubber", "configure_logging"]
+__all__ = ["MalformedRequests", "SecretScrubber", "configure_logging"]
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -49,6 +50,25 @@ class _Formatter(logging.Formatter):
         return self.scrub(line)
 
 
+class MalformedRequests(logging.Filter):
+    """One line at INFO, not an error with a traceback, for each malformed HTTP request.
+
+    aiohttp logs every request its parser refuses (a header over 8 KiB, garbage on the
+    port) as an error with a traceback, though the peer is at fault and gets its 400; a
+    hostile client could fill the log with them. The line names the error type only:
+    aiohttp's message quotes the offending bytes, which can hold a header's secret.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg = f"malformed HTTP request from %s ({type(exc).__name__})"
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
 def configure_logging(*, fmt: str, level: str, secrets: Iterable[str]) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter(SecretScrubber(secrets), as_json=fmt == "json"))
@@ -57,3 +77,6 @@ def configure_logging(*, fmt: str, level: str, secrets: Iterable[str]) -> None:
     root.setLevel(level.upper())
     # aiohttp's access log prints full request lines (query strings can hold keys).
     logging.getLogger("aiohttp.access").disabled = True
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
