@@ -85,7 +85,9 @@ async def test_bad_bundle_offer_is_refused_and_collection_goes_on(
     assert len(media.sessions) == before  # nothing half-built is kept
 
     # a normal session whose client never connects: stale after 30 s
-    status, body = await post(http, gw.base + APP + "/sessions/new", offer_body(await aiortc_offer()))
+    status, body = await post(
+        http, gw.base + APP + "/sessions/new", offer_body(await aiortc_offer())
+    )
     assert status == 201, body
     sid = str(body["sessionId"])
     assert sid in media.sessions
