@@ -167,11 +167,12 @@ class SfuSession:
     async def _apply_remote(self, sdp: str, kind: str) -> None:
         """Check and apply a client's description. Raises SfuError 400; when aiortc
         fails half way through, the session is closed first."""
-        pc = self.pc
-        if pc.signalingState not in _EXPECTED[kind]:
-            why = f"an {kind} is not expected now (signalling state {pc.signalingState})"
+        state = self._pc.signalingState if self._pc is not None else "stable"
+        if state not in _EXPECTED[kind]:
+            why = f"an {kind} is not expected now (signalling state {state})"
             raise SfuError(400, "invalid_session_description", why)
         sections = check_sdp(sdp, kind, self._sections)
+        pc = self.pc  # made only for a description worth applying
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
         except SDP_ERRORS as exc:
