@@ -304,7 +304,7 @@ class SfuSession:
     async def renegotiate(self, answer: str) -> None:
         async with self._lock:
             self._check_open()
-            if self.pc.signalingState != "have-local-offer":
+            if self._pc is None or self._pc.signalingState != "have-local-offer":
                 raise SfuError(
                     400, "invalid_session_description", "no server offer is waiting for an answer"
                 )
@@ -375,14 +375,16 @@ class SfuSession:
         if self.closed:
             return
         self.closed = True
-        for lt in list(self.local.values()):
-            lt.source.end()
-        for rt in self.remote.values():
-            rt.source.unsubscribe(rt.track)
-            rt.track.end()
-        self.remote.clear()
-        if self._pc is not None:
-            await close_peer(self._pc)
+        try:
+            for lt in list(self.local.values()):
+                lt.source.end()
+            for rt in self.remote.values():
+                rt.source.unsubscribe(rt.track)
+                rt.track.end()
+            self.remote.clear()
+        finally:  # whatever a subscriber did, the PeerConnection and its sockets go
+            if self._pc is not None:
+                await close_peer(self._pc)
 
 
 def _sends(tr: RTCRtpTransceiver) -> bool:
