@@ -330,7 +330,7 @@ def _lines(sdp: str, kind: str) -> list[str]:
     if not lines or lines[0] != "v=0":
         raise _refuse(kind, "must start with v=0")
     for n, line in enumerate(lines, 1):
-        where = f"line {n} ({line[:2]})" if line[1:2] == "=" else f"line {n}"
+        where = f"line {n} ({line[:2]})" if _LINE.match(line[:2]) else f"line {n}"
         if (bad := _CONTROL.search(line)) is not None:
             raise _refuse(kind, f"'s {where} has a control character (U+{ord(bad[0]):04X})")
         if (bad := _OTHER_SPACE.search(line)) is not None:
@@ -458,10 +458,10 @@ def _check_bundle(kind: str, desc: aiortc_sdp.SessionDescription, sections: list
 
 def _check_against(kind: str, sections: list[Section], negotiated: list[Section]) -> None:
     if kind == "answer" and negotiated and sections != negotiated:
-        got, want = " · ".join(map(str, sections)), " · ".join(map(str, negotiated))
+        got, want = ", ".join(map(str, sections)), ", ".join(map(str, negotiated))
         raise _refuse(kind, f"'s m-lines ({got}) do not match the offer's ({want})")
     if kind == "offer" and sections[: len(negotiated)] != negotiated:
-        want = " · ".join(map(str, negotiated))
+        want = ", ".join(map(str, negotiated))
         raise _refuse(kind, f"must keep the negotiated m-lines first, in order ({want})")
 
 
