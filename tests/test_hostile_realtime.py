@@ -236,3 +236,16 @@ def _query() -> Any:
     from voxgate.store.base import UsageQuery
 
     return UsageQuery(account="local", gateway="default", limit=10)
+
+
+async def test_a_deep_client_secret_request_is_refused_naming_the_field(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    gw = await gateway()
+    body = '{"session":{"type":"realtime","truncation":' + nested(300) + "}}"
+    async with http.post(f"{gw.base}/v1/realtime/client_secrets", data=body) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert error["code"] == "bad_request"
+    assert error["message"].startswith("session.truncation")
+    assert "32 levels" in error["message"]

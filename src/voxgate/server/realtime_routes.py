@@ -33,6 +33,7 @@ from voxgate.engines.base import EngineError
 from voxgate.engines.llm import LanguageModel
 from voxgate.engines.vad import make_vad
 from voxgate.errors import AuthenticationFailed, BadRequest
+from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.protocol import RealtimeProtocol
 from voxgate.protocols.realtime.session import (
@@ -275,6 +276,9 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object")
+    deep = nesting_error(body, data)
+    if deep is not None:
+        raise BadRequest(f"{deep} nests more than {MAX_DEPTH} levels deep")
     return data
 
 
