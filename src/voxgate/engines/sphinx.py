@@ -1,7 +1,10 @@
 """STT ``pocketsphinx``: CMU pocketsphinx 5 with the en-us model its wheel ships.
 
 Truly streaming: every chunk updates a partial hypothesis. A native decoder takes
-~0.3 s to create, so the engine keeps a pool of idle decoders that sessions borrow.
+~0.3 s to create — holding the interpreter all that time, so every session on the event
+loop waits — and ~90 MB of memory. So the engine keeps a pool of idle decoders, and a
+stream borrows one only for an utterance (from the VAD's start to its end), not for its
+whole life: decoders in use are utterances being spoken at once, not open sessions.
 """
 
 from __future__ import annotations
@@ -46,41 +49,45 @@ class DecoderPool:
 
 
 class SphinxDecoder(UtteranceDecoder):
+    """Borrows a pooled decoder at an utterance's start and gives it back at its end."""
+
     def __init__(self, pool: DecoderPool) -> None:
         self._pool = pool
-        self._decoder = pool.take()
-        self._active = False
+        self._decoder: Any = None  # a decoder in an utterance, or None between them
 
     def begin(self) -> None:
-        if self._active:
+        if self._decoder is None:
+            self._decoder = self._pool.take()
+        else:
             self._decoder.end_utt()
         self._decoder.start_utt()
-        self._active = True
 
     def add(self, pcm: bytes) -> str | None:
-        if not self._active:
+        if self._decoder is None:
             return None
         self._decoder.process_raw(pcm, False, False)
         hyp = self._decoder.hyp()
         return hyp.hypstr if hyp is not None and hyp.hypstr else None
 
     def end(self) -> tuple[str, float]:
-        if not self._active:
+        d, self._decoder = self._decoder, None
+        if d is None:
             return "", 0.0
-        d = self._decoder
-        d.end_utt()
-        self._active = False
-        hyp = d.hyp()
-        if hyp is None or not hyp.hypstr:
-            return "", 0.0
-        # after end_utt, prob is the utterance's posterior probability
-        return hyp.hypstr, min(1.0, max(0.0, float(hyp.prob)))
+        try:
+            d.end_utt()
+            hyp = d.hyp()
+            if hyp is None or not hyp.hypstr:
+                return "", 0.0
+            # after end_utt, prob is the utterance's posterior probability
+            return hyp.hypstr, min(1.0, max(0.0, float(hyp.prob)))
+        finally:
+            self._pool.give(d)
 
     def close(self) -> None:
-        if self._active:
-            self._decoder.end_utt()
-            self._active = False
-        self._pool.give(self._decoder)
+        d, self._decoder = self._decoder, None
+        if d is not None:
+            d.end_utt()
+            self._pool.give(d)
 
 
 class PocketsphinxSTT(SpeechToText):
