@@ -249,3 +249,37 @@ async def test_a_deep_client_secret_request_is_refused_naming_the_field(
     assert error["code"] == "bad_request"
     assert error["message"].startswith("session.truncation")
     assert "32 levels" in error["message"]
+
+
+async def test_items_with_audio_are_transcribed_one_at_a_time_within_a_bound(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """Each item with audio opened a recognizer of its own at once: 25 of them meant 25
+    native decoders (~90 MB and a third of a second of held interpreter each). They now
+    wait their turn, and at most 16 MiB of their audio may wait."""
+    gw = await gateway()
+    ws, rt = await connect(http, gw.ws(URL))
+    audio = pybase64.b64encode(os.urandom(700_000)).decode()  # noise: ~15 s at 24 kHz
+    for i in range(26):
+        item = {
+            "id": f"audio_{i}",
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_audio", "audio": audio}],
+        }
+        await rt.send("conversation.item.create", item=item)
+    refused: list[dict[str, Any]] = []
+    added: list[str] = []
+    async with asyncio.timeout(30):
+        while len(refused) + len(added) < 26:
+            event = await rt.recv()
+            if event["type"] == "error":
+                refused.append(event["error"])
+            elif event["type"] == "conversation.item.added":
+                added.append(event["item"]["id"])
+    assert 0 < len(refused) < 26 - 16
+    assert {(e["code"], e["param"]) for e in refused} == {
+        ("input_audio_pending_full", "item.content[0].audio")
+    }
+    assert added == [f"audio_{i}" for i in range(len(added))]
+    await ws.close()

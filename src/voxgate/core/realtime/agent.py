@@ -95,6 +95,8 @@ MAX_INPUT_BUFFER_SECONDS = 300
 #: Between turns, audio kept beyond ``prefix_padding_ms`` (a turn starts a little after
 #: its first speech frame).
 IDLE_KEEP_MS = 1000
+#: The most audio of client items that may wait for its transcription in one session.
+MAX_PENDING_ITEM_AUDIO = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,8 @@ class RealtimeAgent:
         self._resampler = StreamResampler(config.input_format.rate, VAD_RATE)
         self._speech_item: str | None = None
         self._transcripts: dict[str, asyncio.Future[str]] = {}
+        self._item_transcription = asyncio.Lock()
+        self._pending_item_audio = 0
         self._responses: dict[str, Response] = {}
         self._current: Response | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -407,6 +411,16 @@ class RealtimeAgent:
         if item.type == "message" and item.role == "assistant":
             for part in item.content:
                 part.transcript = part.transcript or ""
+        audio = [c for c in item.content if c.type == "input_audio" and c.transcript is None]
+        size = len(audio[0].audio or b"") if audio else 0
+        if self._pending_item_audio + size > MAX_PENDING_ITEM_AUDIO:
+            index = item.content.index(audio[0])
+            raise ClientEventError(
+                "input_audio_pending_full",
+                f"items with audio wait to be transcribed one at a time; at most "
+                f"{MAX_PENDING_ITEM_AUDIO // 2**20} MiB of their audio may wait",
+                param=f"item.content[{index}].audio",
+            )
         prev = self.conversation.add(item, ev.previous_item_id)
         p = self.protocol
         await self._send(
@@ -416,9 +430,10 @@ class RealtimeAgent:
             p.event("conversation.item.done", previous_item_id=prev, item=p.item(item))
         )
         await announce_evicted(self.conversation, p, self._send)
-        audio = [c for c in item.content if c.type == "input_audio" and c.transcript is None]
         if audio:
-            self._spawn(self._transcribe_item(item, audio[0]))
+            self._pending_item_audio += size
+            self._expect_transcript(item.id)
+            self._spawn(self._transcribe_item(item, audio[0], size))
 
     # -- responses -----------------------------------------------------------------------
 
@@ -592,9 +607,17 @@ class RealtimeAgent:
         if future is not None and not future.done():
             future.set_result("")
 
-    async def _transcribe_item(self, item: Item, part: ContentPart) -> None:
-        """Transcribe audio the client put in an item (a fresh stream of its own)."""
-        self._expect_transcript(item.id)
+    async def _transcribe_item(self, item: Item, part: ContentPart, size: int) -> None:
+        """Transcribe audio the client put in an item (a stream of its own). One item at a
+        time per session: each stream holds a decoder, and a new native decoder takes
+        the interpreter for a third of a second to build."""
+        try:
+            async with self._item_transcription:
+                await self._transcribe_part(item, part)
+        finally:
+            self._pending_item_audio -= size
+
+    async def _transcribe_part(self, item: Item, part: ContentPart) -> None:
         fmt = self.config.input_format
         pcm = to_pcm16(part.audio or b"", fmt.encoding) if part.audio else b""
         part.audio = None  # it is never sent back: only its transcript is kept

@@ -71,8 +71,8 @@ class SpokenText:
 
 #: The most items a conversation keeps.
 MAX_ITEMS = 1000
-#: The most characters of content (text, transcripts, arguments, outputs; audio not yet
-#: transcribed counts its bytes) a conversation keeps.
+#: The most characters of content (text, transcripts, arguments, outputs) a conversation
+#: keeps. (An item's audio is kept only until it is transcribed, and the agent bounds that.)
 MAX_CHARS = 512_000
 
 
@@ -80,7 +80,7 @@ def item_size(item: Item) -> int:
     """What ``item`` counts against :data:`MAX_CHARS`."""
     size = len(item.arguments) + len(item.output)
     for part in item.content:
-        size += len(part.text or "") + len(part.transcript or "") + len(part.audio or b"")
+        size += len(part.text or "") + len(part.transcript or "")
     return size
 
 
