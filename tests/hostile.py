@@ -4,6 +4,7 @@ of every client message, and mutations of them (one field at a time, or anything
 from __future__ import annotations
 
 import copy
+import json
 import random
 from typing import Any
 
@@ -144,12 +145,26 @@ TTS_TEMPLATES: list[dict[str, Any]] = [
     {"type": "stop"},
     {"type": "ping"},
 ]
+#: Mostly text and flushes, so that synthesis runs; a ``stop`` now and then.
+TTS_WEIGHTS = [2.0, 10.0, 4.0, 1.0, 1.0, 0.3, 1.0]
+#: Texts that broke or bloated synthesis (issue 12): a NUL, a word with no break, emoji
+#: and letters with digits (each phonemizes long), piper's raw-phoneme syntax.
+HOSTILE_TEXTS = (
+    "a\u0000b.",
+    "y" * 1000,
+    "\U0001f600" * 40,
+    "abc123" * 33,
+    "[[ " + "ə" * 400 + " ]]",
+    "\u202e\u200b\ufeff.",
+    "Mr. " * 500,
+)
 STT_TEMPLATES: list[dict[str, Any]] = [
     {"type": "start", "sample_rate": 16000, "encoding": "pcm16", "interim_results": True},
     {"type": "audio", "data": AUDIO},
     {"type": "finalize"},
     {"type": "ping"},
 ]
+STT_WEIGHTS = [1.0, 10.0, 2.0, 1.0]
 
 
 def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -183,8 +198,11 @@ DELETE = object()
 class Mutator:
     """Seeded hostile values and messages, for the socket-level fuzz."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, *, favourites: tuple[Any, ...] = ()) -> None:
+        """``favourites``: values this surface finds hardest, chosen one time in five."""
         self.r = random.Random(seed)
+        self.favourites = favourites
+        self._deep: list[str] = []
 
     def scalar(self) -> Any:
         r = self.r
@@ -217,11 +235,15 @@ class Mutator:
     def value(self, depth: int = 0) -> Any:
         r = self.r
         roll = r.random()
+        if self.favourites and r.random() < 0.2:
+            return r.choice(self.favourites)
         if roll < 0.05:
-            deep: Any = 1
-            for _ in range(r.choice([33, 100, 300, 900])):
-                deep = [deep] if r.random() < 0.5 else {"a": deep}
-            return deep
+            # nesting too deep to build and dump as objects: a placeholder the frame's
+            # text replaces with the nested JSON itself
+            levels = r.choice([33, 100, 300, 900])
+            opener, closer = ("[", "]") if r.random() < 0.5 else ('{"a":', "}")
+            self._deep.append(opener * levels + "1" + closer * levels)
+            return f"__deep_{len(self._deep) - 1}__"
         if depth > 2 or roll < 0.6:
             return self.scalar()
         if roll < 0.8:
@@ -231,25 +253,31 @@ class Mutator:
     def mutate(self, template: dict[str, Any]) -> dict[str, Any]:
         """``template`` with one to three of its fields replaced or removed."""
         out = template
+        choices = paths(template)
         for _ in range(self.r.randint(1, 3)):
-            choices = paths(out)
-            if not choices:
-                break
             path = self.r.choice(choices)
-            value = DELETE if self.r.random() < 0.15 else self.value()
-            out = replaced(out, path, value)
+            try:
+                out = replaced(out, path, DELETE if self.r.random() < 0.15 else self.value())
+            except (KeyError, IndexError, TypeError):
+                continue  # an earlier change removed or replaced its parent
         return out
 
-    def frame(self, templates: list[dict[str, Any]]) -> str | bytes:
-        """A hostile frame: mostly a mutated template, sometimes garbage."""
-        import json
-
+    def frame(
+        self, templates: list[dict[str, Any]], weights: list[float] | None = None
+    ) -> str | bytes:
+        """A hostile frame: mostly a mutated template (picked by ``weights``), sometimes
+        a template as it is, sometimes garbage."""
         r = self.r
         roll = r.random()
+        template = r.choices(templates, weights)[0]
         if roll < 0.05:
             return bytes(r.getrandbits(8) for _ in range(r.randint(0, 300)))
         if roll < 0.1:
             return r.choice(["", "{", "[]", "null", '{"type":1}', "\u0000", "{" * 5000])
-        if roll < 0.2:
-            return json.dumps(r.choice(templates))
-        return json.dumps(self.mutate(r.choice(templates)))
+        if roll < 0.3:
+            return json.dumps(template)
+        self._deep.clear()
+        text = json.dumps(self.mutate(template))
+        for i, deep in enumerate(self._deep):
+            text = text.replace(f'"__deep_{i}__"', deep)
+        return text
