@@ -283,3 +283,33 @@ async def test_items_with_audio_are_transcribed_one_at_a_time_within_a_bound(
     }
     assert added == [f"audio_{i}" for i in range(len(added))]
     await ws.close()
+
+
+async def test_switching_recognition_engines_does_not_pile_up_streams(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """A recognizer replaced by ``session.update`` stayed open until the session ended:
+    switching back and forth opened one more stream each time."""
+    import gc
+
+    from voxgate.engines.local_stt import LocalRecognitionStream
+
+    gw = await gateway('[speech.engines.sphinx2]\ntype = "pocketsphinx"\n', own_engines=True)
+    ws, rt = await connect(http, gw.ws(URL))
+    silence = pybase64.b64encode(b"\0" * 9600).decode()
+    for i in range(30):
+        model = "sphinx2" if i % 2 else "pocketsphinx"
+        transcription = {"transcription": {"model": model}}
+        await rt.send("session.update", session={"audio": {"input": transcription}})
+        await rt.until("session.updated")
+        # a committed turn: the recognizer of this engine opens and transcribes it
+        await rt.send("input_audio_buffer.append", audio=silence)
+        await rt.send("input_audio_buffer.commit")
+        await rt.until("conversation.item.input_audio_transcription.completed")
+
+    def open_streams() -> int:
+        gc.collect()
+        return sum(isinstance(o, LocalRecognitionStream) for o in gc.get_objects())
+
+    await wait_for(lambda: open_streams() <= 2, within=10)
+    await ws.close()

@@ -130,6 +130,9 @@ class _Recognizer:
         self.stream = stream
         self.pending: deque[str] = deque()
         self.finals: list[str] = []
+        #: Set while no committed item waits for its transcript from this stream.
+        self.drained = asyncio.Event()
+        self.drained.set()
         # held only while it runs: a finished task keeps its frame (self) through its
         # exception, and holding it would make a cycle that outlives the session
         self._reader: asyncio.Task[None] | None = asyncio.create_task(
@@ -139,9 +142,11 @@ class _Recognizer:
 
     def _reader_done(self, _task: asyncio.Task[None]) -> None:
         self._reader = None
+        self.drained.set()  # nothing more will come
 
     async def finalize(self, item_id: str) -> None:
         self.pending.append(item_id)
+        self.drained.clear()
         await self.stream.finalize()
 
     async def _read(self) -> None:
@@ -155,6 +160,8 @@ class _Recognizer:
                 self.finals.clear()
                 if self.pending:
                     await a.transcribed(self.pending.popleft(), ev.text, ev.audio_duration_seconds)
+                if not self.pending:
+                    self.drained.set()
             elif isinstance(ev, RecognitionFailed):
                 while self.pending:
                     await a.transcription_failed(self.pending.popleft(), ev.error)
@@ -359,7 +366,7 @@ class RealtimeAgent:
         if new.input_format != old.input_format:
             await self._audio.put(_Marker("format"))
         if self._stt_name(new) != self._stt_name(old) and self._recognizer is not None:
-            self._retired.append(self._recognizer)
+            self._retire(self._recognizer)
             self._recognizer = None
         await self._send(self.protocol.event("session.updated", session=self._session_json()))
 
@@ -398,6 +405,19 @@ class RealtimeAgent:
                     f"unknown voice {c.voice!r} for {tts.name} (voices: {', '.join(voices)})",
                     param="session.audio.output.voice",
                 )
+
+    def _retire(self, rec: _Recognizer) -> None:
+        """A recognizer the session no longer feeds: it is closed once the items
+        committed to it have their transcripts (switching engines back and forth must
+        not pile up open streams)."""
+        self._retired.append(rec)
+
+        async def close_when_drained() -> None:
+            await rec.drained.wait()
+            await rec.aclose()
+            self._retired.remove(rec)
+
+        self._spawn(close_when_drained())
 
     def _tts_name(self, c: SessionConfig) -> str:
         return c.tts_model or self.deps.default_tts
