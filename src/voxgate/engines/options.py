@@ -24,7 +24,7 @@ ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
         "noise_scale": float,
         "noise_w_scale": float,
     },
-    "pocketsphinx": dict(_SEGMENTER),
+    "pocketsphinx": {**_SEGMENTER, "second_pass": ("off", "on")},
     "whisper": {
         **_SEGMENTER,
         "model": str,

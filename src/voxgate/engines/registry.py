@@ -137,6 +137,7 @@ class EngineRegistry:
                 vad=opts.get("vad", "webrtc"),
                 segmenter=_segmenter(opts),
                 shared=self._shared,
+                second_pass=opts.get("second_pass", "off") == "on",
             )
         if engine_type == "whisper":
             from voxgate.engines.sphinx import DecoderPool
