@@ -78,18 +78,29 @@ class RecognitionCore:
     def _feed(self, pcm: bytes) -> list[RecognitionEvent]:
         self.samples += len(pcm) // 2
         out: list[RecognitionEvent] = []
+        # an utterance's consecutive frames go to the decoder in one call: one partial
+        # per chunk fed, and one call into a decoder process instead of one per frame
+        audio: list[bytes] = []
         for seg in self.segmenter.push(pcm):
+            if isinstance(seg, UtteranceAudio):
+                audio.append(seg.audio)
+                continue
+            self._add(audio, out)
             if isinstance(seg, UtteranceStart):
                 self.decoder.begin()
                 self._utterance_at = seg.timestamp
                 self._last_partial = ""
                 out.append(SpeechStarted(seg.timestamp))
-                self._partial(self.decoder.add(seg.audio), out)
-            elif isinstance(seg, UtteranceAudio):
-                self._partial(self.decoder.add(seg.audio), out)
+                audio.append(seg.audio)
             elif isinstance(seg, UtteranceEnd):
                 self._final(out)
+        self._add(audio, out)
         return out
+
+    def _add(self, audio: list[bytes], out: list[RecognitionEvent]) -> None:
+        if audio:
+            self._partial(self.decoder.add(b"".join(audio)), out)
+            audio.clear()
 
     def finalize(self) -> list[RecognitionEvent]:
         with self._lock:

@@ -111,6 +111,9 @@ class EngineRegistry:
         for stt in self._stt.values():
             await stt.close()
         self.workers.shutdown()
+        processes = self._shared.get("sphinx_processes")
+        if processes is not None:
+            processes.shutdown()
 
     def _build(self, name: str, kind: str) -> TextToSpeech | SpeechToText:
         engine_type = self._types.get(name)
@@ -140,10 +143,13 @@ class EngineRegistry:
                 second_pass=opts.get("second_pass", "off") == "on",
             )
         if engine_type == "whisper":
-            from voxgate.engines.sphinx import DecoderPool
+            from voxgate.engines.sphinx import DecoderPool, sphinx_processes
             from voxgate.engines.whisper import WhisperSTT
 
-            pool = self._shared.setdefault("sphinx_pool", DecoderPool())
+            pool = self._shared.get("sphinx_pool")
+            if not isinstance(pool, DecoderPool):
+                pool = DecoderPool(sphinx_processes(self._shared, self.workers))
+                self._shared["sphinx_pool"] = pool
             return WhisperSTT(
                 self.workers,
                 cache_dir=Path(self.settings.cache_dir).expanduser(),

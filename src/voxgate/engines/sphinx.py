@@ -1,18 +1,33 @@
 """STT ``pocketsphinx``: CMU pocketsphinx 5 with the en-us model its wheel ships.
 
-Truly streaming: every chunk updates a partial hypothesis. A native decoder takes
-~0.3 s to create — holding the interpreter all that time, so every session on the event
-loop waits — and ~90 MB of memory. So the engine keeps a pool of idle decoders, and a
-stream borrows one only for an utterance (from the VAD's start to its end), not for its
-whole life: decoders in use are utterances being spoken at once, not open sessions.
+Truly streaming: every chunk updates a partial hypothesis. pocketsphinx's native code
+holds the Python interpreter while it works — building a decoder takes ~0.3 s, an
+utterance's end up to 0.16 s with the second pass, each chunk a few ms — so in the
+server's process it stalled the event loop for every session (py-spy during the soak
+bench: 81 % of interpreter time in pocketsphinx, relay round trips p99 > 100 ms). So
+decoders live in worker processes (:class:`SphinxProcesses`, code in
+:mod:`voxgate.engines.sphinx_worker`): an engine thread that feeds one blocks on the
+call without holding the interpreter, two processes decode on two cores at once, and a
+native crash loses one process's utterances, not the server.
+
+A decoder is ~90 MB, so each process keeps its idle ones, and a stream borrows one for
+an utterance only (from the VAD's start to its end): decoders in use are utterances
+being spoken at once, not open sessions.
 """
 
 from __future__ import annotations
 
+import itertools
+import multiprocessing
 import threading
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
+from voxgate.engines import sphinx_worker
 from voxgate.engines.base import (
+    EngineError,
     EngineUnavailable,
     RecognitionOptions,
     RecognitionStream,
@@ -24,77 +39,127 @@ from voxgate.engines.vad import Segmenter, SegmenterSettings, make_vad
 from voxgate.engines.workers import EngineWorkers
 
 HINT = "pip install 'voxgate[speech]' (pocketsphinx)"
+T = TypeVar("T")
+
+
+class SphinxProcesses:
+    """Worker processes holding pocketsphinx decoders. :meth:`call` runs a function of
+    :mod:`~voxgate.engines.sphinx_worker` in one of them and blocks the calling thread
+    (an engine worker, never the event loop) until it returns. A process is started on
+    first use, and again after one ended."""
+
+    def __init__(self, processes: int, *, nice: int = 10) -> None:
+        self._slots: list[ProcessPoolExecutor | None] = [None] * max(1, processes)
+        self._lock = threading.Lock()
+        self._turn = itertools.count()
+        self._nice = nice
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def pick(self) -> int:
+        """The process the next utterance goes to (in turn)."""
+        return next(self._turn) % len(self._slots)
+
+    def call(self, slot: int, fn: Callable[..., T], *args: Any) -> T:
+        executor = self._executor(slot)
+        try:
+            return executor.submit(fn, *args).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._slots[slot] is executor:
+                    self._slots[slot] = None
+            raise EngineError(
+                "the pocketsphinx process ended: the utterance in progress is lost"
+            ) from None
+
+    def _executor(self, slot: int) -> ProcessPoolExecutor:
+        with self._lock:
+            executor = self._slots[slot]
+            if executor is None:
+                executor = self._slots[slot] = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=sphinx_worker.init,
+                    initargs=(self._nice,),
+                )
+            return executor
+
+    def shutdown(self) -> None:
+        with self._lock:
+            slots, self._slots = self._slots, [None] * len(self._slots)
+        for executor in slots:
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
 
 
 class DecoderPool:
-    """Idle pocketsphinx decoders. ``take``/``give`` are called from worker threads.
+    """Decoders of one kind (second pass on or off) in :class:`SphinxProcesses`.
 
     ``second_pass`` turns on pocketsphinx's flat-lexicon second search at the end of each
-    utterance. It holds the interpreter for 80–160 ms per utterance end (every session on
-    the event loop waits that long) for about 2 points of word error rate (30.8 % vs
-    32.7 % on the Harvard sentences spoken by piper), so it is off unless asked for.
+    utterance: 80–160 ms more per utterance for about 2 points of word error rate (30.8 %
+    vs 32.7 % on the Harvard sentences spoken by piper), so it is off unless asked for.
     """
 
-    def __init__(self, *, second_pass: bool = False) -> None:
-        self._idle: list[Any] = []
-        self._lock = threading.Lock()
-        self._second_pass = second_pass
+    def __init__(self, processes: SphinxProcesses, *, second_pass: bool = False) -> None:
+        self.processes = processes
+        self.second_pass = second_pass
 
-    def take(self) -> Any:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
+    def warm(self) -> None:
+        """An idle decoder in every process (and proof that the model loads)."""
         try:
-            from pocketsphinx import Decoder
+            for slot in range(len(self.processes)):
+                self.processes.call(slot, sphinx_worker.warm, self.second_pass)
         except ImportError as exc:
             raise EngineUnavailable(f"STT 'pocketsphinx' is not installed: {HINT}") from exc
-        return Decoder(samprate=16000, loglevel="FATAL", fwdflat=self._second_pass)
 
-    def give(self, decoder: Any) -> None:
-        with self._lock:
-            self._idle.append(decoder)
+    def begin(self, cmn: str | None) -> tuple[int, int]:
+        slot = self.processes.pick()
+        return slot, self.processes.call(slot, sphinx_worker.begin, self.second_pass, cmn)
 
 
 class SphinxDecoder(UtteranceDecoder):
-    """Borrows a pooled decoder at an utterance's start and gives it back at its end."""
+    """Borrows a decoder at an utterance's start and gives it back at its end."""
 
     def __init__(self, pool: DecoderPool) -> None:
         self._pool = pool
-        self._decoder: Any = None  # a decoder in an utterance, or None between them
+        self._key: tuple[int, int] | None = None  # (process, decoder) in an utterance
+        #: The cepstral mean this stream's last utterance ended with: the next one,
+        #: whichever decoder it gets, starts from it (as one decoder for the whole
+        #: stream would), and from nothing another stream left behind.
+        self._cmn: str | None = None
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self._key is not None
+        slot, key = self._key
+        return self._pool.processes.call(slot, fn, key, *args)
 
     def begin(self) -> None:
-        if self._decoder is None:
-            self._decoder = self._pool.take()
+        if self._key is None:
+            self._key = self._pool.begin(self._cmn)
         else:
-            self._decoder.end_utt()
-        self._decoder.start_utt()
+            self._call(sphinx_worker.restart)
 
     def add(self, pcm: bytes) -> str | None:
-        if self._decoder is None:
+        if self._key is None:
             return None
-        self._decoder.process_raw(pcm, False, False)
-        hyp = self._decoder.hyp()
-        return hyp.hypstr if hyp is not None and hyp.hypstr else None
+        return self._call(sphinx_worker.process, pcm)
 
     def end(self) -> tuple[str, float]:
-        d, self._decoder = self._decoder, None
-        if d is None:
+        if self._key is None:
             return "", 0.0
         try:
-            d.end_utt()
-            hyp = d.hyp()
-            if hyp is None or not hyp.hypstr:
-                return "", 0.0
-            # after end_utt, prob is the utterance's posterior probability
-            return hyp.hypstr, min(1.0, max(0.0, float(hyp.prob)))
+            text, confidence, self._cmn = self._call(sphinx_worker.end)
         finally:
-            self._pool.give(d)
+            self._key = None
+        return text, confidence
 
     def close(self) -> None:
-        d, self._decoder = self._decoder, None
-        if d is not None:
-            d.end_utt()
-            self._pool.give(d)
+        if self._key is not None:
+            try:
+                self._call(sphinx_worker.release)
+            finally:
+                self._key = None
 
 
 class PocketsphinxSTT(SpeechToText):
@@ -114,15 +179,14 @@ class PocketsphinxSTT(SpeechToText):
         self._vad = vad
         self._segmenter = segmenter or SegmenterSettings()
         self._shared = shared if shared is not None else {}
-        self.pool = DecoderPool(second_pass=second_pass)
+        self.pool = DecoderPool(sphinx_processes(self._shared, workers), second_pass=second_pass)
 
     @property
     def capabilities(self) -> STTCapabilities:
         return STTCapabilities(streaming=True, partials=True, languages=("en",))
 
     async def load(self) -> None:
-        # one warm decoder, and proof that the model loads
-        self.pool.give(await self._workers.run(self.pool.take))
+        await self._workers.run(self.pool.warm)
         await self._workers.run(make_vad, self._vad, sample_rate=16000, shared=self._shared)
 
     async def open(self, options: RecognitionOptions) -> RecognitionStream:
@@ -136,3 +200,11 @@ class PocketsphinxSTT(SpeechToText):
             )
 
         return LocalRecognitionStream(self._workers, await self._workers.run(build))
+
+
+def sphinx_processes(shared: dict[str, Any], workers: EngineWorkers) -> SphinxProcesses:
+    """The decoder processes the engines of one registry share (one per engine thread)."""
+    processes = shared.get("sphinx_processes")
+    if not isinstance(processes, SphinxProcesses):
+        processes = shared["sphinx_processes"] = SphinxProcesses(workers.threads)
+    return processes

@@ -32,7 +32,7 @@ from voxgate.engines.base import (
     STTCapabilities,
 )
 from voxgate.engines.local_stt import LocalRecognitionStream, RecognitionCore, UtteranceDecoder
-from voxgate.engines.sphinx import DecoderPool, SphinxDecoder
+from voxgate.engines.sphinx import DecoderPool, SphinxDecoder, sphinx_processes
 from voxgate.engines.vad import Segmenter, SegmenterSettings, make_vad
 from voxgate.engines.workers import EngineWorkers
 
@@ -162,7 +162,7 @@ class WhisperSTT(SpeechToText):
         self._partials = partials
         self._segmenter = segmenter or SegmenterSettings()
         self._shared = shared if shared is not None else {}
-        self._sphinx_pool = sphinx_pool or DecoderPool()
+        self._sphinx_pool = sphinx_pool or DecoderPool(sphinx_processes(self._shared, workers))
         self._model: Any = None
         self.model_id = "whisper-base" if model is None else Path(model).name
 
