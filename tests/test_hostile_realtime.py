@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import aiohttp
+import orjson
 import psutil
 import pybase64
 import pytest
@@ -16,8 +17,16 @@ import pytest
 from conftest import Gateway, GatewayFactory, settled, wait_for
 from test_realtime_ws import RT, connect, text_item
 from voxgate.audio import Encoding, from_pcm16
-from voxgate.core.realtime.agent import MAX_INPUT_BUFFER_SECONDS, RealtimeAgent
+from voxgate.core.realtime.agent import MAX_INPUT_BUFFER_SECONDS, AgentDeps, RealtimeAgent
 from voxgate.core.realtime.conversation import MAX_ITEMS
+from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.engines.base import VoiceActivity
+from voxgate.engines.llm import EchoModel
+from voxgate.engines.registry import EngineRegistry
+from voxgate.protocols.realtime.protocol import RealtimeProtocol
+from voxgate.protocols.realtime.session import SessionConfig
+from voxgate.protocols.relay.usage import UsageMeter
+from voxgate.settings import Limits
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -313,3 +322,69 @@ async def test_switching_recognition_engines_does_not_pile_up_streams(
 
     await wait_for(lambda: open_streams() <= 2, within=10)
     await ws.close()
+
+
+class _FailingOnceVad(VoiceActivity):
+    """Raises on its first frame (as a VAD's bug would), then hears silence."""
+
+    name = "failing-once"
+    sample_rate = 16000
+    frame_samples = 512
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def score(self, frame: bytes) -> float:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a VAD bug")
+        return 0.0
+
+
+async def test_the_input_pipeline_survives_an_error_in_one_chunk(
+    speech_engines: EngineRegistry, tracebacks: Any
+) -> None:
+    """A failure while taking one chunk of input audio ended the session's input pipeline
+    for good (later audio was never heard); now that chunk is lost, with an error."""
+    sent: list[dict[str, Any]] = []
+    committed = asyncio.Event()
+
+    async def send(frame: str) -> None:
+        sent.append(orjson.loads(frame))
+        if sent[-1]["type"] == "input_audio_buffer.committed":
+            committed.set()
+
+    deps = AgentDeps(
+        workers=speech_engines.workers,
+        get_tts=speech_engines.tts,
+        get_stt=speech_engines.stt,
+        make_vad=_FailingOnceVad,
+        resolve_model=lambda _model: EchoModel(),
+        tts_names=("piper",),
+        stt_names=("pocketsphinx",),
+        default_tts="piper",
+        default_stt="pocketsphinx",
+    )
+    info = SessionInfo("s", "a", "g", "voxgate", None, None, None, kind="realtime")
+    agent = RealtimeAgent(
+        protocol=RealtimeProtocol(ids=lambda prefix: f"{prefix}_{len(sent)}"),
+        config=SessionConfig(),
+        deps=deps,
+        counters=RelaySession(info, Limits(), now=0.0, wall=0.0, meter=UsageMeter()),
+        send=send,
+        ids=lambda prefix: f"{prefix}_{len(sent)}",
+        session_id="s",
+        expires_at=0,
+    )
+    audio = pybase64.b64encode(b"\0\0" * 4800).decode()
+    append = orjson.dumps({"type": "input_audio_buffer.append", "audio": audio}).decode()
+    await agent.handle(append)
+    await agent.handle(append)
+    await agent.handle('{"type":"input_audio_buffer.commit"}')
+    async with asyncio.timeout(30):
+        await committed.wait()
+    await agent.close()
+    errors = [e["error"] for e in sent if e["type"] == "error"]
+    assert [(e["code"], e["type"]) for e in errors] == [("internal_error", "server_error")]
+    assert "RuntimeError" in errors[0]["message"]
+    assert len(tracebacks()) == 1  # the bug is logged, once

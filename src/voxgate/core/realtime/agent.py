@@ -671,15 +671,23 @@ class RealtimeAgent:
                 if self._audio.empty():
                     break
                 item = self._audio.get_nowait()
-            try:
-                if batch:
-                    await self._take_audio(b"".join(batch))
-                if isinstance(item, _Marker):
-                    await self._marker(item)
-            except ClientEventError as exc:
-                await self._send(self.protocol.error(exc))
-            except EngineError as exc:
-                await self._send(self.error(exc.code, exc.public_message))
+            if batch:
+                await self._step(self._take_audio(b"".join(batch)))
+            if isinstance(item, _Marker):
+                await self._step(self._marker(item))
+
+    async def _step(self, step: Awaitable[None]) -> None:
+        """One step of the input pipeline; its failure is told to the client and the
+        pipeline goes on (the audio or marker of this step is lost)."""
+        try:
+            await step
+        except ClientEventError as exc:
+            await self._send(self.protocol.error(exc))
+        except EngineError as exc:
+            await self._send(self.error(exc.code, exc.public_message))
+        except Exception as exc:  # a bug: this step is lost, the session's input goes on
+            log.exception("realtime input pipeline failed")
+            await self._send(self.error("internal_error", f"input lost ({type(exc).__name__})"))
 
     async def _marker(self, m: _Marker) -> None:
         p = self.protocol
