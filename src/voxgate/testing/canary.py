@@ -13,7 +13,7 @@ event loop shows up in what it measures, and it brings its own echo upstream:
 4. :meth:`Canary.finish` stops it and returns a :class:`CanaryResult` (round trips in ms,
    and each error the session met: a close, a refused connection, a lost echo).
 
-Line protocol on stdin/stdout: ``upstream URL`` out; ``begin URL INTERVAL`` in; ``stop``
+Line protocol on stdin/stdout: ``upstream URL`` out; ``begin URL INTERVAL [TOKEN]`` in; ``stop``
 in; one JSON line ``{"rtts_ms": [...], "errors": [...]}`` out.
 """
 
@@ -94,9 +94,12 @@ class Canary:
         """TOML declaring the provider ``name`` that relays to the canary's echo server."""
         return f'[providers.{name}]\nurl = "{self.upstream_url}"\n'
 
-    async def begin(self, relay_url: str, *, interval: float = 0.02) -> None:
-        """Start the round trips through ``relay_url`` (a relay address to the provider)."""
-        await self._write(f"begin {relay_url} {interval}\n")
+    async def begin(
+        self, relay_url: str, *, interval: float = 0.02, token: str | None = None
+    ) -> None:
+        """Start the round trips through ``relay_url`` (a relay address to the provider),
+        with the gateway ``token`` when the gateway has tokens."""
+        await self._write(f"begin {relay_url} {interval} {token or ''}\n".rstrip() + "\n")
 
     async def finish(self) -> CanaryResult:
         await self._write("stop\n")
@@ -137,14 +140,17 @@ async def _echo(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _measure(url: str, interval: float, stop: asyncio.Event, out: dict[str, Any]) -> None:
+async def _measure(
+    url: str, interval: float, token: str | None, stop: asyncio.Event, out: dict[str, Any]
+) -> None:
     rtts: list[float] = out["rtts_ms"]
     errors: list[str] = out["errors"]
     payload = "c" * 56
+    headers = {"voxgate-authorization": f"Bearer {token}"} if token else {}
     async with aiohttp.ClientSession() as cs:
         while not stop.is_set():
             try:
-                async with cs.ws_connect(url, max_msg_size=0, autoping=True) as ws:
+                async with cs.ws_connect(url, max_msg_size=0, autoping=True, headers=headers) as ws:
                     while not stop.is_set():
                         t0 = time.perf_counter()
                         await ws.send_str(payload)
@@ -183,7 +189,8 @@ async def _main() -> None:
         if not words or words[0] == "stop":
             break
         if words[0] == "begin" and task is None:
-            task = asyncio.create_task(_measure(words[1], float(words[2]), stop, out))
+            token = words[3] if len(words) > 3 else None
+            task = asyncio.create_task(_measure(words[1], float(words[2]), token, stop, out))
     stop.set()
     if task is not None:
         await task
