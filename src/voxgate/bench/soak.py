@@ -103,8 +103,17 @@ class Sample:
 
 
 def take_sample(server: psutil.Process, t0: float) -> Sample:
-    rss, fds, cpu = server.memory_info().rss, server.num_fds(), server.cpu_times()
-    return Sample(time.monotonic() - t0, rss, fds, cpu.user + cpu.system, time.process_time())
+    """The server's figures with its worker processes' (pocketsphinx decoders) added."""
+    rss = fds = 0
+    cpu = 0.0
+    for proc in [server, *server.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            rss, fds = rss + proc.memory_info().rss, fds + proc.num_fds()
+            cpu += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return Sample(time.monotonic() - t0, rss, fds, cpu, time.process_time())
 
 
 def warmup_seconds(total: float) -> float:
@@ -328,9 +337,10 @@ async def run_load(args: argparse.Namespace, gateway: Proc, canary: Canary, db: 
         clips = await speech_clips(http, base)
         t = time.monotonic()
         idle = await open_idle(http, f"{relay}/idle", args.idle, load)
+        now = take_sample(server, time.monotonic())
         print(
             f"opened {len(idle)} idle relay sessions in {time.monotonic() - t:.1f} s; "
-            f"server RSS {server.memory_info().rss / MiB:.1f} MiB, fds {server.num_fds()}"
+            f"server RSS {now.rss / MiB:.1f} MiB, fds {now.fds} (with its worker processes)"
         )
         holders = [asyncio.create_task(hold_idle(ws, load)) for ws in idle]
         workers = [active(http, f"{relay}/active", load, rng) for _ in range(args.active)]
