@@ -19,6 +19,7 @@ from aiohttp import ClientError
 from voxgate import __version__
 from voxgate.config import load_settings
 from voxgate.errors import ConfigError
+from voxgate.runner import run_main
 from voxgate.settings import Settings, is_loopback
 
 
@@ -158,19 +159,8 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         level=settings.server.log_level,
         secrets=settings.secret_values(),
     )
-    _run(_serve(settings))
+    run_main(_serve(settings))
     return 0
-
-
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-
-        loop_factory: Any = uvloop.new_event_loop
-    except ImportError:  # uvloop does not exist on Windows
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro)
 
 
 def _cmd_check_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
@@ -251,7 +241,7 @@ def _cmd_say(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         )
 
     try:
-        spoken = _run(_with_server(args, environ, work))
+        spoken = run_main(_with_server(args, environ, work))
     except (SpeechClientError, OSError, ClientError) as exc:
         print(f"voxgate say: {_client_error(exc)}", file=sys.stderr)
         return 1
@@ -286,7 +276,7 @@ def _cmd_transcribe(args: argparse.Namespace, environ: Mapping[str, str]) -> int
         )
 
     try:
-        heard = _run(_with_server(args, environ, work))
+        heard = run_main(_with_server(args, environ, work))
     except (SpeechClientError, OSError, ClientError) as exc:
         print(f"voxgate transcribe: {_client_error(exc)}", file=sys.stderr)
         return 1

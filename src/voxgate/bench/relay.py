@@ -29,21 +29,14 @@ from pathlib import Path
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from voxgate.runner import run_main
+from voxgate.testing.upstream import echo_handler
+
 # ----------------------------------------------------------------------- server modes
 
 
 async def _echo_server() -> None:
-    async def handle(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(compress=False, max_msg_size=0)
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type is WSMsgType.TEXT:
-                await ws.send_str(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                await ws.send_bytes(msg.data)
-        return ws
-
-    await _serve_forever(handle)
+    await _serve_forever(echo_handler)
 
 
 async def _bare_relay(upstream: str) -> None:
@@ -339,19 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bare-relay", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:
-        factory = asyncio.new_event_loop  # type: ignore[assignment]
-    with asyncio.Runner(loop_factory=factory) as runner:
-        if args.echo_server:
-            runner.run(_echo_server())
-        elif args.bare_relay:
-            runner.run(_bare_relay(args.bare_relay))
-        else:
-            runner.run(run(args))
+    if args.echo_server:
+        run_main(_echo_server())
+    elif args.bare_relay:
+        run_main(_bare_relay(args.bare_relay))
+    else:
+        run_main(run(args))
     return 0
 
 

@@ -52,6 +52,7 @@ from voxgate.bench.page import QUESTION
 from voxgate.bench.realtime import CHUNK, RATE, Session
 from voxgate.bench.relay import Proc, _config, _mode_argv, pct, voxgate_proc
 from voxgate.bench.sentences import HARVARD
+from voxgate.runner import run_main
 from voxgate.speech_client import speak
 from voxgate.testing.canary import Canary, CanaryResult
 
@@ -521,14 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sample-seconds", type=float, default=5.0, help="RSS/fd sampling period")
     p.add_argument("--seed", type=int, default=1, help="seed of the churn and the utterances")
     args = p.parse_args(argv)
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:
-        factory = asyncio.new_event_loop  # type: ignore[assignment]
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(run(args))
+    run_main(run(args))
     return 0
 
 

@@ -31,6 +31,9 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 
+from voxgate.runner import run_main
+from voxgate.testing.upstream import echo_handler
+
 #: How long the canary waits for one echo before it counts it as lost.
 ECHO_TIMEOUT = 5.0
 
@@ -129,17 +132,6 @@ class Canary:
 # --- the canary process ------------------------------------------------------------------
 
 
-async def _echo(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(compress=False, max_msg_size=0)
-    await ws.prepare(request)
-    async for msg in ws:
-        if msg.type is WSMsgType.TEXT:
-            await ws.send_str(msg.data)
-        elif msg.type is WSMsgType.BINARY:
-            await ws.send_bytes(msg.data)
-    return ws
-
-
 async def _measure(
     url: str, interval: float, token: str | None, stop: asyncio.Event, out: dict[str, Any]
 ) -> None:
@@ -172,7 +164,7 @@ async def _measure(
 
 async def _main() -> None:
     app = web.Application()
-    app.router.add_get("/{tail:.*}", _echo)
+    app.router.add_get("/{tail:.*}", echo_handler)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -201,14 +193,7 @@ async def _main() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     del argv
-    try:
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    except ImportError:
-        factory = asyncio.new_event_loop  # type: ignore[assignment]
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(_main())
+    run_main(_main())
     return 0
 
 

@@ -46,6 +46,19 @@ async def echo(conn: Connection) -> None:
             await conn.ws.pong(msg.data)
 
 
+async def echo_handler(request: web.Request) -> web.WebSocketResponse:
+    """An aiohttp handler that sends every frame back as it came (no limits, no record):
+    the upstream of benchmarks and of the canary."""
+    ws = web.WebSocketResponse(compress=False, max_msg_size=0)
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
 class RecordingUpstream:
     """Start with ``async with RecordingUpstream() as up:``; ``up.url`` is its base.
 
