@@ -335,3 +335,25 @@ def test_unbroken_speech_is_cut_into_bounded_utterances() -> None:
     assert len(ends) == 3
     assert len(starts) == 4
     assert [e.timestamp for e in ends] == pytest.approx([30.0, 60.0, 90.0], abs=0.05)
+
+
+def test_decoders_built_are_the_peak_of_utterances_at_once_not_per_process() -> None:
+    """pocketsphinx decoders (~90 MB each) live in worker processes; an utterance goes to
+    a process with an idle one. Handing them out in turn grew a decoder in each process
+    for the same peak (the soak bench's RSS stepped up by 90 MB minutes after warm-up)."""
+    import random
+
+    from voxgate.engines.sphinx import SphinxProcesses
+
+    procs = SphinxProcesses(2)  # no process starts: only the lending is exercised
+    rng = random.Random(7)
+    lent: list[int] = []
+    peak = 0
+    for _ in range(2000):
+        if lent and (len(lent) >= 4 or rng.random() < 0.5):
+            procs.returned(lent.pop(rng.randrange(len(lent))), False)
+        else:
+            lent.append(procs.lend(False))
+        peak = max(peak, len(lent))
+    assert peak == 4
+    assert procs.built(False) == 4

@@ -17,9 +17,9 @@ being spoken at once, not open sessions.
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing
 import threading
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -51,15 +51,36 @@ class SphinxProcesses:
     def __init__(self, processes: int, *, nice: int = 10) -> None:
         self._slots: list[ProcessPoolExecutor | None] = [None] * max(1, processes)
         self._lock = threading.Lock()
-        self._turn = itertools.count()
         self._nice = nice
+        # decoders each process has built, and has lent out, by (process, second pass)
+        self._built: Counter[tuple[int, bool]] = Counter()
+        self._lent: Counter[tuple[int, bool]] = Counter()
 
     def __len__(self) -> int:
         return len(self._slots)
 
-    def pick(self) -> int:
-        """The process the next utterance goes to (in turn)."""
-        return next(self._turn) % len(self._slots)
+    def lend(self, second_pass: bool) -> int:
+        """The process the next utterance goes to: one with an idle decoder of this kind,
+        else the one that has built the fewest. So the decoders built, ~90 MB each, are
+        the most utterances ever spoken at once — not that peak in every process."""
+        with self._lock:
+            slots = range(len(self._slots))
+            idle = [n for n in slots if self._built[n, second_pass] > self._lent[n, second_pass]]
+            slot = idle[0] if idle else min(slots, key=lambda n: self._built[n, second_pass])
+            self._lent[slot, second_pass] += 1
+            built = max(self._built[slot, second_pass], self._lent[slot, second_pass])
+            self._built[slot, second_pass] = built
+            return slot
+
+    def built(self, second_pass: bool) -> int:
+        """Decoders of this kind the processes hold (idle or lent)."""
+        with self._lock:
+            return sum(n for (_, kind), n in self._built.items() if kind is second_pass)
+
+    def returned(self, slot: int, second_pass: bool) -> None:
+        """A decoder lent by :meth:`lend` is idle again (or lost with its process)."""
+        with self._lock:
+            self._lent[slot, second_pass] = max(0, self._lent[slot, second_pass] - 1)
 
     def call(self, slot: int, fn: Callable[..., T], *args: Any) -> T:
         executor = self._executor(slot)
@@ -69,6 +90,8 @@ class SphinxProcesses:
             with self._lock:
                 if self._slots[slot] is executor:
                     self._slots[slot] = None
+                    for kind in (False, True):
+                        self._built[slot, kind] = 0
             raise EngineError(
                 "the pocketsphinx process ended: the utterance in progress is lost"
             ) from None
@@ -106,16 +129,27 @@ class DecoderPool:
         self.second_pass = second_pass
 
     def warm(self) -> None:
-        """An idle decoder in every process (and proof that the model loads)."""
+        """One idle decoder (and proof that the model loads), in the process that would
+        take the next utterance."""
+        slot = self.processes.lend(self.second_pass)
         try:
-            for slot in range(len(self.processes)):
-                self.processes.call(slot, sphinx_worker.warm, self.second_pass)
+            self.processes.call(slot, sphinx_worker.warm, self.second_pass)
         except ImportError as exc:
             raise EngineUnavailable(f"STT 'pocketsphinx' is not installed: {HINT}") from exc
+        finally:
+            self.processes.returned(slot, self.second_pass)
 
     def begin(self, cmn: str | None) -> tuple[int, int]:
-        slot = self.processes.pick()
-        return slot, self.processes.call(slot, sphinx_worker.begin, self.second_pass, cmn)
+        """Start an utterance on a lent decoder: (process, decoder id)."""
+        slot = self.processes.lend(self.second_pass)
+        try:
+            return slot, self.processes.call(slot, sphinx_worker.begin, self.second_pass, cmn)
+        except BaseException:
+            self.processes.returned(slot, self.second_pass)
+            raise
+
+    def done(self, slot: int) -> None:
+        self.processes.returned(slot, self.second_pass)
 
 
 class SphinxDecoder(UtteranceDecoder):
@@ -151,6 +185,7 @@ class SphinxDecoder(UtteranceDecoder):
         try:
             text, confidence, self._cmn = self._call(sphinx_worker.end)
         finally:
+            self._pool.done(self._key[0])
             self._key = None
         return text, confidence
 
@@ -159,6 +194,7 @@ class SphinxDecoder(UtteranceDecoder):
             try:
                 self._call(sphinx_worker.release)
             finally:
+                self._pool.done(self._key[0])
                 self._key = None
 
 
