@@ -124,51 +124,70 @@ async def test_a_nul_character_is_spoken_around_and_the_session_goes_on(
             assert audio > 0
 
 
-class _BrokenStream(SynthesisStream):
-    """Raises what an engine's own bug would raise, for one text only."""
+class _TestStream(SynthesisStream):
+    """Raises what an engine's own bug would raise for a text with "boom"; waits for
+    ``gate`` before speaking one with "wait"; counts its closes."""
 
     sample_rate = 16000
     voice = "v"
 
+    def __init__(self, engine: _TestEngine) -> None:
+        self.engine = engine
+
     async def synthesize(self, text: str) -> AsyncIterator[bytes]:
         if "boom" in text:
             raise ValueError("an engine bug")
+        if "wait" in text:
+            await self.engine.gate.wait()
         yield b"\x01\x00" * 1600
 
+    async def aclose(self) -> None:
+        self.engine.closed += 1
 
-class _BrokenEngine(TextToSpeech):
-    name = "broken"
+
+class _TestEngine(TextToSpeech):
+    name = "test"
+
+    def __init__(self) -> None:
+        self.opened = self.closed = 0
+        self.gate = asyncio.Event()
 
     @property
     def capabilities(self) -> TTSCapabilities:
         return TTSCapabilities(voices=(), streaming_text=False, speed=False, sample_rates=())
 
     async def open(self, options: SynthesisOptions) -> SynthesisStream:
-        return _BrokenStream()
+        self.opened += 1
+        return _TestStream(self)
 
 
-async def test_an_engine_failure_ends_that_utterance_only() -> None:
-    sent: list[dict[str, Any]] = []
-    two_ends = asyncio.Event()
+def _tts_session(engine: _TestEngine, sent: list[dict[str, Any]], event: asyncio.Event) -> Any:
+    """A TTS session on ``engine`` with no socket; ``event`` is set at the 2nd audio_end."""
 
     async def send(frame: str | bytes) -> None:
         sent.append(orjson.loads(frame))
         if [e["type"] for e in sent].count("audio_end") == 2:
-            two_ends.set()
+            event.set()
 
-    async def engine() -> TextToSpeech:
-        return _BrokenEngine()
+    async def get_engine() -> TextToSpeech:
+        return engine
 
-    info = SessionInfo("s", "a", "g", "broken", None, None, None, kind="tts")
-    session = TTSSession(
+    info = SessionInfo("s", "a", "g", "test", None, None, None, kind="tts")
+    return TTSSession(
         protocol=TTSProtocol(max_text_chars=100),
-        engine_name="broken",
-        get_engine=engine,
+        engine_name="test",
+        get_engine=get_engine,
         counters=RelaySession(info, Limits(), now=0.0, wall=0.0, meter=UsageMeter()),
         send=send,
         workers=EngineWorkers(threads=1),
         ids=lambda prefix: f"{prefix}_1",
     )
+
+
+async def test_an_engine_failure_ends_that_utterance_only() -> None:
+    sent: list[dict[str, Any]] = []
+    two_ends = asyncio.Event()
+    session = _tts_session(_TestEngine(), sent, two_ends)
     await session.handle('{"type":"init","sample_rate":16000}')
     for text in ("boom.", "fine."):
         await session.handle(orjson.dumps({"type": "input_text", "text": text}).decode())
@@ -180,6 +199,31 @@ async def test_an_engine_failure_ends_that_utterance_only() -> None:
     assert kinds == ["ready", "error", "audio_end", "audio_chunk", "audio_end"], kinds
     assert sent[1]["code"] == "internal_error"
     assert "ValueError" in sent[1]["message"]
+
+
+async def test_streams_replaced_by_configure_are_closed_once_unused() -> None:
+    """Each ``configure`` opens a stream (a cloud engine's holds a connection); the ones
+    it replaced stayed open until the session ended."""
+    engine = _TestEngine()
+    sent: list[dict[str, Any]] = []
+    two_ends = asyncio.Event()
+    session = _tts_session(engine, sent, two_ends)
+    await session.handle('{"type":"init","sample_rate":16000}')
+    for speed in (1.1, 1.2, 1.3):  # nothing queued: each old stream closes at once
+        await session.handle(orjson.dumps({"type": "configure", "speed": speed}).decode())
+    assert (engine.opened, engine.closed) == (4, 3)
+    await session.handle('{"type":"input_text","text":"wait. "}')  # queued on stream 4
+    await session.handle('{"type":"configure","speed":1.4}')
+    assert (engine.opened, engine.closed) == (5, 3)  # stream 4 still speaks
+    engine.gate.set()
+    await session.handle('{"type":"flush"}')
+    await session.handle('{"type":"input_text","text":"done."}')
+    await session.handle('{"type":"flush"}')
+    async with asyncio.timeout(5):
+        await two_ends.wait()
+    assert (engine.opened, engine.closed) == (5, 4)  # closed after its last job
+    await session.close()
+    assert engine.closed == 5
 
 
 async def test_refused_text_is_not_buffered_nor_counted(
