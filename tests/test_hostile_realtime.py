@@ -5,7 +5,9 @@ session goes on, memory bounded)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -164,7 +166,7 @@ async def test_a_long_user_item_is_answered_at_bounded_cost(
     await ws.close()
 
 
-def _agent(gw: Gateway) -> RealtimeAgent:
+def _live_agent(gw: Gateway) -> RealtimeAgent:
     [conn] = list(gw.services.live_speech)
     assert isinstance(conn.session, RealtimeAgent)
     return conn.session
@@ -191,7 +193,7 @@ async def test_the_input_buffer_is_bounded(
         await rt.send("input_audio_buffer.append", audio=piece)
     # the audio is taken by the input pipeline in order; once it is, the buffer holds at
     # most prefix padding + 1 s, twice (it was the whole two minutes)
-    agent = _agent(gw)
+    agent = _live_agent(gw)
     await wait_for(lambda: agent.input_buffer_ms <= 2 * (300 + 1000), within=20)
 
     td_off = {"audio": {"input": {"turn_detection": None}}}
@@ -202,10 +204,10 @@ async def test_the_input_buffer_is_bounded(
     error = (await rt.until("error"))[-1]["error"]
     assert (error["code"], error["param"]) == ("input_audio_buffer_full", "audio")
     assert f"{MAX_INPUT_BUFFER_SECONDS} s" in error["message"]
-    assert _agent(gw).input_buffer_ms <= MAX_INPUT_BUFFER_SECONDS * 1000
+    assert _live_agent(gw).input_buffer_ms <= MAX_INPUT_BUFFER_SECONDS * 1000
     await rt.send("input_audio_buffer.clear")
     await rt.until("input_audio_buffer.cleared")
-    assert _agent(gw).input_buffer_ms == 0
+    assert _live_agent(gw).input_buffer_ms == 0
     await ws.close()
     assert tracebacks() == []
 
@@ -237,7 +239,7 @@ async def test_the_conversation_is_bounded_and_the_client_is_told(
     events = await rt.until("conversation.item.retrieved")
     gone = {e["item_id"] for e in events if e["type"] == "conversation.item.deleted"}
     assert "big_0" in gone
-    assert sum(len(i.text()) for i in _agent(gw).conversation.items) <= 512_000
+    assert sum(len(i.text()) for i in _live_agent(gw).conversation.items) <= 512_000
     await ws.close()
 
 
@@ -341,6 +343,35 @@ class _FailingOnceVad(VoiceActivity):
         return 0.0
 
 
+def _socketless_agent(
+    engines: EngineRegistry, make_vad: Callable[[], VoiceActivity], send: Callable[..., Any]
+) -> RealtimeAgent:
+    """An agent with no socket: the shared engines, ``make_vad``'s VAD, the echo model."""
+    deps = AgentDeps(
+        workers=engines.workers,
+        get_tts=engines.tts,
+        get_stt=engines.stt,
+        make_vad=make_vad,
+        resolve_model=lambda _model: EchoModel(),
+        tts_names=("piper",),
+        stt_names=("pocketsphinx",),
+        default_tts="piper",
+        default_stt="pocketsphinx",
+    )
+    info = SessionInfo("s", "a", "g", "voxgate", None, None, None, kind="realtime")
+    ids = itertools.count()
+    return RealtimeAgent(
+        protocol=RealtimeProtocol(ids=lambda prefix: f"{prefix}_{next(ids)}"),
+        config=SessionConfig(),
+        deps=deps,
+        counters=RelaySession(info, Limits(), now=0.0, wall=0.0, meter=UsageMeter()),
+        send=send,
+        ids=lambda prefix: f"{prefix}_{next(ids)}",
+        session_id="s",
+        expires_at=0,
+    )
+
+
 async def test_the_input_pipeline_survives_an_error_in_one_chunk(
     speech_engines: EngineRegistry, tracebacks: Any
 ) -> None:
@@ -354,28 +385,7 @@ async def test_the_input_pipeline_survives_an_error_in_one_chunk(
         if sent[-1]["type"] == "input_audio_buffer.committed":
             committed.set()
 
-    deps = AgentDeps(
-        workers=speech_engines.workers,
-        get_tts=speech_engines.tts,
-        get_stt=speech_engines.stt,
-        make_vad=_FailingOnceVad,
-        resolve_model=lambda _model: EchoModel(),
-        tts_names=("piper",),
-        stt_names=("pocketsphinx",),
-        default_tts="piper",
-        default_stt="pocketsphinx",
-    )
-    info = SessionInfo("s", "a", "g", "voxgate", None, None, None, kind="realtime")
-    agent = RealtimeAgent(
-        protocol=RealtimeProtocol(ids=lambda prefix: f"{prefix}_{len(sent)}"),
-        config=SessionConfig(),
-        deps=deps,
-        counters=RelaySession(info, Limits(), now=0.0, wall=0.0, meter=UsageMeter()),
-        send=send,
-        ids=lambda prefix: f"{prefix}_{len(sent)}",
-        session_id="s",
-        expires_at=0,
-    )
+    agent = _socketless_agent(speech_engines, _FailingOnceVad, send)
     audio = pybase64.b64encode(b"\0\0" * 4800).decode()
     append = orjson.dumps({"type": "input_audio_buffer.append", "audio": audio}).decode()
     await agent.handle(append)
@@ -388,3 +398,45 @@ async def test_the_input_pipeline_survives_an_error_in_one_chunk(
     assert [(e["code"], e["type"]) for e in errors] == [("internal_error", "server_error")]
     assert "RuntimeError" in errors[0]["message"]
     assert len(tracebacks()) == 1  # the bug is logged, once
+
+
+class _AlwaysSpeech(VoiceActivity):
+    name = "always"
+    sample_rate = 16000
+    frame_samples = 512
+
+    def score(self, frame: bytes) -> float:
+        return 1.0
+
+
+async def test_a_turn_that_never_ends_is_committed_at_the_buffer_bound(
+    speech_engines: EngineRegistry,
+) -> None:
+    """With server VAD, "speech" that never stops (noise) kept one turn — and the input
+    buffer — growing for as long as it lasted; the turn now ends at 300 s."""
+    sent: list[dict[str, Any]] = []
+    stopped = asyncio.Event()
+
+    async def send(frame: str) -> None:
+        sent.append(orjson.loads(frame))
+        if sent[-1]["type"] == "input_audio_buffer.speech_stopped":
+            stopped.set()
+
+    agent = _socketless_agent(speech_engines, _AlwaysSpeech, send)
+    update = {"audio": {"input": {"format": {"type": "audio/pcmu"}}}}
+    await agent.handle(orjson.dumps({"type": "session.update", "session": update}).decode())
+    for piece in _mulaw_silence(MAX_INPUT_BUFFER_SECONDS + 20):
+        await agent.handle(
+            orjson.dumps({"type": "input_audio_buffer.append", "audio": piece}).decode()
+        )
+    async with asyncio.timeout(30):
+        await stopped.wait()
+    kinds = [e["type"] for e in sent]
+    assert kinds.count("input_audio_buffer.speech_started") == 1
+    end_ms = next(e for e in sent if e["type"] == "input_audio_buffer.speech_stopped")[
+        "audio_end_ms"
+    ]
+    assert MAX_INPUT_BUFFER_SECONDS * 1000 <= end_ms <= (MAX_INPUT_BUFFER_SECONDS + 20) * 1000
+    assert "input_audio_buffer.committed" in kinds
+    assert agent.input_buffer_ms < 25_000
+    await agent.close()

@@ -262,7 +262,6 @@ class RealtimeAgent:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        del tasks
         for rec in [*self._retired, *([self._recognizer] if self._recognizer else [])]:
             await rec.aclose()
         for stream in self._voices.values():
