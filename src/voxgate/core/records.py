@@ -7,10 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from voxgate.protocols.relay.capture import CapturedFrame
-
-#: Integers in a kept record stay within what JSON readers hold exactly (and SQLite's
-#: 64-bit integers): counters saturate here instead of failing the write.
-MAX_SAFE_INT = 2**53 - 1
+from voxgate.protocols.relay.usage import MAX_COUNT
 
 
 @dataclass(frozen=True)
@@ -49,14 +46,16 @@ class UsageRecord:
         return asdict(self)
 
     def clamped(self) -> UsageRecord:
-        """This record with integers within ±:data:`MAX_SAFE_INT` and floats finite."""
+        """This record with integers within ±:data:`MAX_COUNT` (exact for JSON readers,
+        within SQLite's 64 bits: counters saturate instead of failing the write) and
+        floats finite."""
         changes: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, bool):
                 continue
-            if isinstance(value, int) and abs(value) > MAX_SAFE_INT:
-                changes[f.name] = MAX_SAFE_INT if value > 0 else -MAX_SAFE_INT
+            if isinstance(value, int) and abs(value) > MAX_COUNT:
+                changes[f.name] = MAX_COUNT if value > 0 else -MAX_COUNT
             elif isinstance(value, float) and not math.isfinite(value):
                 changes[f.name] = 0.0
         return replace(self, **changes) if changes else self

@@ -10,8 +10,9 @@ own keys, auth-scheme values) and is cut to the capture size limit.
 Capturing never fails a session and its work is bounded for any frame:
 
 - JSON is walked without recursion, in document order, and no further than the values
-  that can reach the kept size; containers nested deeper than :data:`MAX_DEPTH` become
-  ``"<cut: nested deeper than 32 levels>"``.
+  that can reach the kept size; containers nested deeper than the bound clients' JSON
+  has (:data:`~voxgate.protocols.nesting.MAX_DEPTH`, 32) become
+  ``"<cut: nested deeper than 32 levels>"`` (a relayed frame is not refused, only cut).
 - Text over :data:`MAX_PARSE_BYTES` is not parsed: JSON is kept as the placeholder
   ``"<not captured: …>"`` naming why, other text is kept cut.
 - Only a prefix of a text, the size limit plus the scrubber's margin, is scrubbed and
@@ -28,14 +29,13 @@ from typing import Any
 
 import orjson
 
+from voxgate.protocols.nesting import MAX_DEPTH
 from voxgate.scrub import SecretScrubber
 
 #: Field names whose string values are audio in the providers' documented messages.
 AUDIO_FIELDS = frozenset(
     {"audio", "audio_base_64", "audioChunk", "audio_chunk", "chunk", "data", "delta"}
 )
-#: Containers nested deeper than this are replaced by a marker (orjson writes 254 at most).
-MAX_DEPTH = 32
 #: JSON text larger than this is not parsed for redaction: parsing holds the event loop
 #: (~5 ms for 256 KiB of the worst shapes; realtime events are a few KiB).
 MAX_PARSE_BYTES = 256 * 1024
