@@ -20,6 +20,7 @@ from voxgate.errors import ConfigError
 from voxgate.settings import (
     DEFAULT_ACCOUNT,
     DEFAULT_GATEWAY,
+    OPENAI_NAMES,
     AccountSettings,
     AppSettings,
     EngineSettings,
@@ -28,6 +29,7 @@ from voxgate.settings import (
     LLMSettings,
     ProviderAuth,
     ProviderSettings,
+    RealtimeSettings,
     RelaySettings,
     Secret,
     ServerSettings,
@@ -252,6 +254,7 @@ def _build(r: _Reader, environ: Mapping[str, str], source: str) -> Settings:
         llm=_llms(r, environ),
         apps=_apps(r, environ) or default_apps(server.host),
         speech=_speech(r.table("speech")),
+        realtime=_realtime(r.table("realtime")),
         source=source,
     )
     _check_default_gateway(r, settings)
@@ -287,8 +290,15 @@ def _speech(sp: _Reader) -> SpeechSettings:
         preload=sp.string_list("preload") or (),
         cache_dir=sp.string("cache_dir", d.cache_dir),
         engines=engines,
+        aliases=_aliases(sp.table("aliases")),
     )
     tts, stt = speech_engine_names(speech)
+    for alias, target in speech.aliases.items():
+        key = sp.key(f"aliases.{alias}")
+        if alias in tts or alias in stt:
+            sp.error(key, f"{alias!r} is an engine's own name; an alias must be another name")
+        elif target not in tts and target not in stt:
+            sp.error(key, f"names no engine: {target!r} ({', '.join(sorted(tts | stt))})")
     if speech.default_tts not in tts:
         sp.error(sp.key("default_tts"), f"is not a TTS engine ({', '.join(sorted(tts))})")
     if speech.default_stt not in stt:
@@ -297,6 +307,18 @@ def _speech(sp: _Reader) -> SpeechSettings:
         if name not in tts and name not in stt:
             sp.error(sp.key("preload"), f"unknown engine {name!r}")
     return speech
+
+
+def _aliases(t: _Reader) -> dict[str, str]:
+    return {name: t.string(name) for name in list(t.data)}
+
+
+def _realtime(rt: _Reader) -> RealtimeSettings:
+    d = RealtimeSettings()
+    return RealtimeSettings(
+        default_model=rt.string("default_model", d.default_model),
+        openai_names=rt.string("openai_names", d.openai_names, choices=OPENAI_NAMES),
+    )
 
 
 def _engine(t: _Reader, name: str) -> EngineSettings:

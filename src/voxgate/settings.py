@@ -170,6 +170,27 @@ class SpeechSettings:
     #: Where derived model files (the joined whisper model) are kept.
     cache_dir: str = "~/.cache/voxgate"
     engines: Mapping[str, EngineSettings] = field(default_factory=dict)
+    #: ``[speech.aliases]``: engine names from other catalogues (SLNG's ``orpheus``,
+    #: Deepgram's ``nova-3``…) → the engine that serves them. Overrides the built-in
+    #: aliases (``voxgate.engines.registry.BUILTIN_ALIASES``), which name the default
+    #: engine of their kind.
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+
+#: What a bare OpenAI model name (``gpt-realtime``) does: run the agent, or relay.
+OPENAI_NAMES = ("agent", "relay")
+
+
+@dataclass(frozen=True)
+class RealtimeSettings:
+    """``[realtime]``: how ``ws /v1/realtime?model=…`` treats the model it is given."""
+
+    #: The agent a session runs when the client names no model, or a bare OpenAI name
+    #: (``gpt-realtime``) that is not relayed.
+    default_model: str = "voxgate/echo"
+    #: ``agent``: bare OpenAI realtime names run ``default_model``. ``relay``: they are
+    #: relayed to OpenAI when the gateway stores an OpenAI key (else they run the agent).
+    openai_names: str = "agent"
 
 
 @dataclass(frozen=True)
@@ -187,6 +208,7 @@ class Settings:
     #: built-in app ``default`` (see :func:`default_apps`).
     apps: Mapping[str, AppSettings] = field(default_factory=lambda: default_apps("127.0.0.1"))
     speech: SpeechSettings = field(default_factory=SpeechSettings)
+    realtime: RealtimeSettings = field(default_factory=RealtimeSettings)
     #: Where the settings came from, for start-up messages.
     source: str = "built-in defaults"
 

@@ -19,6 +19,20 @@ from voxgate.engines.vad import SegmenterSettings
 from voxgate.engines.workers import EngineWorkers
 from voxgate.settings import SpeechSettings
 
+#: Engine and model names from other catalogues → the kind of engine they name. Each
+#: resolves to the default engine of its kind (``speech.default_tts``/``default_stt``)
+#: unless ``[speech.aliases]`` names another engine for it.
+BUILTIN_ALIASES: Mapping[str, str] = {
+    # SLNG's catalogue
+    **dict.fromkeys(
+        ("orpheus", "orpheus-indic", "kokoro", "cosyvoice", "chatterbox", "xtts"), "tts"
+    ),
+    "kyutai": "stt",
+    # Deepgram's models (Workers AI's @cf/deepgram/… and Deepgram's own /v1/listen, /v1/speak)
+    **dict.fromkeys(("nova-3", "nova-2", "nova", "flux"), "stt"),
+    **dict.fromkeys(("aura-1", "aura-2", "aura"), "tts"),
+}
+
 
 class EngineRegistry:
     def __init__(
@@ -49,6 +63,18 @@ class EngineRegistry:
 
     def stt_names(self) -> list[str]:
         return sorted(n for n, t in self._types.items() if t in STT_TYPES)
+
+    def resolve(self, name: str, kind: str) -> str | None:
+        """The engine that serves ``name`` as a ``kind`` ("tts" or "stt") engine: ``name``
+        itself, the engine ``[speech.aliases]`` names for it, or for a built-in alias the
+        default engine of that kind. ``None`` when nothing of that kind answers to it."""
+        names = self.tts_names() if kind == "tts" else self.stt_names()
+        if name in names:
+            return name
+        target = self.settings.aliases.get(name)
+        if target is None and BUILTIN_ALIASES.get(name) == kind:
+            target = self.settings.default_tts if kind == "tts" else self.settings.default_stt
+        return target if target in names else None
 
     def provider_of(self, name: str) -> str:
         """The relay provider a cloud engine talks to ("" for a local engine)."""
