@@ -31,12 +31,19 @@ from voxgate.settings import Limits
 P = BUILTIN_PROVIDERS
 
 
-def creds(provider: str, headers: dict[str, str] | None = None, protos: str = "", query=()):
+def creds(
+    provider: str,
+    headers: dict[str, str] | None = None,
+    protos: str = "",
+    query: dict[str, str] | None = None,
+    gateway_tokens: tuple[str, ...] = (),
+):
     return read_credentials(
         P[provider],
         CIMultiDict(headers or {}),
         parse_subprotocols([protos] if protos else []),
-        query,
+        query or {},
+        is_gateway_token=lambda v: v in gateway_tokens,
     )
 
 
@@ -75,8 +82,8 @@ def test_client_keys_are_read_and_removed_from_subprotocols() -> None:
     assert creds("elevenlabs", {"xi-api-key": "xik"}).client_key == "xik"
     assert creds("fal", {"Authorization": "Key fk"}).client_key == "fk"
     assert creds("cartesia", {"X-API-Key": "ck"}).client_key == "ck"
-    g = creds("google", query=["key"])
-    assert g.client_key is None
+    g = creds("google", query={"key": "gk"})
+    assert g.client_key == "gk"
     assert g.client_key_in_query
 
 
@@ -118,7 +125,8 @@ def build(provider: str, path: str = "", query: str = "", **kw):
         provider,
         kw.pop("headers", None),
         kw.pop("protos", ""),
-        [q.split("=")[0] for q in query.split("&") if q],
+        dict(q.split("=", 1) if "=" in q else (q, "") for q in query.split("&") if q),
+        kw.pop("gateway_tokens", ()),
     )
     return build_upstream_request(
         P[provider],
@@ -127,7 +135,8 @@ def build(provider: str, path: str = "", query: str = "", **kw):
         client_headers=list((kw.pop("client_headers", None) or {}).items()),
         upstream_subprotocols=c.upstream_subprotocols,
         client_key=c.client_key,
-        client_key_in_query=c.client_key_in_query,
+        client_key_param=c.client_key_param,
+        drop_query=c.drop_query,
         stored_key=kw.pop("stored", None),
     )
 
@@ -163,6 +172,68 @@ def test_google_key_as_query_parameter() -> None:
     # a client key in the header is moved into the query
     r = build("google", headers={"x-goog-api-key": "hk"})
     assert r.url.endswith("?key=hk")
+
+
+def test_a_gateway_token_is_never_a_client_key() -> None:
+    """Wherever the provider reads a key, the gateway token is the gateway token only."""
+    tok = ("gw-t",)
+    c = creds("deepgram", {"Authorization": "Bearer gw-t"}, gateway_tokens=tok)
+    assert (c.gateway_token, c.client_key) == ("gw-t", None)
+    c = creds("deepgram", {"Authorization": "Token gw-t"}, "token, dg-own", gateway_tokens=tok)
+    assert (c.gateway_token, c.client_key) == ("gw-t", "dg-own")
+    c = creds("elevenlabs", {"xi-api-key": "own"}, "xi-api-key.gw-t", gateway_tokens=tok)
+    assert (c.gateway_token, c.client_key, c.upstream_subprotocols) == ("gw-t", "own", ())
+    c = creds("cartesia", query={"api_key": "gw-t"}, gateway_tokens=tok)
+    assert (c.gateway_token, c.client_key, c.drop_query) == ("gw-t", None, ("api_key",))
+    for provider, place in [
+        ("openai", {"headers": {"Authorization": "Bearer gw-t"}}),
+        ("openai", {"protos": "realtime, openai-insecure-api-key.gw-t"}),
+        ("google", {"query": "key=gw-t&alt=x"}),
+        ("google", {"query": "api_key=gw-t"}),
+        ("cartesia", {"query": "api_key=gw-t"}),
+        ("cartesia", {"headers": {"Authorization": "Bearer gw-t"}}),
+        ("deepgram", {"protos": "token, gw-t"}),
+        ("fal", {"headers": {"Authorization": "Key gw-t"}}),
+    ]:
+        r = build(provider, stored="stored", gateway_tokens=tok, **place)
+        assert "gw-t" not in repr((r.url, r.headers, r.subprotocols)), provider
+        assert "stored" in repr((r.url, r.headers)), provider
+
+
+def test_paths_that_repeat_the_base_are_the_same_path() -> None:
+    """SDKs append their own /v1/... to the host: both forms reach the same upstream."""
+    assert build("deepgram", path="v1/listen").url == build("deepgram", path="listen").url
+    assert build("deepgram", path="v1/speak").url == "wss://api.deepgram.com/v1/speak"
+    assert build("deepgram", path="v1").url == "wss://api.deepgram.com/v1/listen"
+    assert build("openai", path="realtime", query="model=m").url == (
+        "wss://api.openai.com/v1/realtime?model=m"
+    )
+    assert build("openai", path="v1/realtime").url == "wss://api.openai.com/v1/realtime"
+    el = build("elevenlabs", path="v1/text-to-speech/v1/stream-input")
+    assert el.url == "wss://api.elevenlabs.io/v1/text-to-speech/v1/stream-input"
+    with pytest.raises(BadRequest):
+        build("openai", path="v1/other")
+
+
+def test_google_api_key_moves_to_key() -> None:
+    r = build("google", query="api_key=mine&alt=x", stored="gk")
+    assert r.url.endswith("BidiGenerateContent?alt=x&key=mine")
+
+
+def test_elevenlabs_agent_id_alone_dials_the_conversation() -> None:
+    r = build("elevenlabs", query="agent_id=a1")
+    assert r.url == "wss://api.elevenlabs.io/v1/convai/conversation?agent_id=a1"
+
+
+def test_cartesia_bearer_key_and_version_header() -> None:
+    r = build(
+        "cartesia",
+        path="tts/websocket",
+        headers={"Authorization": "Bearer ck"},
+        client_headers={"Cartesia-Version": "2025-04-16", "Authorization": "Bearer ck"},
+    )
+    assert r.url == "wss://api.cartesia.ai/tts/websocket?api_key=ck"
+    assert r.headers == (("Cartesia-Version", "2025-04-16"),)
 
 
 def test_cartesia_key_and_version_defaults() -> None:

@@ -409,7 +409,9 @@ def test_relay_translators_raise_only_bad_request(
 ) -> None:
     entries = parse_subprotocols(offered)
     assert all(e and e == e.strip() and "," not in e for e in entries)
-    creds = read_credentials(provider, CIMultiDict(headers), entries, query_names)
+    creds = read_credentials(
+        provider, CIMultiDict(headers), entries, dict.fromkeys(query_names, "k")
+    )
     assert set(creds.upstream_subprotocols) <= set(entries)
     assert creds.gateway_entry is None or creds.gateway_entry not in creds.upstream_subprotocols
     chosen = select_subprotocol(creds, upstream_selected)
@@ -423,7 +425,8 @@ def test_relay_translators_raise_only_bad_request(
             client_headers=headers,
             upstream_subprotocols=creds.upstream_subprotocols,
             client_key=creds.client_key,
-            client_key_in_query=creds.client_key_in_query,
+            client_key_param=creds.client_key_param,
+            drop_query=creds.drop_query,
             stored_key=stored_key,
         )
     except BadRequest:

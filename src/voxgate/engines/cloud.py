@@ -76,7 +76,6 @@ async def _connect(
         client_headers=(),
         upstream_subprotocols=(),
         client_key=None,
-        client_key_in_query=False,
         stored_key=key,
     )
     try:

@@ -92,7 +92,7 @@ def _credentials(request: web.Request) -> Credentials:
             remaining.append(item)
         elif entry is None:
             entry, token = item, token or item[len(prefix) :] or None
-    return Credentials(token, entry, None, False, (), offered, tuple(remaining))
+    return Credentials(token, entry, None, None, (), offered, tuple(remaining))
 
 
 def _authenticate(
@@ -231,7 +231,6 @@ async def _relay(
         client_headers=request.headers.items(),
         upstream_subprotocols=creds.upstream_subprotocols,
         client_key=None,
-        client_key_in_query=False,
         stored_key=gw.keys[provider.name].value if provider.name in gw.keys else None,
     )
     info = SessionInfo(

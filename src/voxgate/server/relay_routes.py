@@ -34,7 +34,7 @@ from voxgate.protocols.relay.capture import Capture
 from voxgate.protocols.relay.providers import Provider, UpstreamRequest, build_upstream_request
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.server.app import SERVICES, Services
-from voxgate.server.auth import authenticate
+from voxgate.server.auth import authenticate, own_credential
 from voxgate.server.sessions import acquire_slots, save_record
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
 from voxgate.transports.relay import SHUTDOWN, Ending, RelayConnection
@@ -59,7 +59,9 @@ async def relay(request: web.Request) -> web.StreamResponse:
         # checked before the upstream is dialled: aiohttp would refuse it at the upgrade
         raise BadRequest("not a valid WebSocket handshake (Sec-WebSocket-Key, -Version)")
     offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
-    creds = read_credentials(provider, request.headers, offered, request.query.keys())
+    creds = read_credentials(
+        provider, request.headers, offered, request.query, is_gateway_token=own_credential(s)
+    )
     try:
         token = authenticate(gw, creds.gateway_token)
     except AuthenticationFailed:
@@ -72,7 +74,8 @@ async def relay(request: web.Request) -> web.StreamResponse:
         client_headers=request.headers.items(),
         upstream_subprotocols=creds.upstream_subprotocols,
         client_key=creds.client_key,
-        client_key_in_query=creds.client_key_in_query,
+        client_key_param=creds.client_key_param,
+        drop_query=creds.drop_query,
         stored_key=gw.keys[provider.name].value if provider.name in gw.keys else None,
     )
     limits = token.limits if token is not None and token.limits is not None else gw.limits

@@ -35,7 +35,7 @@ from voxgate.protocols.relay.providers import Provider, build_upstream_request
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.protocols.speech.unified import STTProtocol, TTSProtocol
 from voxgate.server.app import SERVICES, Services
-from voxgate.server.auth import authenticate
+from voxgate.server.auth import authenticate, own_credential
 from voxgate.server.relay_routes import UpgradeRequired, accept_client
 from voxgate.server.sessions import acquire_slots, run_live, save_record
 from voxgate.settings import Limits, ProviderAuth
@@ -74,7 +74,9 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
     gw = s.settings.speech_gateway()
     provider = s.providers.get(s.engines.provider_of(name)) or _LOCAL
     offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
-    creds = read_credentials(provider, request.headers, offered, request.query.keys())
+    creds = read_credentials(
+        provider, request.headers, offered, request.query, is_gateway_token=own_credential(s)
+    )
     presented = creds.gateway_token
     auth_header = request.headers.get(hdrs.AUTHORIZATION, "")
     if presented is None and auth_header[:7].lower() == "bearer ":
@@ -170,7 +172,8 @@ async def _relay_native(
         client_headers=request.headers.items(),
         upstream_subprotocols=creds.upstream_subprotocols,
         client_key=creds.client_key,
-        client_key_in_query=creds.client_key_in_query,
+        client_key_param=creds.client_key_param,
+        drop_query=creds.drop_query,
         stored_key=stored_key,
     )
     try:

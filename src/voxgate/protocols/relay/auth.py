@@ -16,7 +16,7 @@ the upstream. Neither secret is ever forwarded as the client sent it.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from voxgate.protocols.relay.providers import Provider
@@ -31,13 +31,21 @@ class Credentials:
     #: The subprotocol entry that carried the gateway token, if any.
     gateway_entry: str | None
     client_key: str | None
-    client_key_in_query: bool
+    #: The query parameter that carried the client key, if it came in the query.
+    client_key_param: str | None
     #: The subprotocol entry (or entries) that carried the client key.
     key_entries: tuple[str, ...]
     #: Every subprotocol the client offered, in order.
     offered: tuple[str, ...]
     #: What remains to offer upstream: ``offered`` less gateway and key entries.
     upstream_subprotocols: tuple[str, ...]
+    #: Query parameters that must not reach the upstream: a gateway token sent where
+    #: the provider's key goes (``?api_key=<gateway token>``).
+    drop_query: tuple[str, ...] = ()
+
+    @property
+    def client_key_in_query(self) -> bool:
+        return self.client_key_param is not None
 
     def __repr__(self) -> str:  # never show secrets
         return (
@@ -77,25 +85,41 @@ def token_from_headers(
     return None
 
 
+def _never(_: str) -> bool:
+    return False
+
+
 def read_credentials(
     provider: Provider,
     headers: Mapping[str, str],
     subprotocols: tuple[str, ...],
-    query_names: Iterable[str],
+    query: Mapping[str, str],
+    *,
+    is_gateway_token: Callable[[str], bool] = _never,
 ) -> Credentials:
     """Separate the gateway token and the client's own key from the handshake.
 
-    ``headers`` must be case-insensitive (aiohttp's ``CIMultiDictProxy`` is).
+    ``headers`` must be case-insensitive (aiohttp's ``CIMultiDictProxy`` is). Every
+    credential found where the provider's key may go (its key headers, subprotocol
+    entries and query parameters) that ``is_gateway_token`` recognises is the gateway
+    token and nothing else: it never becomes the client key, so it never reaches an
+    upstream. The client key is the first other credential: headers first, then
+    subprotocol entries, then the query.
     """
     token = token_from_headers(headers)
     gateway_entry = None
-    key: str | None = None
+    keys: list[tuple[str, str | None]] = []  # (credential, query parameter)
+    drop: list[str] = []
     key_entries: list[str] = []
     remaining: list[str] = []
     pair_next = False
+    for hname, hprefix in provider.key_headers:
+        value = headers.get(hname) or ""
+        if value[: len(hprefix)].lower() == hprefix.lower() and value[len(hprefix) :].strip():
+            keys.append((value[len(hprefix) :].strip(), None))
     for entry in subprotocols:
         if pair_next:
-            key = key or entry
+            keys.append((entry, None))
             key_entries.append(entry)
             pair_next = False
             continue
@@ -106,7 +130,8 @@ def read_credentials(
             continue
         kp = next((p for p in provider.key_subprotocols if entry.startswith(p)), None)
         if kp is not None:
-            key = key or entry[len(kp) :] or None
+            if entry[len(kp) :]:
+                keys.append((entry[len(kp) :], None))
             key_entries.append(entry)
             continue
         if provider.key_subprotocol_pair is not None and entry == provider.key_subprotocol_pair:
@@ -114,24 +139,26 @@ def read_credentials(
             pair_next = True
             continue
         remaining.append(entry)
-    in_query = False
-    for hname, hprefix in provider.key_headers:
-        value = headers.get(hname)
-        if value and value.startswith(hprefix) and value[len(hprefix) :].strip():
-            key = value[len(hprefix) :].strip()
-            break
-    if key is None:
-        names = set(query_names)
-        if any(q in names for q in provider.key_query):
-            in_query = True
+    names = (*provider.key_query, *provider.moved_key_query)
+    keys.extend((query[q], q) for q in names if query.get(q))
+    key: str | None = None
+    key_param: str | None = None
+    for value, param in keys:
+        if is_gateway_token(value):
+            token = token or value
+            if param is not None:
+                drop.append(param)
+        elif key is None:
+            key, key_param = value, param
     return Credentials(
         gateway_token=token,
         gateway_entry=gateway_entry,
         client_key=key,
-        client_key_in_query=in_query,
+        client_key_param=key_param,
         key_entries=tuple(key_entries),
         offered=subprotocols,
         upstream_subprotocols=tuple(remaining),
+        drop_query=tuple(drop),
     )
 
 

@@ -12,7 +12,7 @@ import fnmatch
 import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from voxgate.errors import BadRequest, ConfigError
 from voxgate.settings import ProviderAuth, Settings
@@ -26,12 +26,18 @@ class Provider:
     auth: ProviderAuth
     #: Path used when the client gives none ("" for the base URL itself).
     default_path: str = ""
+    #: Paths used when the client gives none but its query has the parameter:
+    #: (parameter, path) pairs, the first present wins (ElevenLabs' ``agent_id``).
+    query_paths: tuple[tuple[str, str], ...] = ()
     #: Glob patterns a client path must match; empty means no path may be given.
     paths: tuple[str, ...] = ()
     #: Client headers that carry the client's own key, with the prefix to strip.
     key_headers: tuple[tuple[str, str], ...] = ()
     #: Query parameters that carry the client's own key (left in place upstream).
     key_query: tuple[str, ...] = ()
+    #: Query parameters that carry the client's own key in a place the provider does
+    #: not read: removed, and the key given the provider's way (Google's ``api_key``).
+    moved_key_query: tuple[str, ...] = ()
     #: Subprotocol prefixes carrying the client's own key (``openai-insecure-api-key.``).
     key_subprotocols: tuple[str, ...] = ()
     #: A subprotocol entry whose *next* entry is the key (Deepgram's ``token, <key>``).
@@ -40,6 +46,9 @@ class Provider:
     forward_headers: tuple[str, ...] = ()
     #: Query parameters added when the client did not give them.
     query_defaults: Mapping[str, str] = field(default_factory=dict)
+    #: Query defaults a client header stands for: not added when the client sent that
+    #: header (Cartesia's ``cartesia_version`` query and ``Cartesia-Version`` header).
+    default_headers: Mapping[str, str] = field(default_factory=dict)
     #: Query parameter naming the model, for usage records.
     model_param: str | None = "model"
     #: Which provider-usage reader applies: "openai", "gemini" or None.
@@ -66,6 +75,8 @@ BUILTIN_PROVIDERS: Mapping[str, Provider] = {
             auth=ProviderAuth(query="key"),
             key_headers=(("x-goog-api-key", ""),),
             key_query=("key", "access_token"),
+            # Cloudflare's example puts the key in api_key: it goes upstream as key
+            moved_key_query=("api_key",),
             usage="gemini",
         ),
         Provider(
@@ -74,16 +85,19 @@ BUILTIN_PROVIDERS: Mapping[str, Provider] = {
             default_path="tts/websocket",
             paths=("tts/websocket", "stt/websocket"),
             auth=ProviderAuth(query="api_key"),
-            key_headers=(("x-api-key", ""),),
+            # Cartesia's SDKs send the key as a bearer token
+            key_headers=(("x-api-key", ""), ("authorization", "Bearer ")),
             key_query=("api_key", "access_token"),
             forward_headers=("Cartesia-Version",),
             query_defaults={"cartesia_version": "2025-04-16"},
+            default_headers={"cartesia_version": "Cartesia-Version"},
             model_param="model_id",
         ),
         Provider(
             name="elevenlabs",
             base_url="wss://api.elevenlabs.io/v1",
             paths=("*",),
+            query_paths=(("agent_id", "convai/conversation"),),
             auth=ProviderAuth(header="xi-api-key"),
             key_headers=(("xi-api-key", ""),),
             key_subprotocols=("xi-api-key.",),
@@ -177,10 +191,17 @@ class UpstreamRequest:
 _PATH_CHARS = frozenset(string.ascii_letters + string.digits + "-._~%:@!$&'()*+,;=/")
 
 
-def validate_path(provider: Provider, path: str) -> str:
-    """Return the upstream path for a client path, or raise :class:`BadRequest`."""
+def validate_path(provider: Provider, path: str, query_string: str = "") -> str:
+    """Return the upstream path for a client path, or raise :class:`BadRequest`.
+
+    A path may repeat the end of the provider's base URL: SDKs that append their own
+    ``/v1/listen`` to a host dial ``…/deepgram/v1/listen``, and the OpenAI SDK dials
+    ``…/openai/realtime``; both mean the same as ``listen`` and no path.
+    """
+    path = _without_base_suffix(provider.base_url, path)
     if not path:
-        return provider.default_path
+        names = _query_names(query_string)
+        return next((p for q, p in provider.query_paths if q in names), provider.default_path)
     if not provider.paths:
         raise BadRequest(f"provider {provider.name!r} takes no path after its name")
     if not set(path) <= _PATH_CHARS:
@@ -196,6 +217,16 @@ def validate_path(provider: Provider, path: str) -> str:
     return path
 
 
+def _without_base_suffix(base_url: str, path: str) -> str:
+    """``path`` less its longest start that repeats the end of ``base_url``'s path."""
+    base = [s for s in urlsplit(base_url).path.split("/") if s]
+    segments = path.split("/")
+    for k in range(min(len(base), len(segments)), 0, -1):
+        if base[-k:] == segments[:k]:
+            return "/".join(segments[k:])
+    return path
+
+
 def build_upstream_request(
     provider: Provider,
     *,
@@ -204,29 +235,42 @@ def build_upstream_request(
     client_headers: Iterable[tuple[str, str]],
     upstream_subprotocols: tuple[str, ...],
     client_key: str | None,
-    client_key_in_query: bool,
     stored_key: str | None,
+    client_key_param: str | None = None,
+    drop_query: Iterable[str] = (),
 ) -> UpstreamRequest:
     """Build the upstream URL, headers and subprotocols.
 
-    The client's query string passes through unchanged; query defaults and an injected
-    key are appended. The client's own key wins over the stored one. Only the
+    The client's query string passes through, less ``drop_query`` (a gateway token
+    sent where a key goes); query defaults and an injected key are appended. The
+    client's own key wins over the stored one. A client key that came in the query
+    stays there, unless it came in one of the provider's ``moved_key_query`` (``api_key``
+    for Google's ``key``): then it moves to where the provider takes it. Only the
     provider's ``forward_headers`` pass through from the client.
     """
-    upstream_path = validate_path(provider, path)
+    upstream_path = validate_path(provider, path, query_string)
     url = provider.base_url.rstrip("/")
     if upstream_path:
         url += "/" + upstream_path
-    query = query_string
-    present = _query_names(query_string)
-    extra = [(k, v) for k, v in provider.query_defaults.items() if k not in present]
+    auth = provider.auth
+    drop = set(drop_query)
+    key_in_place = client_key_param is not None and client_key_param not in provider.moved_key_query
+    if client_key_param is not None and not key_in_place:
+        drop.add(client_key_param)
+    query = _drop_params(query_string, drop) if drop else query_string
+    present = _query_names(query)
+    sent = {k.lower() for k, _ in client_headers}
+    extra = [
+        (k, v)
+        for k, v in provider.query_defaults.items()
+        if k not in present and provider.default_headers.get(k, "").lower() not in sent
+    ]
     key = client_key if client_key is not None else stored_key
     headers: list[tuple[str, str]] = []
-    if key is not None and not client_key_in_query:
-        auth = provider.auth
+    if key is not None and not key_in_place:
         if auth.query is not None:
             if auth.query in present:
-                query = _drop_param(query, auth.query)
+                query = _drop_params(query, {auth.query})
             extra.append((auth.query, key))
         elif auth.header is not None:
             headers.append((auth.header, auth.format.replace("{key}", key)))
@@ -244,8 +288,8 @@ def _query_names(query: str) -> set[str]:
     return {part.split("=", 1)[0] for part in query.split("&") if part}
 
 
-def _drop_param(query: str, name: str) -> str:
-    return "&".join(p for p in query.split("&") if p and p.split("=", 1)[0] != name)
+def _drop_params(query: str, names: set[str]) -> str:
+    return "&".join(p for p in query.split("&") if p and p.split("=", 1)[0] not in names)
 
 
 #: Query parameters whose values are secrets, redacted wherever a URL is logged.
