@@ -10,7 +10,9 @@ measures from this process, in one run:
    p99 measured just before (the baseline of this run);
 3. STT per engine (pocketsphinx, whisper): the Harvard sentences, synthesized by piper,
    streamed in real time; time from ``finalize`` to ``final_transcript`` and word error
-   rate against the text.
+   rate against the text;
+4. the same through Deepgram's protocol on the default engines (``voxgate.bench.deepgram``):
+   ``/v1/speak`` ``Flush`` → first audio, ``/v1/listen`` ``Finalize`` → its final result.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
+from voxgate.bench.deepgram import listen_final, speak_first_audio
 from voxgate.bench.relay import Proc, _config, _mode_argv, latency, pct, voxgate_proc
 from voxgate.bench.sentences import HARVARD, TWELVE_WORDS
 from voxgate.speech_client import speak, transcribe
@@ -137,6 +140,24 @@ async def run(args: argparse.Namespace) -> None:
                     f"  p95 {ms(pct(final_times, 0.95))}  WER {100 * errors / ref_words:5.1f} %"
                     f"  ({errors}/{ref_words} words)"
                 )
+
+            print("## Deepgram protocol on the default engines (aura-2 → piper, nova-3 → STT)")
+            dg_firsts = [(await speak_first_audio(http, base, t))[0] for t in TWELVE_WORDS]
+            print(
+                f"speak  Flush → first audio  p50 {ms(statistics.median(dg_firsts))}"
+                f"  p95 {ms(pct(dg_firsts, 0.95))}  (n={len(dg_firsts)})"
+            )
+            errors = ref_words = 0
+            dg_finals = []
+            for text, pcm in clips:
+                dg_heard = await listen_final(http, base, pcm)
+                e, n = word_errors(text, dg_heard.text)
+                errors, ref_words = errors + e, ref_words + n
+                dg_finals.append(dg_heard.finalize_seconds)
+            print(
+                f"listen Finalize → final     p50 {ms(statistics.median(dg_finals))}"
+                f"  p95 {ms(pct(dg_finals, 0.95))}  WER {100 * errors / ref_words:5.1f} %"
+            )
     finally:
         gateway.stop()
         echo.stop()

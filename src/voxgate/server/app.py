@@ -128,6 +128,7 @@ def create_app(
     """Build the aiohttp application. Raises ConfigError for unusable settings."""
     from voxgate.server import (
         agent_routes,
+        deepgram_routes,
         gateway_api,
         logs_api,
         ops,
@@ -167,6 +168,7 @@ def create_app(
     realtime_routes.add_routes(app)
     sfu_routes.add_routes(app)
     agent_routes.add_routes(app)
+    deepgram_routes.add_routes(app)  # before the relay: it serves workers-ai itself
     relay_routes.add_routes(app)  # last: its path patterns are the most general
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)

@@ -35,10 +35,10 @@ from voxgate.protocols.relay.providers import Provider, UpstreamRequest, build_u
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.server.app import SERVICES, Services
 from voxgate.server.auth import authenticate, own_credential
-from voxgate.server.sessions import acquire_slots, save_record
+from voxgate.server.sessions import UpgradeRequired, accept_client, acquire_slots, save_record
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
 from voxgate.transports.relay import SHUTDOWN, Ending, RelayConnection
-from voxgate.transports.ws import AiohttpChannel, GatewayWebSocketResponse
+from voxgate.transports.ws import AiohttpChannel
 
 log = logging.getLogger("voxgate.relay")
 
@@ -234,34 +234,6 @@ def _closed(s: Services, session: RelaySession, ending: Ending, outcome: Outcome
             "error": ending.error,
         },
     )
-
-
-async def accept_client(
-    request: web.Request, s: Services, limits: Limits, subprotocol: str | None
-) -> GatewayWebSocketResponse:
-    """Complete the client's upgrade, answering ``subprotocol`` when it offered any."""
-    ws = GatewayWebSocketResponse(
-        protocols=(subprotocol,) if subprotocol else (),
-        autoclose=False,
-        autoping=True,
-        heartbeat=limits.heartbeat_seconds,
-        # aiohttp refuses a message whose size is >= max_msg_size; ours is the largest allowed
-        max_msg_size=limits.max_message_bytes + 1,
-        compress=False,
-        timeout=s.settings.server.shutdown_timeout_seconds,
-    )
-    await ws.prepare(request)
-    if request.transport is not None:
-        request.transport.set_write_buffer_limits(high=s.settings.relay.buffer_bytes)
-    return ws
-
-
-class UpgradeRequired(BadRequest):
-    status = 426
-    code = "upgrade_required"
-
-    def __init__(self) -> None:
-        super().__init__("this address takes WebSocket connections only")
 
 
 def add_routes(app: web.Application) -> None:

@@ -6,9 +6,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from aiohttp import web
+
 from voxgate.core.limits import LIMIT_NAMES, CloseCode
 from voxgate.core.relay import RelaySession
-from voxgate.errors import LimitExceeded
+from voxgate.errors import BadRequest, LimitExceeded
 from voxgate.server.app import Services
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
 from voxgate.store import write_record
@@ -91,3 +93,31 @@ async def save_record(
         await asyncio.shield(task)
     except Exception:
         log.exception("usage record for %s not saved", record.session_id)
+
+
+async def accept_client(
+    request: web.Request, s: Services, limits: Limits, subprotocol: str | None
+) -> GatewayWebSocketResponse:
+    """Complete the client's upgrade, answering ``subprotocol`` when it offered any."""
+    ws = GatewayWebSocketResponse(
+        protocols=(subprotocol,) if subprotocol else (),
+        autoclose=False,
+        autoping=True,
+        heartbeat=limits.heartbeat_seconds,
+        # aiohttp refuses a message whose size is >= max_msg_size; ours is the largest allowed
+        max_msg_size=limits.max_message_bytes + 1,
+        compress=False,
+        timeout=s.settings.server.shutdown_timeout_seconds,
+    )
+    await ws.prepare(request)
+    if request.transport is not None:
+        request.transport.set_write_buffer_limits(high=s.settings.relay.buffer_bytes)
+    return ws
+
+
+class UpgradeRequired(BadRequest):
+    status = 426
+    code = "upgrade_required"
+
+    def __init__(self) -> None:
+        super().__init__("this address takes WebSocket connections only")

@@ -97,6 +97,11 @@ class SpeechConnection:
             )
         )
 
+    def finish(self) -> None:
+        """End the session normally at the protocol's request (a client's close message):
+        the protocol's goodbye, if it has one, then close 1000."""
+        self.stop(SpeechEnding(CloseCode.NORMAL, "", farewell=self._ended("closed")))
+
     def _ended(self, reason: str) -> tuple[str, ...]:
         frame = self.session.ended(reason) if self.session is not None else None
         return (frame,) if frame is not None else ()
