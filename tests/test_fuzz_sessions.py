@@ -243,6 +243,10 @@ async def _speech_session(gw: Any, http: aiohttp.ClientSession, path: str, seed:
     ws = await http.ws_connect(gw.ws(path), max_msg_size=0)
     client = Client(ws)
     templates, weights = (TTS_TEMPLATES, TTS_WEIGHTS) if tts else (STT_TEMPLATES, STT_WEIGHTS)
+    if tts:
+        # the first frame picks the protocol (plain text or a typeless object is SLNG's
+        # native form): this session fuzzes the unified one
+        await client.send('{"type":"ping"}')
     for i in range(1000):
         await client.send(mutator.frame(templates, weights))
         await asyncio.sleep(0.004)

@@ -1,5 +1,9 @@
 """Speech sessions: the unified protocol's TTS and STT behaviour over the engine ABCs.
 
+The session speaks canonical events; its protocol (any translator with the methods of
+:mod:`voxgate.core.speech_wire`: the unified protocol's, Deepgram's ``speak``/``listen``)
+parses client frames into them and renders what happens.
+
 A transport (``voxgate.transports.speech``) reads client frames, applies limits and
 calls :meth:`handle` for each; the session answers through ``send``. Synthesis and
 recognition run in their own tasks so a ``stop`` or ``ping`` is answered at once,
@@ -26,6 +30,7 @@ from voxgate.audio import AudioFormat, Encoding, StreamResampler, from_pcm16, to
 from voxgate.clock import IdFactory
 from voxgate.core.parsing import parse
 from voxgate.core.relay import RelaySession
+from voxgate.core.speech_wire import Frames, STTWire, TTSWire, frames_of
 from voxgate.core.text import SentenceBuffer
 from voxgate.engines.base import (
     EngineError,
@@ -44,7 +49,9 @@ from voxgate.engines.workers import EngineWorkers
 from voxgate.protocols.speech.unified import (
     Audio,
     Clear,
+    Close,
     Configure,
+    EndOfInput,
     Finalize,
     Flush,
     Init,
@@ -53,9 +60,9 @@ from voxgate.protocols.speech.unified import (
     Ping,
     Start,
     Stop,
-    STTProtocol,
+    STTEvent,
     TTSConfig,
-    TTSProtocol,
+    TTSEvent,
 )
 
 log = logging.getLogger("voxgate.speech")
@@ -100,11 +107,16 @@ class _EndOfUtterance:
     utterance_id: str
 
 
+@dataclass
+class _Finish:
+    """After an :class:`EndOfInput`: end the session once the jobs before are done."""
+
+
 class TTSSession:
     def __init__(
         self,
         *,
-        protocol: TTSProtocol,
+        protocol: TTSWire,
         engine_name: str,
         get_engine: Callable[[], Awaitable[TextToSpeech]],
         counters: RelaySession,
@@ -112,8 +124,11 @@ class TTSSession:
         workers: EngineWorkers,
         ids: IdFactory,
         api_key: str | None = None,
+        finish: Callable[[], None] | None = None,
     ) -> None:
         self.protocol = protocol
+        #: Ends the session normally (a protocol's close message); see :class:`Close`.
+        self._finish = finish
         self.engine_name = engine_name
         self._api_key = api_key
         self._get_engine = get_engine
@@ -130,7 +145,7 @@ class TTSSession:
         #: once its last job is done.
         self._queued: dict[int, int] = {}
         self._buffer = SentenceBuffer()
-        self._jobs: asyncio.Queue[_Speak | _EndOfUtterance] = asyncio.Queue()
+        self._jobs: asyncio.Queue[_Speak | _EndOfUtterance | _Finish] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._utterance = 0
         self._utterance_ms = 0.0
@@ -141,10 +156,27 @@ class TTSSession:
         return f"{self.protocol.context_id}:{self._utterance}"
 
     async def handle(self, data: str | bytes) -> None:
+        # MessageError propagates to the transport
+        parsed = await parse(self.protocol.receive, data)
+        for event in parsed if isinstance(parsed, tuple) else (parsed,):
+            await self.handle_event(event)
+
+    async def _emit(self, rendered: Frames) -> None:
+        for frame in frames_of(rendered):
+            await self._send(frame)
+
+    async def handle_event(self, event: TTSEvent) -> None:
+        """Act on one event: a client frame's, or one the protocol implies (a Deepgram
+        client's ``Init`` comes from its query string, before any frame)."""
         p = self.protocol
-        event = await parse(p.receive, data)  # MessageError propagates to the transport
         if isinstance(event, Ping):
-            await self._send(p.pong())
+            await self._emit(p.pong())
+        elif isinstance(event, Close):
+            if self._finish is not None:
+                self._finish()
+        elif isinstance(event, EndOfInput):
+            await self.handle_event(Flush())
+            self._jobs.put_nowait(_Finish())
         elif isinstance(event, Init):
             await self._init(event)
         elif isinstance(event, InputText):
@@ -170,7 +202,7 @@ class TTSSession:
             await self._stop()
         elif isinstance(event, Clear):
             self._buffer.clear()
-            await self._send(p.cleared())
+            await self._emit(p.cleared())
         elif isinstance(event, Configure):
             await self._configure(event)
 
@@ -188,7 +220,7 @@ class TTSSession:
                 api_key=self._api_key,
             )
         )
-        if config.voice_id is None:
+        if stream.voice:  # the voice in use: a catalogue name resolves to the engine's
             config = replace(config, voice_id=stream.voice)
         return stream, OutputConverter(stream.sample_rate, config), config
 
@@ -198,7 +230,7 @@ class TTSSession:
         self._stream, self._converter = stream, converter
         assert self._engine is not None
         caps = self._engine.capabilities
-        await self._send(
+        await self._emit(
             self.protocol.ready(
                 self._counters.info.session_id,
                 {
@@ -209,6 +241,7 @@ class TTSSession:
                     "encodings": [e.value for e in Encoding],
                     "sample_rates": list(caps.sample_rates),
                     "speed": caps.speed,
+                    "speed_range": list(caps.speed_range) if caps.speed_range else None,
                     "local": caps.local,
                     "binary": True,
                 },
@@ -229,7 +262,7 @@ class TTSSession:
             else:
                 with contextlib.suppress(Exception):
                     await old.aclose()
-        await self._send(self.protocol.configured())
+        await self._emit(self.protocol.configured())
 
     def _queue_text(self, text: str) -> None:
         assert self._stream is not None
@@ -248,7 +281,7 @@ class TTSSession:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = asyncio.create_task(self._synthesize_jobs(), name="tts-synthesis")
-        await self._send(
+        await self._emit(
             self.protocol.audio_end(self.utterance_id, self._utterance_ms, interrupted=True)
         )
         self._utterance += 1
@@ -261,10 +294,14 @@ class TTSSession:
         while True:
             job = await self._jobs.get()
             if isinstance(job, _EndOfUtterance):
-                await self._send(
+                await self._emit(
                     p.audio_end(job.utterance_id, self._utterance_ms, interrupted=False)
                 )
                 self._utterance_ms = 0.0
+                continue
+            if isinstance(job, _Finish):
+                if self._finish is not None:
+                    self._finish()
                 continue
             try:
                 await self._speak(job)
@@ -289,7 +326,7 @@ class TTSSession:
             self._utterance_ms += ms
             self.audio_ms += ms
             self._counters.audio_seconds += ms / 1000.0
-            await self._send(p.audio_chunk(out, ms))
+            await self._emit(p.audio_chunk(out, ms))
 
     async def _release(self, stream: SynthesisStream) -> None:
         """One queued job of ``stream`` is done: close it if it was retired and unused."""
@@ -315,7 +352,7 @@ class TTSSession:
     def error(self, code: str, message: str, *, retryable: bool = False) -> str:
         return self.protocol.error(code, message, retryable=retryable)
 
-    def ended(self, reason: str) -> str:
+    def ended(self, reason: str) -> str | None:
         return self.protocol.session_ended(
             reason, characters=self._counters.characters, audio_ms=self.audio_ms
         )
@@ -325,7 +362,7 @@ class STTSession:
     def __init__(
         self,
         *,
-        protocol: STTProtocol,
+        protocol: STTWire,
         get_engine: Callable[[], Awaitable[SpeechToText]],
         counters: RelaySession,
         send: Send,
@@ -333,8 +370,14 @@ class STTSession:
         ids: IdFactory,
         fail: Callable[[str], None],
         api_key: str | None = None,
+        finish: Callable[[], None] | None = None,
     ) -> None:
         self._api_key = api_key
+        #: Ends the session normally once a :class:`Close` is answered.
+        self._finish = finish
+        self._finalizes = 0
+        self._finalized = 0
+        self._close_after: int | None = None
         self.protocol = protocol
         self._get_engine = get_engine
         self._counters = counters
@@ -349,10 +392,18 @@ class STTSession:
         self._rate = 16000
 
     async def handle(self, data: str | bytes) -> None:
+        await self.handle_event(await parse(self.protocol.receive, data))
+
+    async def _emit(self, rendered: Frames) -> None:
+        for frame in frames_of(rendered):
+            await self._send(frame)
+
+    async def handle_event(self, event: STTEvent) -> None:
+        """Act on one event: a client frame's, or one the protocol implies (a Deepgram
+        client's ``Start`` comes from its query string, before any frame)."""
         p = self.protocol
-        event = await parse(p.receive, data)
         if isinstance(event, Ping):
-            await self._send(p.pong())
+            await self._emit(p.pong())
         elif isinstance(event, Start):
             engine = await self._get_engine()
             c = event.config
@@ -367,19 +418,28 @@ class STTSession:
             self._encoding, self._rate = c.encoding, c.sample_rate
             self._resampler = StreamResampler(c.sample_rate, self._stream.sample_rate)
             p.start(self._ids("ctx"), c)
-            await self._send(p.ready(engine.model_id))
+            await self._emit(p.ready(engine.model_id))
             self._reader = asyncio.create_task(self._read_events(), name="stt-events")
         elif isinstance(event, Audio):
             await self._audio(event.data)
         elif isinstance(event, Finalize):
-            assert self._stream is not None
-            assert self._resampler is not None
-            # push out what the resampler's filter still holds, then start it afresh
-            tail = self._resampler.flush()
-            self._resampler = StreamResampler(self._rate, self._stream.sample_rate)
-            if tail:
-                await self._stream.send(tail)
-            await self._stream.finalize()
+            await self._finalize()
+        elif isinstance(event, Close):
+            # answer what is buffered, then end once that answer is sent (_read_events);
+            # set first: the answer may come before _finalize returns
+            self._close_after = self._finalizes + 1
+            await self._finalize()
+
+    async def _finalize(self) -> None:
+        assert self._stream is not None
+        assert self._resampler is not None
+        # push out what the resampler's filter still holds, then start it afresh
+        tail = self._resampler.flush()
+        self._resampler = StreamResampler(self._rate, self._stream.sample_rate)
+        if tail:
+            await self._stream.send(tail)
+        self._finalizes += 1
+        await self._stream.finalize()
 
     async def _audio(self, data: bytes) -> None:
         assert self._stream is not None
@@ -397,9 +457,9 @@ class STTSession:
         p = self.protocol
         async for ev in self._stream.events():
             if isinstance(ev, SpeechStarted):
-                await self._send(p.speech_started(ev.timestamp))
+                await self._emit(p.speech_started(ev.timestamp))
             elif isinstance(ev, Transcript):
-                await self._send(
+                await self._emit(
                     p.transcript(
                         ev.text,
                         is_final=ev.is_final,
@@ -410,7 +470,12 @@ class STTSession:
             elif isinstance(ev, Finalized):
                 # the duration the client sent, exact whatever the engine's rate
                 seconds = round(self._counters.audio_seconds, 3)
-                await self._send(p.final_transcript(ev.text, seconds, ev.timestamp))
+                await self._emit(p.final_transcript(ev.text, seconds, ev.timestamp))
+                self._finalized += 1
+                if self._close_after is not None and self._finalized >= self._close_after:
+                    if self._finish is not None:
+                        self._finish()
+                    return
             elif isinstance(ev, RecognitionFailed):
                 self._fail(engine_error_frame(p.error, ev.error))
                 return
@@ -428,5 +493,5 @@ class STTSession:
     def error(self, code: str, message: str, *, retryable: bool = False) -> str:
         return self.protocol.error(code, message, retryable=retryable)
 
-    def ended(self, reason: str) -> str:
+    def ended(self, reason: str) -> str | None:
         return self.protocol.session_ended(reason, audio_seconds=self._counters.audio_seconds)

@@ -23,8 +23,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from voxgate.engines.voices import resolve_voice
 from voxgate.errors import VoxgateError
 
 
@@ -86,6 +88,8 @@ class TTSCapabilities:
     speed: bool = True
     sample_rates: tuple[int, ...] = ()
     local: bool = True
+    #: The speeds the engine takes (``None``: any the protocol allows).
+    speed_range: tuple[float, float] | None = None
 
 
 class SynthesisStream(ABC):
@@ -104,10 +108,28 @@ class SynthesisStream(ABC):
 
 class TextToSpeech(ABC):
     name: str
+    #: ``voice_aliases``: voice names from other catalogues → this engine's voices.
+    voice_aliases: Mapping[str, str] = MappingProxyType({})
 
     @property
     @abstractmethod
     def capabilities(self) -> TTSCapabilities: ...
+
+    @property
+    def default_voice_id(self) -> str:
+        """The voice spoken when none is named."""
+        voices = self.capabilities.voices
+        return voices[0].id if voices else ""
+
+    def voice_for(self, requested: str | None) -> str:
+        """The voice this engine speaks ``requested`` with (see
+        :func:`voxgate.engines.voices.resolve_voice`); ``open`` applies it itself."""
+        return resolve_voice(
+            requested,
+            voices=[v.id for v in self.capabilities.voices],
+            default=self.default_voice_id,
+            aliases=self.voice_aliases,
+        )
 
     async def load(self) -> None:  # noqa: B027 - engines without models load nothing
         """Load models; called once, before the first ``open``."""

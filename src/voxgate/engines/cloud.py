@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 import aiohttp
@@ -32,6 +33,8 @@ from voxgate.engines.base import (
 from voxgate.errors import UpstreamError
 from voxgate.protocols.relay.providers import Provider, build_upstream_request
 from voxgate.protocols.speech.providers import (
+    DEEPGRAM_SPEEDS,
+    ELEVENLABS_SPEEDS,
     AudioOut,
     CartesiaTTS,
     DeepgramSTT,
@@ -39,6 +42,7 @@ from voxgate.protocols.speech.providers import (
     ElevenLabsTTS,
     ProviderFailed,
     UtteranceDone,
+    cartesia_speeds,
 )
 from voxgate.transports.upstream import UpstreamConnector
 
@@ -106,32 +110,68 @@ class CloudTTS(TextToSpeech):
         self._connector = connector
         self._provider = provider
         self._options = {**DEFAULTS[engine_type], **options}
+        self.voice_aliases = dict(self._options.get("voice_aliases") or {})
 
     @property
     def capabilities(self) -> TTSCapabilities:
         voice = self._options.get("voice_id")
+        speeds = self.speed_range(self.default_voice_id)
         return TTSCapabilities(
             voices=(Voice(voice, voice),) if voice and self.type != "deepgram" else (),
             streaming_text=False,
-            speed=self.type == "elevenlabs",
+            speed=speeds is not None,
             local=False,
+            speed_range=speeds,
         )
+
+    @property
+    def default_voice_id(self) -> str:
+        # Deepgram's voice is its model (aura-2-<voice>-en)
+        key = "model_id" if self.type == "deepgram" else "voice_id"
+        return str(self._options.get(key) or "")
+
+    def speed_range(self, voice: str) -> tuple[float, float] | None:
+        """The speeds the provider takes for ``voice`` (``None``: it has no speed control).
+
+        ElevenLabs: ``voice_settings.speed``. Cartesia: ``generation_config.speed`` on
+        sonic-3 and later, the experimental voice control on older models. Deepgram:
+        the ``speed`` query parameter of ``speak``, for Aura-2 voices only."""
+        if self.type == "elevenlabs":
+            return ELEVENLABS_SPEEDS
+        if self.type == "cartesia":
+            return cartesia_speeds(str(self._options["model_id"]))
+        return DEEPGRAM_SPEEDS if voice.startswith("aura-2") else None
 
     def translator(self, options: SynthesisOptions) -> TTSTranslator:
         o = self._options
         extra = dict(options.extra)
-        voice = options.voice or o.get("voice_id", "")
+        voice = options.voice or self.default_voice_id
         if self.type == "elevenlabs":
             return ElevenLabsTTS(voice, o["model_id"], options.sample_rate, options.speed, extra)
         if self.type == "cartesia":
-            return CartesiaTTS(voice, o["model_id"], options.sample_rate, options.language, extra)
-        # Deepgram's voice is its model (aura-2-<voice>-en)
-        return DeepgramTTS(options.voice or o["model_id"], options.sample_rate)
+            return CartesiaTTS(
+                voice, o["model_id"], options.sample_rate, options.language, extra, options.speed
+            )
+        return DeepgramTTS(voice, options.sample_rate, options.speed)
 
     async def open(self, options: SynthesisOptions) -> SynthesisStream:
-        if options.speed != 1.0 and self.type != "elevenlabs":
-            raise EngineRejected(f"{self.name} does not take a speed")
+        options = replace(options, voice=self.voice_for(options.voice))
+        if options.speed != 1.0:
+            self._check_speed(options.speed, options.voice or "")
         return CloudSynthesisStream(self, self.translator(options), options)
+
+    def _check_speed(self, speed: float, voice: str) -> None:
+        speeds = self.speed_range(voice)
+        if speeds is None:
+            raise EngineRejected(
+                f"field 'speed': {self.name} has no speed control for voice {voice!r} "
+                "(Deepgram's speed is for Aura-2 voices): leave speed at 1.0"
+            )
+        low, high = speeds
+        if not low <= speed <= high:
+            raise EngineRejected(
+                f"field 'speed': {self.name} takes a speed of {low:g}–{high:g}, got {speed:g}"
+            )
 
 
 class CloudSynthesisStream(SynthesisStream):
@@ -140,7 +180,7 @@ class CloudSynthesisStream(SynthesisStream):
         self._t = translator
         self._key = options.api_key
         self.sample_rate = translator.sample_rate
-        self.voice = options.voice or str(engine._options.get("voice_id") or "")
+        self.voice = options.voice or engine.default_voice_id
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._count = 0
 

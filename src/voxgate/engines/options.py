@@ -1,9 +1,10 @@
 """The engine types voxgate knows and the options each takes in ``[speech.engines.NAME]``.
 
 Option kinds: ``str``, ``int`` (>= 1), ``float``, ``dict`` (a table of strings), or a
-tuple of allowed strings. Engines without an entry run with their defaults under their
-type's name (``piper``, ``pocketsphinx``, ``whisper``, ``elevenlabs``, ``cartesia``,
-``deepgram``).
+tuple of allowed strings. Every TTS engine type takes ``voice_aliases`` (voice names of
+other catalogues → its own voices; see :mod:`voxgate.engines.voices`). Engines without
+an entry run with their defaults under their type's name (``piper``, ``pocketsphinx``,
+``whisper``, ``elevenlabs``, ``cartesia``, ``deepgram``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from voxgate.settings import SpeechSettings
 
 _VAD = ("webrtc", "silero")
 _SEGMENTER: dict[str, Any] = {"vad": _VAD, "min_silence_ms": int, "threshold": float}
-_CLOUD: dict[str, Any] = {"provider": str, "model_id": str, "voice_id": str}
+_CLOUD: dict[str, Any] = {
+    "provider": str,
+    "model_id": str,
+    "voice_id": str,
+    "voice_aliases": dict,
+}
 
 ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
     "piper": {
@@ -23,6 +29,7 @@ ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
         "first_clause_words": int,
         "noise_scale": float,
         "noise_w_scale": float,
+        "voice_aliases": dict,
     },
     "pocketsphinx": {**_SEGMENTER, "second_pass": ("off", "on")},
     "whisper": {

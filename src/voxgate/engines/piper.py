@@ -69,6 +69,7 @@ class PiperTTS(TextToSpeech):
         first_clause_words: int = 6,
         noise_scale: float | None = None,
         noise_w_scale: float | None = None,
+        voice_aliases: Mapping[str, str] | None = None,
     ) -> None:
         """``noise_scale`` / ``noise_w_scale`` override each voice's own (its ``.onnx.json``).
 
@@ -92,6 +93,7 @@ class PiperTTS(TextToSpeech):
         self.first_clause_words = first_clause_words
         self.noise_scale = noise_scale
         self.noise_w_scale = noise_w_scale
+        self.voice_aliases = dict(voice_aliases or {})
         self._loaded: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
@@ -102,7 +104,12 @@ class PiperTTS(TextToSpeech):
             streaming_text=False,
             speed=True,
             sample_rates=(8000, 16000, 22050, 24000, 44100, 48000),
+            speed_range=(0.25, 4.0),
         )
+
+    @property
+    def default_voice_id(self) -> str:
+        return self.default_voice
 
     async def load(self) -> None:
         await self._voice(self.default_voice)
@@ -118,7 +125,7 @@ class PiperTTS(TextToSpeech):
         return self._loaded[voice_id]
 
     async def open(self, options: SynthesisOptions) -> SynthesisStream:
-        voice_id = options.voice or self.default_voice
+        voice_id = self.voice_for(options.voice)
         if voice_id not in self._files:
             raise EngineRejected(
                 f"unknown voice {voice_id!r} for piper (voices: {', '.join(self._files)})",

@@ -31,6 +31,20 @@ BUILTIN_ALIASES: Mapping[str, str] = {
     # Deepgram's models (Workers AI's @cf/deepgram/… and Deepgram's own /v1/listen, /v1/speak)
     **dict.fromkeys(("nova-3", "nova-2", "nova", "flux"), "stt"),
     **dict.fromkeys(("aura-1", "aura-2", "aura"), "tts"),
+    # TTS models of realtime APIs (``audio.output.model``): Inworld's and OpenAI's
+    **dict.fromkeys(
+        (
+            "inworld-tts-1",
+            "inworld-tts-1-max",
+            "inworld-tts-1.5-mini",
+            "inworld-tts-1.5-max",
+            "inworld-tts-2",
+            "tts-1",
+            "tts-1-hd",
+            "gpt-4o-mini-tts",
+        ),
+        "tts",
+    ),
 }
 
 
@@ -157,6 +171,7 @@ class EngineRegistry:
                 first_clause_words=opts.get("first_clause_words", 6),
                 noise_scale=opts.get("noise_scale"),
                 noise_w_scale=opts.get("noise_w_scale"),
+                voice_aliases=opts.get("voice_aliases"),
             )
         if engine_type == "pocketsphinx":
             from voxgate.engines.sphinx import PocketsphinxSTT

@@ -5,15 +5,24 @@ its token comes by header (``voxgate-authorization``, ``cf-aig-authorization`` o
 ``Authorization: Bearer``) or by a ``voxgate-authorization.<token>`` subprotocol entry.
 Unknown engines get 404, a bad token 401, a full gateway 429 — all before the upgrade.
 
-For a cloud engine the first message decides: a unified ``init``/``start`` runs the
-unified protocol; anything else is the provider's own protocol, and the session becomes
-a relay to that provider (with the stored key), the first message relayed first.
+``{engine}`` is an engine, a ``[speech.aliases]`` name or a built-in alias (SLNG's
+``orpheus``, ``kokoro``… → ``speech.default_tts``, ``kyutai`` → ``speech.default_stt``;
+see ``EngineRegistry.resolve``); the usage record names the engine, and the alias as
+its ``model``.
+
+For a cloud engine named as itself the first message decides: a unified
+``init``/``start`` runs the unified protocol; anything else is the provider's own
+protocol, and the session becomes a relay to that provider (with the stored key), the
+first message relayed first. On any other TTS address a first message in SLNG's native
+form (plain text, ``{"type": "control", …}``, a settings object; see
+``protocols/speech/orpheus.py``) runs that form on the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -22,6 +31,7 @@ from aiohttp import hdrs, web
 from voxgate.core.limits import CloseCode
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.core.speech import STTSession, TTSSession
+from voxgate.core.speech_wire import TTSWire
 from voxgate.engines.base import SpeechToText, TextToSpeech
 from voxgate.engines.cloud import DEFAULTS, CloudSTT, CloudTTS
 from voxgate.errors import NotFound, UpstreamError
@@ -33,11 +43,17 @@ from voxgate.protocols.relay.auth import (
 )
 from voxgate.protocols.relay.providers import Provider, build_upstream_request
 from voxgate.protocols.relay.usage import meter_for
+from voxgate.protocols.speech import orpheus
 from voxgate.protocols.speech.unified import STTProtocol, TTSProtocol
 from voxgate.server.app import SERVICES, Services
 from voxgate.server.auth import authenticate, own_credential
-from voxgate.server.relay_routes import UpgradeRequired, accept_client
-from voxgate.server.sessions import acquire_slots, run_live, save_record
+from voxgate.server.sessions import (
+    UpgradeRequired,
+    accept_client,
+    acquire_slots,
+    run_live,
+    save_record,
+)
 from voxgate.settings import Limits, ProviderAuth
 from voxgate.transports.relay import Ending, RelayConnection
 from voxgate.transports.speech import SpeechConnection, SpeechEnding
@@ -65,10 +81,16 @@ async def stt(request: web.Request) -> web.StreamResponse:
 
 async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
     s = request.app[SERVICES]
-    name = _engine_name(request)
-    names = s.engines.tts_names() if kind == "tts" else s.engines.stt_names()
-    if name not in names:
-        raise NotFound(f"unknown {kind.upper()} engine {name!r} (engines: {', '.join(names)})")
+    requested = _engine_name(request)
+    # an engine, a [speech.aliases] name, or another catalogue's (SLNG's orpheus, kyutai…)
+    found = s.engines.resolve(requested, kind)
+    if found is None:
+        names = s.engines.tts_names() if kind == "tts" else s.engines.stt_names()
+        raise NotFound(
+            f"unknown {kind.upper()} engine {requested[:128]!r} (engines: {', '.join(names)}; "
+            "or a name of [speech.aliases] or of the built-in aliases)"
+        )
+    name = found
     if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
         raise UpgradeRequired()
     gw = s.settings.speech_gateway()
@@ -92,7 +114,7 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         account=gw.account,
         gateway=gw.name,
         provider=name,
-        model=None,
+        model=requested if requested != name else None,
         token_name=token.name if token is not None else None,
         client_address=request.remote,
         kind=kind,
@@ -111,23 +133,33 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         ws = await accept_client(request, s, limits, subprotocol)
         client = AiohttpChannel(ws)
         first: str | bytes | None = None
-        if provider is not _LOCAL:
+        native = False
+        if provider is not _LOCAL or kind == "tts":
             first = await _first_message(client, limits)
-            if first is not None and not is_unified_first_message(first, kind):
+            # a cloud engine named as itself relays its provider's own protocol; any other
+            # TTS address takes SLNG's native form (plain text, control messages)
+            if (
+                first is not None
+                and provider is not _LOCAL
+                and requested == name
+                and not is_unified_first_message(first, kind)
+            ):
                 relayed = await _relay_native(
                     request, s, counters, client, provider, creds, stored_key, first
                 )
                 ending = SpeechEnding(relayed.client_code, "", relayed.error, relayed.limit)
                 upstream_code = relayed.upstream_code
                 return ws
+            native = first is not None and kind == "tts" and orpheus.looks_native(first)
         conn = SpeechConnection(
             counters, client, close_timeout=s.settings.server.shutdown_timeout_seconds
         )
+        query = request.query if native else None
         ending = await run_live(
             s,
             ws,
             conn,
-            lambda: _make_session(s, kind, name, counters, conn, limits, key),
+            lambda: _make_session(s, kind, name, counters, conn, limits, key, query),
             first=first,
         )
         return ws
@@ -243,10 +275,17 @@ def _make_session(
     conn: SpeechConnection,
     limits: Limits,
     key: str | None,
+    native: Mapping[str, str] | None = None,
 ) -> TTSSession | STTSession:
+    """``native``: the query of a TTS client that speaks SLNG's native form."""
     if kind == "tts":
+        protocol: TTSWire = (
+            TTSProtocol(max_text_chars=limits.max_text_chars)
+            if native is None
+            else orpheus.OrpheusProtocol(max_text_chars=limits.max_text_chars, query=native)
+        )
         return TTSSession(
-            protocol=TTSProtocol(max_text_chars=limits.max_text_chars),
+            protocol=protocol,
             engine_name=name,
             get_engine=lambda: tts_engine(s, name),
             counters=counters,
@@ -254,6 +293,7 @@ def _make_session(
             workers=s.engines.workers,
             ids=s.ids,
             api_key=key,
+            finish=conn.finish,
         )
     return STTSession(
         protocol=STTProtocol(max_audio_bytes=limits.max_audio_chunk_bytes),

@@ -9,9 +9,11 @@ canonical recognition events. None of them opens a socket or reads a clock:
 - ElevenLabs ``text-to-speech/{voice}/stream-input``: one connection per utterance
   (init message with a single space, the text, ``{"text": ""}`` to end; ``isFinal``).
 - Cartesia ``tts/websocket``: one connection per session, a ``context_id`` per
-  utterance (``continue: false`` ends it, ``type: done`` answers, ``cancel`` interrupts).
+  utterance (``continue: false`` ends it, ``type: done`` answers, ``cancel`` interrupts);
+  speed as ``generation_config.speed`` (sonic-3 on) or ``voice.__experimental_controls``.
 - Deepgram ``speak``: ``Speak`` + ``Flush`` → binary audio then ``Flushed``; ``Clear``
-  interrupts and is answered by ``Cleared``. ``listen``: binary audio in, ``Results``
+  interrupts and is answered by ``Cleared``; speed as the ``speed`` query parameter.
+  ``listen``: binary audio in, ``Results``
   out, ``Finalize`` answered by results with ``from_finalize``.
 
 ``receive`` never raises, whatever a provider sends: a TTS failure is a
@@ -80,6 +82,25 @@ def _b64(value: Any) -> bytes | None:
         return None
 
 
+#: The speeds each provider documents (multipliers of the normal rate): ElevenLabs'
+#: ``voice_settings.speed``; Cartesia's ``generation_config.speed`` (sonic-3 and later);
+#: Deepgram's ``speed`` query parameter of ``speak`` (Aura-2 voices).
+ELEVENLABS_SPEEDS = (0.7, 1.2)
+CARTESIA_SPEEDS = (0.6, 1.5)
+DEEPGRAM_SPEEDS = (0.7, 1.5)
+#: Cartesia models older than sonic-3, whose speed is the experimental voice control
+#: ``__experimental_controls.speed`` (-1.0 slowest … 0 normal … 1.0 fastest).
+CARTESIA_EXPERIMENTAL_SPEED_MODELS = ("sonic-2", "sonic-turbo", "sonic-english", "sonic-multi")
+#: The multipliers voxgate maps onto that control: 0.5 → -1.0, 1.0 → 0, 1.5 → 1.0.
+CARTESIA_EXPERIMENTAL_SPEEDS = (0.5, 1.5)
+
+
+def cartesia_speeds(model_id: str) -> tuple[float, float]:
+    if model_id.startswith(CARTESIA_EXPERIMENTAL_SPEED_MODELS):
+        return CARTESIA_EXPERIMENTAL_SPEEDS
+    return CARTESIA_SPEEDS
+
+
 def nearest_rate(wanted: int, offered: tuple[int, ...]) -> int:
     """The provider rate to ask for: ``wanted`` if offered, else the nearest above it."""
     if wanted in offered:
@@ -144,6 +165,7 @@ class CartesiaTTS:
     sample_rate: int
     language: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    speed: float = 1.0
 
     RATES = (8000, 16000, 22050, 24000, 44100, 48000)
     per_utterance_connection = False
@@ -172,8 +194,16 @@ class CartesiaTTS:
         }
         if self.language:
             request["language"] = self.language
-        if isinstance(self.extra.get("generation_config"), dict):
-            request["generation_config"] = self.extra["generation_config"]
+        config = self.extra.get("generation_config")
+        config = dict(config) if isinstance(config, dict) else {}
+        if self.speed != 1.0:
+            if cartesia_speeds(self.model_id) is CARTESIA_EXPERIMENTAL_SPEEDS:
+                controls = {"speed": round((self.speed - 1.0) * 2.0, 3)}
+                request["voice"]["__experimental_controls"] = controls
+            else:
+                config["speed"] = self.speed
+        if config:
+            request["generation_config"] = config
         return [_dump(request)]
 
     def cancel(self, context_id: str) -> list[str]:
@@ -205,6 +235,8 @@ class CartesiaTTS:
 class DeepgramTTS:
     model_id: str
     sample_rate: int
+    #: ``speak``'s ``speed`` query parameter (Aura-2); 1.0 is not sent.
+    speed: float = 1.0
 
     RATES = (8000, 16000, 24000, 32000, 48000)
     per_utterance_connection = False
@@ -217,9 +249,14 @@ class DeepgramTTS:
         return "speak"
 
     def query(self) -> str:
-        return urlencode(
-            {"model": self.model_id, "encoding": "linear16", "sample_rate": self.sample_rate}
-        )
+        params: dict[str, Any] = {
+            "model": self.model_id,
+            "encoding": "linear16",
+            "sample_rate": self.sample_rate,
+        }
+        if self.speed != 1.0:
+            params["speed"] = f"{self.speed:g}"
+        return urlencode(params)
 
     def utterance(self, text: str, context_id: str) -> list[str]:
         return [_dump({"type": "Speak", "text": text}), _dump({"type": "Flush"})]

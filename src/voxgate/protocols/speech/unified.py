@@ -90,7 +90,19 @@ class Ping:
     pass
 
 
-TTSEvent = Init | InputText | Flush | Stop | Clear | Configure | Ping
+@dataclass(frozen=True)
+class Close:
+    """End the session normally (a protocol's close message; the unified protocol has
+    none). TTS ends at once; STT answers what it holds first, as a finalize would."""
+
+
+@dataclass(frozen=True)
+class EndOfInput:
+    """The client's text is over (SLNG's native ``__END__``): speak what is buffered, as a
+    flush would, then end the session normally once it is spoken."""
+
+
+TTSEvent = Init | InputText | Flush | Stop | Clear | Configure | Ping | Close | EndOfInput
 
 
 @dataclass(frozen=True)
@@ -119,7 +131,7 @@ class Finalize:
     pass
 
 
-STTEvent = Start | Audio | Finalize | Ping
+STTEvent = Start | Audio | Finalize | Ping | Close
 
 
 # --- field readers -----------------------------------------------------------------------
@@ -498,7 +510,9 @@ __all__ = [
     "Audio",
     "AudioFormatError",
     "Clear",
+    "Close",
     "Configure",
+    "EndOfInput",
     "Finalize",
     "Flush",
     "Init",
