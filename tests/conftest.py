@@ -2,9 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -156,3 +157,31 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> Callable[[], list[str]]:
         ]
 
     return found
+
+
+@pytest.fixture(autouse=True)
+def official_realtime_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every realtime server event a test makes voxgate render must parse with the
+    official ``openai`` types (see :mod:`official_types`); checked at teardown."""
+    from voxgate.protocols.realtime.protocol import RealtimeProtocol
+
+    rendered: list[tuple[bool, str]] = []
+    render = RealtimeProtocol.event
+
+    def recording(self: RealtimeProtocol, kind: str, **fields: Any) -> str:
+        text = render(self, kind, **fields)
+        rendered.append((self.beta, text))
+        return text
+
+    monkeypatch.setattr(RealtimeProtocol, "event", recording)
+    yield
+    if rendered:
+        from official_types import problems
+
+        refused = problems(rendered)
+        if refused:
+            pytest.fail(
+                f"{len(refused)} kind(s) of server event the official openai types refuse:\n\n"
+                + "\n\n".join(refused),
+                pytrace=False,
+            )

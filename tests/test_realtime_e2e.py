@@ -4,6 +4,8 @@ The acceptance test of the realtime issue is :func:`test_openai_client_acceptanc
 client, pointed at voxgate by its WebSocket base URL only, updates the session, holds a
 text turn, an audio turn from a recording of real speech, a function-call round trip
 (against a local chat-completions server that checks what it receives) and a barge-in.
+:func:`test_openai_sdk_unchanged_but_for_base_url_and_key` is the drop-in case: OpenAI's
+model name, the HTTP ``base_url`` and a gateway token as the key, nothing else changed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pybase64
 import pytest
 from aiohttp import web
 from openai import AsyncOpenAI
+from openai.types.realtime import ResponseDoneEvent, SessionCreatedEvent, SessionUpdatedEvent
 
 from conftest import GatewayFactory, settled
 from voxgate.audio import read_wav, resample
@@ -117,6 +120,42 @@ async def collect(conn: Any, until: str = "response.done", within: float = 60) -
 
 def types(events: list[Any]) -> list[str]:
     return [e.type for e in events if e.type != "response.output_audio.delta"]
+
+
+async def test_openai_sdk_unchanged_but_for_base_url_and_key(gateway: GatewayFactory) -> None:
+    """What an application written for OpenAI does, pointed at voxgate by ``base_url`` and
+    a gateway token: the model is OpenAI's bare name, every event one of the SDK's types
+    (and, by the autouse fixture, valid for them)."""
+    gw = await gateway(
+        '[accounts.local.gateways.default]\ntokens = [{ name = "app", env = "GW_TOKEN" }]\n',
+        {"GW_TOKEN": "sdk-token-0123456789"},
+    )
+    client = AsyncOpenAI(base_url=f"{gw.base}/v1", api_key="sdk-token-0123456789")
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        created = await conn.recv()
+        assert isinstance(created, SessionCreatedEvent)
+        assert created.session.model == "gpt-realtime"
+        await conn.session.update(
+            session={"type": "realtime", "instructions": "Be brief.", "output_modalities": ["text"]}
+        )
+        updated = await conn.recv()
+        assert isinstance(updated, SessionUpdatedEvent)
+        assert updated.session.instructions == "Be brief."
+        await conn.conversation.item.create(
+            item={
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "hello there"}],
+            }
+        )
+        await conn.response.create()
+        events = await collect(conn)
+    assert all(type(e).__module__.startswith("openai.types.realtime.") for e in events), events
+    done = events[-1]
+    assert isinstance(done, ResponseDoneEvent)
+    assert done.response.status == "completed"
+    assert done.response.output[0].content[0].text == "You said: hello there."
+    await settled(gw)
 
 
 async def test_openai_client_acceptance(

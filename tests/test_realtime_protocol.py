@@ -4,10 +4,12 @@ without sockets; the turn detector runs on the audio clock, so a test feeds it s
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import orjson
 import pytest
 
+from official_types import problems
 from voxgate.audio import Encoding
 from voxgate.core.realtime.conversation import Conversation, SpokenText, chat_messages
 from voxgate.core.realtime.turns import (
@@ -113,14 +115,13 @@ def test_render_error_and_beta_names() -> None:
         },
     }
     p.beta = True
-    assert (
-        orjson.loads(p.event("response.output_audio.delta", delta=""))["type"]
-        == "response.audio.delta"
-    )
-    assert orjson.loads(p.event("conversation.item.added"))["type"] == "conversation.item.created"
+    delta = p.audio_delta(response_id="r", item_id="i", output_index=0, audio=b"")
+    assert orjson.loads(delta)["type"] == "response.audio.delta"
     item = Item(
         "i", "message", role="assistant", content=[ContentPart("output_audio", transcript="hi")]
     )
+    added = p.event("conversation.item.added", previous_item_id=None, item=p.item(item))
+    assert orjson.loads(added)["type"] == "conversation.item.created"
     assert p.item(item)["content"] == [{"type": "audio", "transcript": "hi"}]
 
 
@@ -149,11 +150,15 @@ def test_session_update_is_partial_all_or_nothing_and_beta_flat() -> None:
         },
     )
     assert beta.input_format.encoding is Encoding.ALAW
-    assert beta.voice is None  # OpenAI voice names mean the engine's default
+    assert beta.voice == "alloy"  # kept: the engine maps it (voice_for), the agent echoes that
     assert beta.output_modalities == ("audio",)
     flat = render_session(beta, session_id="s", expires_at=0, beta=True, voice="joe")
     assert flat["input_audio_format"] == "g711_alaw"
-    assert flat["voice"] == "joe"
+    assert flat["voice"] == "alloy"
+    unnamed = render_session(
+        replace(beta, voice=None), session_id="s", expires_at=0, beta=True, voice="joe"
+    )
+    assert unnamed["voice"] == "joe"  # the engine's voice when the config names none
     ga = render_session(beta, session_id="s", expires_at=0)
     assert ga["audio"]["input"]["format"] == {"type": "audio/pcma"}
     sem = apply_update(
@@ -338,3 +343,75 @@ async def test_echo_model_and_registry() -> None:
     with pytest.raises(UnknownModel):
         reg.resolve("just-a-name")
     await reg.close()
+
+
+def test_session_renders_what_the_official_types_take() -> None:
+    """``transcription`` is null or names its model (Pipecat's types refuse a null model);
+    ``truncation`` is one of the three shapes; a beta session's model is one of OpenAI's
+    names or null; content-part events type their part text or audio."""
+    on = render_session(SessionConfig(), session_id="s", expires_at=0, stt="pocketsphinx")
+    assert on["audio"]["input"]["transcription"]["model"] == "pocketsphinx"
+    named = apply_update(SessionConfig(), {"input_audio_transcription": {"model": "whisper-1"}})
+    beta = render_session(named, session_id="s", expires_at=0, beta=True, stt="pocketsphinx")
+    assert beta["input_audio_transcription"]["model"] == "whisper-1"
+    assert beta["model"] is None  # voxgate/echo is not a name the beta schema knows
+    bare = render_session(replace(named, model="gpt-realtime"), session_id="s", expires_at=0)
+    assert bare["model"] == "gpt-realtime"
+    off = apply_update(SessionConfig(), {"audio": {"input": {"transcription": None}}})
+    assert (
+        render_session(off, session_id="s", expires_at=0)["audio"]["input"]["transcription"] is None
+    )
+    ratio = {
+        "type": "retention_ratio",
+        "retention_ratio": 0.8,
+        "token_limits": {"post_instructions": 5000},
+    }
+    assert apply_update(SessionConfig(), {"truncation": ratio}).truncation == ratio
+    assert apply_update(SessionConfig(), {"truncation": "disabled"}).truncation == "disabled"
+    for bad, param in [
+        ({"x": 1}, "session.truncation.type"),
+        ({"type": "retention_ratio"}, "session.truncation.retention_ratio"),
+        ({"type": "retention_ratio", "retention_ratio": 2}, "session.truncation.retention_ratio"),
+        (
+            {
+                "type": "retention_ratio",
+                "retention_ratio": 0.5,
+                "token_limits": {"post_instructions": "x"},
+            },
+            "session.truncation.token_limits.post_instructions",
+        ),
+        ("sometimes", "session.truncation"),
+    ]:
+        with pytest.raises(ClientEventError) as exc:
+            apply_update(SessionConfig(), {"truncation": bad})
+        assert exc.value.param == param
+    p = ids()
+    assert p.part(ContentPart("output_audio", transcript="hi")) == {
+        "type": "audio",
+        "transcript": "hi",
+    }
+    assert p.part(ContentPart("output_text", text="hi")) == {"type": "text", "text": "hi"}
+    assert p.knows("conversation.item.done")
+    p.beta = True
+    assert not p.knows("conversation.item.done")
+
+
+def test_the_official_types_check_finds_refusals() -> None:
+    """The autouse check (``official_types``) refuses what the official types refuse."""
+    ok = '{"type":"input_audio_buffer.cleared","event_id":"e","voxgate_extra":1}'
+    null_id = '{"type":"output_audio_buffer.cleared","event_id":"e","response_id":null}'
+    part = (
+        '{"type":"response.content_part.added","event_id":"e","response_id":"r","item_id":"i",'
+        '"output_index":0,"content_index":0,"part":{"type":"output_text","text":""}}'
+    )
+    rate = (
+        '{"type":"response.created","event_id":"e","response":{"audio":{"output":'
+        '{"format":{"type":"audio/pcm","rate":16000}}}}}'
+    )
+    assert problems([(False, ok), (False, rate), (True, ok)]) == []
+    found = problems([(False, null_id), (False, part), (True, '{"type":"nope"}')])
+    assert [f.split(" ", 1)[0] for f in found] == [
+        "OutputAudioBufferCleared",
+        "ResponseContentPartAddedEvent",
+        "no",
+    ]

@@ -26,14 +26,13 @@ from voxgate.errors import SfuError
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.protocol import RealtimeProtocol
 from voxgate.protocols.realtime.session import (
-    DEFAULT_MODEL,
     AudioSpec,
     SessionConfig,
     apply_update,
 )
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.server.app import Services, json_response
-from voxgate.server.realtime_routes import agent_deps, resolve_model
+from voxgate.server.realtime_routes import agent_deps, model_choice, resolve_model
 from voxgate.server.sessions import save_record
 from voxgate.server.sfu_routes import read_json, sfu_handler
 from voxgate.transports.dial import DialError
@@ -65,9 +64,11 @@ def _config(s: Services, body: dict[str, Any]) -> SessionConfig:
     except ClientEventError as exc:
         raise SfuError(400, "invalid_params", f"{exc.param or 'session'}: {exc}") from exc
     config = replace(config, input_format=PCM48, output_format=PCM48)
-    model = config.model or DEFAULT_MODEL
+    gw = s.settings.speech_gateway()
+    named = config.model if isinstance(session, dict) and "model" in session else None
+    model = model_choice(s, gw, named).echo
     try:
-        resolve_model(s, s.settings.speech_gateway(), model)
+        resolve_model(s, gw, model)
     except EngineError as exc:
         raise SfuError(400, "invalid_params", exc.public_message) from exc
     return replace(config, model=model)
@@ -81,13 +82,14 @@ async def new_agent(request: web.Request, s: Services, app_id: str) -> web.Respo
     for sid, name in listen:
         s.media.track(app_id, sid, name)
     gw = s.settings.speech_gateway()
+    ran = model_choice(s, gw, config.model)
     agent_id = s.ids("agent").replace("agent_", "")
     info = SessionInfo(
         session_id=agent_id,
         account=gw.account,
         gateway=gw.name,
-        provider=config.model.partition("/")[0],
-        model=config.model,
+        provider=ran.provider,
+        model=ran.run,
         token_name=None,
         client_address=request.remote,
         kind="agent",

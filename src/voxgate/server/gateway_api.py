@@ -18,7 +18,6 @@ from voxgate.core.relay import RelaySession
 from voxgate.core.sfu.agent import CallAgent
 from voxgate.engines.base import EngineError
 from voxgate.errors import NotFound
-from voxgate.protocols.realtime.session import DEFAULT_MODEL
 from voxgate.server.app import SERVICES, Services, json_response
 from voxgate.server.auth import authenticate, token_from_headers
 from voxgate.server.speech_routes import cloud_tts
@@ -143,7 +142,10 @@ async def gateway_config(request: web.Request) -> web.Response:
                 "stt": stt,
             },
             "llm": [{"name": n, "url": _address(c.base_url)} for n, c in s.settings.llm.items()],
-            "realtime": {"default_model": DEFAULT_MODEL},
+            "realtime": {
+                "default_model": s.settings.realtime.default_model,
+                "openai_names": s.settings.realtime.openai_names,
+            },
             "apps": [{"name": a.name, "open": a.open} for a in s.settings.apps.values()],
         }
     )

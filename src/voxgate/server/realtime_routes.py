@@ -11,7 +11,9 @@ the ``realtime`` subprotocol when offered. Beta clients (``OpenAI-Beta: realtime
 subprotocol ``openai-beta.realtime-v1``) get beta event names and session fields.
 
 ``model`` is ``provider/model``. A realtime model of a relay provider (``openai/gpt-realtime``)
-makes the session a relay through the gateway; anything else runs the voice agent.
+makes the session a relay through the gateway; anything else runs the voice agent. A bare
+OpenAI name (``gpt-realtime``), or none, runs ``[realtime] default_model`` or is relayed
+(:mod:`voxgate.server.realtime_models` decides, for every route here).
 Refusals before the upgrade: 400 unknown model, 401 token, 426 not WebSocket, 429 full.
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +38,6 @@ from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.protocol import RealtimeProtocol
 from voxgate.protocols.realtime.session import (
-    DEFAULT_MODEL,
     SessionConfig,
     apply_update,
     render_session,
@@ -53,8 +53,14 @@ from voxgate.protocols.relay.usage import meter_for
 from voxgate.server import relay_routes
 from voxgate.server.app import SERVICES, Services, json_response
 from voxgate.server.auth import authenticate, token_from_headers
-from voxgate.server.relay_routes import UpgradeRequired, accept_client
-from voxgate.server.sessions import acquire_slots, run_live, save_record
+from voxgate.server.realtime_models import ModelChoice, choose_model
+from voxgate.server.sessions import (
+    UpgradeRequired,
+    accept_client,
+    acquire_slots,
+    run_live,
+    save_record,
+)
 from voxgate.server.speech_routes import stt_engine, tts_engine
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
 from voxgate.transports.speech import SpeechConnection, SpeechEnding
@@ -64,14 +70,11 @@ log = logging.getLogger("voxgate.realtime")
 
 BROWSER_KEY_PREFIX = "openai-insecure-api-key."
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
-#: Relay providers that speak the Realtime protocol themselves.
-REALTIME_PROVIDERS = frozenset({"openai"})
 
 
-def is_relayed_model(model: str, providers: Mapping[str, object]) -> bool:
-    """``openai/gpt-realtime``, ``openai/gpt-4o-realtime-preview``: an upstream realtime model."""
-    provider, _, name = model.partition("/")
-    return provider in REALTIME_PROVIDERS and provider in providers and "realtime" in name
+def model_choice(s: Services, gw: GatewaySettings, requested: str | None) -> ModelChoice:
+    """What runs for the model a client names (see :mod:`voxgate.server.realtime_models`)."""
+    return choose_model(requested, realtime=s.settings.realtime, providers=s.providers, gateway=gw)
 
 
 def _credentials(request: web.Request) -> Credentials:
@@ -120,23 +123,25 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     token, secret = _authenticate(s, gw, creds.gateway_token)
     limits = token.limits if token is not None and token.limits is not None else gw.limits
     config = secret.config if secret is not None else SessionConfig()
-    model = request.query.get("model") or config.model or DEFAULT_MODEL
+    # a client secret's session names its model (the default one when the client named none)
+    named = request.query.get("model") or (config.model if secret is not None else None)
+    choice = model_choice(s, gw, named)
     beta = (
         "realtime=v1" in request.headers.get("OpenAI-Beta", "") or BETA_SUBPROTOCOL in creds.offered
     )
-    if is_relayed_model(model, s.providers):
-        return await _relay(request, s, gw, token, limits, creds, model)
+    if choice.relay:
+        return await _relay(request, s, gw, token, limits, creds, choice.run)
     try:
-        resolve_model(s, gw, model)
+        resolve_model(s, gw, choice.echo)
     except EngineError as exc:
         raise BadRequest(exc.public_message) from None
-    config = replace(config, model=model)
+    config = replace(config, model=choice.echo)
     info = SessionInfo(
         session_id=s.ids("sess"),
         account=gw.account,
         gateway=gw.name,
-        provider=model.partition("/")[0],
-        model=model,
+        provider=choice.provider,
+        model=choice.run,
         token_name=token.name if token is not None else None,
         client_address=request.remote,
         kind="realtime",
@@ -174,12 +179,14 @@ async def realtime(request: web.Request) -> web.StreamResponse:
 
 
 def resolve_model(s: Services, gw: GatewaySettings, model: str) -> LanguageModel:
-    if is_relayed_model(model, s.providers):
+    """The language model the agent runs for ``model`` as the client names it."""
+    choice = model_choice(s, gw, model)
+    if choice.relay:
         raise EngineError(
             f"{model!r} is an upstream realtime model: connect with ?model={model} to relay it"
         )
     key = gw.keys["openai"].value if "openai" in gw.keys else None
-    return s.llms.resolve(model, openai_key=key)
+    return s.llms.resolve(choice.run, openai_key=key)
 
 
 def agent_deps(s: Services, gw: GatewaySettings) -> AgentDeps:
@@ -207,6 +214,7 @@ def agent_deps(s: Services, gw: GatewaySettings) -> AgentDeps:
         default_tts=sp.default_tts,
         default_stt=sp.default_stt,
         engine_key=engine_key,
+        resolve_tts=lambda name: engines.resolve(name, "tts"),
     )
 
 
@@ -292,6 +300,8 @@ async def _mint(request: web.Request, session: Any, ttl: Any) -> tuple[ClientSec
         raise BadRequest(f"expires_after.seconds must be an integer from {MIN_TTL} to {MAX_TTL}")
     try:
         config = apply_update(SessionConfig(), session if session is not None else {})
+        named = config.model if isinstance(session, dict) and "model" in session else None
+        config = replace(config, model=model_choice(s, gw, named).echo)
         resolve_model(s, gw, config.model)
     except ClientEventError as exc:
         raise BadRequest(
@@ -317,13 +327,9 @@ async def client_secrets(request: web.Request) -> web.Response:
         raise BadRequest('expires_after must be {anchor: "created_at", seconds}')
     secret, sid = await _mint(request, body.get("session"), expires.get("seconds", DEFAULT_TTL))
     expires_at = int(secret.expires_at)
-    return json_response(
-        {
-            "value": secret.value,
-            "expires_at": expires_at,
-            "session": render_session(secret.config, session_id=sid, expires_at=expires_at),
-        }
-    )
+    stt = request.app[SERVICES].settings.speech.default_stt
+    session = render_session(secret.config, session_id=sid, expires_at=expires_at, stt=stt)
+    return json_response({"value": secret.value, "expires_at": expires_at, "session": session})
 
 
 async def beta_sessions(request: web.Request) -> web.Response:
@@ -331,7 +337,8 @@ async def beta_sessions(request: web.Request) -> web.Response:
     body = await _read_json(request)
     secret, sid = await _mint(request, body, DEFAULT_TTL)
     expires_at = int(secret.expires_at)
-    out = render_session(secret.config, session_id=sid, expires_at=expires_at, beta=True)
+    stt = request.app[SERVICES].settings.speech.default_stt
+    out = render_session(secret.config, session_id=sid, expires_at=expires_at, beta=True, stt=stt)
     out["client_secret"] = {"value": secret.value, "expires_at": expires_at}
     return json_response(out)
 

@@ -21,7 +21,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from voxgate.audio import AudioFormat, Encoding, StreamResampler, to_pcm16
 from voxgate.clock import IdFactory
@@ -114,6 +114,10 @@ class AgentDeps:
     default_stt: str
     #: The stored provider key a cloud engine uses (``None`` for local engines).
     engine_key: Callable[[str], str | None] = lambda _name: None
+    #: The TTS engine that serves a name of ``audio.output.model``: an engine, or an alias
+    #: (Inworld's ``inworld-tts-1.5-mini``…; ``EngineRegistry.resolve``). ``None``: the
+    #: names of ``tts_names`` only.
+    resolve_tts: Callable[[str], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,9 @@ class RealtimeAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._voices: dict[tuple[str, str | None, float], SynthesisStream] = {}
         self._voice_name = ""
+        #: The TTS engine in use (loaded by ``_default_voice``) and its name.
+        self._speaker: TextToSpeech | None = None
+        self._speaker_name = ""
         self._spawn(self._run_pipeline())
 
     # -- the session's lifetime ----------------------------------------------------------
@@ -227,12 +234,16 @@ class RealtimeAgent:
         await self._send(self.protocol.event("session.created", session=self._session_json()))
 
     def _session_json(self) -> dict[str, object]:
+        c = self.config
+        # what is in force: the engine an alias names, the voice a catalogue name maps to
+        in_force = replace(c, tts_model=self._tts_name(c), voice=self._voice_of(c.voice) or None)
         return render_session(
-            self.config,
+            in_force,
             session_id=self.session_id,
             expires_at=self.expires_at,
             beta=self.protocol.beta,
             voice=self._voice_name,
+            stt=self.deps.default_stt,
         )
 
     async def _warm(self) -> None:
@@ -243,12 +254,22 @@ class RealtimeAgent:
             log.warning("realtime engines not ready: %s", exc)
 
     async def _default_voice(self) -> str:
-        """The TTS engine's voice used when none is named (loads the engine once)."""
-        if not self._voice_name:
-            tts = await self.deps.get_tts(self._tts_name(self.config))
-            caps = tts.capabilities
-            self._voice_name = caps.voices[0].id if caps.voices else ""
+        """The TTS engine's voice used when none is named (loads the engine once, and
+        again when the session changes engines)."""
+        name = self._tts_name(self.config)
+        if self._speaker is None or self._speaker_name != name:
+            tts = await self.deps.get_tts(name)
+            self._speaker, self._speaker_name = tts, name
+            self._voice_name = tts.voice_for(None)
         return self._voice_name
+
+    def _voice_of(self, requested: str | None) -> str:
+        """The voice ``requested`` is spoken with by the engine in use: itself, the
+        engine's default for none, or what a name of another catalogue (``alloy``,
+        ``Clive``) maps to (``voice_aliases``). Unresolved while the engine is not loaded."""
+        if self._speaker is None or self._speaker_name != self._tts_name(self.config):
+            return requested or self._voice_name
+        return self._speaker.voice_for(requested)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -317,10 +338,10 @@ class RealtimeAgent:
         elif isinstance(ev, AudioClear):
             await self._audio.put(_Marker("clear", ev.event_id))
         elif isinstance(ev, OutputAudioClear):
-            response_id = self._current.id if self._current else None
-            if self._current is not None:
-                self._current.cancel("client_cancelled")
-            await self._send(p.event("output_audio_buffer.cleared", response_id=response_id))
+            current = self._current
+            if current is not None:  # else no answer is queued: nothing to clear
+                current.cancel("client_cancelled")
+                await self._send(p.event("output_audio_buffer.cleared", response_id=current.id))
         elif isinstance(ev, ItemCreate):
             await self._create_item(ev)
         elif isinstance(ev, ItemRetrieve):
@@ -367,6 +388,8 @@ class RealtimeAgent:
         if self._stt_name(new) != self._stt_name(old) and self._recognizer is not None:
             self._retire(self._recognizer)
             self._recognizer = None
+        with contextlib.suppress(EngineError):  # said when the session speaks
+            await self._default_voice()  # the engine and voice now in force, for the echo
         await self._send(self.protocol.event("session.updated", session=self._session_json()))
 
     async def _check(self, c: SessionConfig) -> None:
@@ -385,7 +408,8 @@ class RealtimeAgent:
         if self._tts_name(c) not in d.tts_names:
             raise ClientEventError(
                 "invalid_value",
-                f"unknown TTS engine {c.tts_model!r} (engines: {', '.join(d.tts_names)})",
+                f"unknown TTS engine {c.tts_model!r} (engines: {', '.join(d.tts_names)}, "
+                "or a TTS model name of the built-in or [speech.aliases] aliases)",
                 param="session.audio.output.model",
             )
         if c.transcription is not None and self._stt_name(c) not in d.stt_names:
@@ -398,7 +422,8 @@ class RealtimeAgent:
         if c.voice is not None:
             tts = await d.get_tts(self._tts_name(c))
             voices = [v.id for v in tts.capabilities.voices]
-            if voices and c.voice not in voices:
+            # a cloud engine's provider knows voices the engine does not list
+            if tts.capabilities.local and voices and tts.voice_for(c.voice) not in voices:
                 raise ClientEventError(
                     "invalid_value",
                     f"unknown voice {c.voice!r} for {tts.name} (voices: {', '.join(voices)})",
@@ -419,7 +444,11 @@ class RealtimeAgent:
         self._spawn(close_when_drained())
 
     def _tts_name(self, c: SessionConfig) -> str:
-        return c.tts_model or self.deps.default_tts
+        """The TTS engine that speaks for ``c`` (a name that resolves to none is returned
+        as it is, for ``_check`` to refuse)."""
+        name = c.tts_model or self.deps.default_tts
+        resolve = self.deps.resolve_tts
+        return (resolve(name) if resolve is not None else None) or name
 
     def _stt_name(self, c: SessionConfig) -> str:
         model = c.transcription.model if c.transcription is not None else None
@@ -445,9 +474,10 @@ class RealtimeAgent:
         await self._send(
             p.event("conversation.item.added", previous_item_id=prev, item=p.item(item))
         )
-        await self._send(
-            p.event("conversation.item.done", previous_item_id=prev, item=p.item(item))
-        )
+        if p.knows("conversation.item.done"):
+            await self._send(
+                p.event("conversation.item.done", previous_item_id=prev, item=p.item(item))
+            )
         await announce_evicted(self.conversation, p, self._send)
         if audio:
             self._pending_item_audio += size
@@ -488,7 +518,7 @@ class RealtimeAgent:
             else c.max_output_tokens,
             temperature=c.temperature,
             output_format=params.output_format or c.output_format,
-            voice=params.voice or c.voice or self._voice_name,
+            voice=self._voice_of(params.voice or c.voice),
             input=inputs,
             metadata=params.metadata,
         )
@@ -866,9 +896,10 @@ class RealtimeAgent:
         await self._send(
             p.event("conversation.item.added", previous_item_id=prev, item=p.item(item))
         )
-        await self._send(
-            p.event("conversation.item.done", previous_item_id=prev, item=p.item(item))
-        )
+        if p.knows("conversation.item.done"):
+            await self._send(
+                p.event("conversation.item.done", previous_item_id=prev, item=p.item(item))
+            )
         await announce_evicted(self.conversation, p, self._send)
         rec = await self._ensure_recognizer()
         await rec.finalize(item_id)

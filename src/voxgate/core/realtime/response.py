@@ -231,7 +231,7 @@ class Response:
                 item_id=item.id,
                 output_index=out.index,
                 content_index=0,
-                part=part.to_json(beta=self.protocol.beta),
+                part=self.protocol.part(part),
             )
         )
         return out
@@ -318,8 +318,9 @@ class Response:
                     item=p.item(item),
                 )
             )
-            if self.plan.in_conversation and item.id in self.conversation:
-                await self.send(p.event("conversation.item.done", item=p.item(item)))
+            done = "conversation.item.done"
+            if self.plan.in_conversation and item.id in self.conversation and p.knows(done):
+                await self.send(p.event(done, item=p.item(item)))
         await self.send(self.protocol.event("response.done", response=self._json()))
         self.finished.set()
 
@@ -334,9 +335,7 @@ class Response:
         else:
             part.text = out.text
             await self._delta("response.output_text.done", out, text=out.text)
-        await self._delta(
-            "response.content_part.done", out, part=part.to_json(beta=self.protocol.beta)
-        )
+        await self._delta("response.content_part.done", out, part=self.protocol.part(part))
 
 
 async def announce_evicted(conversation: Conversation, p: RealtimeProtocol, send: Send) -> None:

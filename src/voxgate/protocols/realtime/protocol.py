@@ -21,7 +21,7 @@ import pybase64
 from voxgate.clock import IdFactory
 from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.protocols.realtime.errors import ClientEventError
-from voxgate.protocols.realtime.items import Item, parse_item
+from voxgate.protocols.realtime.items import ContentPart, Item, parse_item
 from voxgate.protocols.realtime.session import (
     AudioSpec,
     Tool,
@@ -147,6 +147,8 @@ BETA_NAMES = {
     "response.output_text.delta": "response.text.delta",
     "response.output_text.done": "response.text.done",
 }
+#: GA server events the beta API never had: a beta client is not sent them.
+GA_ONLY = frozenset({"conversation.item.done"})
 MAX_EVENT_ID = 128
 
 
@@ -338,6 +340,11 @@ class RealtimeProtocol:
 
     # -- sending -----------------------------------------------------------------------
 
+    def knows(self, kind: str) -> bool:
+        """Whether the client's version of the API has the server event ``kind``
+        (a beta client has no ``conversation.item.done``): send it only then."""
+        return not (self.beta and kind in GA_ONLY)
+
     def event(self, kind: str, **fields: Any) -> str:
         """One server event as JSON text (beta-named for a beta client)."""
         if self.beta:
@@ -347,6 +354,12 @@ class RealtimeProtocol:
 
     def item(self, item: Item) -> dict[str, Any]:
         return item.to_json(beta=self.beta)
+
+    def part(self, part: ContentPart) -> dict[str, Any]:
+        """A content part as ``response.content_part.added``/``.done`` carry it: typed
+        ``text`` or ``audio`` for GA and beta clients alike (inside an item, a GA part is
+        ``output_text``/``output_audio``)."""
+        return part.to_json(beta=True)
 
     def audio_delta(
         self, *, response_id: str, item_id: str, output_index: int, audio: bytes

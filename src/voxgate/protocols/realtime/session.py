@@ -18,12 +18,9 @@ from typing import Any
 from voxgate.audio import Encoding
 from voxgate.protocols.realtime.errors import ClientEventError
 
-#: OpenAI's voice names: a client written for OpenAI sends one; they map to the TTS
-#: engine's default voice.
-OPENAI_VOICES = frozenset(
-    {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
-)
 MAX_VOICE = 256
+#: The longest ``audio.output.model`` (an engine name or another catalogue's TTS model).
+MAX_TTS_MODEL = 128
 MAX_METADATA_PAIRS = 16
 EAGERNESS = ("low", "medium", "high", "auto")
 TOOL_CHOICES = ("auto", "none", "required")
@@ -54,8 +51,10 @@ class Transcription:
     language: str | None = None
     prompt: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "language": self.language, "prompt": self.prompt}
+    def to_json(self, engine: str) -> dict[str, Any]:
+        """``engine``: the engine that transcribes when no model is named. ``model`` is
+        always a string: the official types (and Pipecat's) refuse ``null`` there."""
+        return {"model": self.model or engine, "language": self.language, "prompt": self.prompt}
 
 
 @dataclass(frozen=True)
@@ -263,15 +262,27 @@ def check_tool_choice(choice: str, named: bool, tools: tuple[Tool, ...], param: 
 
 
 def parse_voice(value: Any, param: str) -> str | None:
-    """A voice name, or ``{id}`` (a custom voice); ``None`` for the engine's default voice,
-    which OpenAI's own voice names (``alloy``…) also mean — in a session and a response."""
+    """A voice name, or ``{id}`` (a custom voice); ``None`` for the engine's default voice.
+    The name is kept as the client sent it, in a session and a response: the engine maps
+    other catalogues' names (OpenAI's ``alloy``, Inworld's ``Clive``…) to its own voices
+    (``TextToSpeech.voice_for``), and the session echoes the voice in force."""
     if isinstance(value, Mapping):
         value = value.get("id")
         param = f"{param}.id"
     voice = _str(value, param, allow_none=True)
     if voice is not None and not 0 < len(voice) <= MAX_VOICE:
         raise _bad(param, f"{param} must be 1–{MAX_VOICE} characters")
-    return None if voice in OPENAI_VOICES else voice
+    return voice
+
+
+def parse_tts_model(value: Any, param: str) -> str | None:
+    """``audio.output.model``: a TTS engine, or a TTS model name of another catalogue
+    (Inworld's ``inworld-tts-1.5-mini``, OpenAI's ``tts-1``…) that the server maps to an
+    engine; ``None``: the default engine."""
+    model = _str(value, param, allow_none=True)
+    if model is not None and not 0 < len(model) <= MAX_TTS_MODEL:
+        raise _bad(param, f"{param} must be 1–{MAX_TTS_MODEL} characters")
+    return model
 
 
 def parse_metadata(value: Any, param: str) -> dict[str, str] | None:
@@ -289,6 +300,27 @@ def parse_metadata(value: Any, param: str) -> dict[str, str] | None:
                 "invalid_type", f"{param}.{key} must be a string of ≤512 characters", param=param
             )
     return dict(meta)
+
+
+def parse_truncation(value: Any, param: str) -> str | dict[str, Any]:
+    """``auto``, ``disabled`` or ``{type: "retention_ratio", retention_ratio: 0–1,
+    token_limits?: {post_instructions?}}``: stored and echoed (voxgate bounds the
+    conversation its own way)."""
+    if value in ("auto", "disabled"):
+        return str(value)
+    if not isinstance(value, Mapping):
+        raise _bad(param, f"{param} must be auto, disabled or a retention_ratio object")
+    if value.get("type") != "retention_ratio":
+        raise _bad(f"{param}.type", f"{param}.type must be retention_ratio")
+    ratio = _num(value.get("retention_ratio"), f"{param}.retention_ratio", 0.0, 1.0)
+    out: dict[str, Any] = {"type": "retention_ratio", "retention_ratio": ratio}
+    limits = value.get("token_limits")
+    if limits is not None:
+        lp = f"{param}.token_limits"
+        post = _obj(limits, lp).get("post_instructions")
+        tokens = None if post is None else _int(post, f"{lp}.post_instructions", 1, 2**31 - 1)
+        out["token_limits"] = {"post_instructions": tokens}
+    return out
 
 
 def parse_max_tokens(value: Any, param: str) -> int | None:
@@ -379,11 +411,7 @@ def apply_update(current: SessionConfig, session: Any) -> SessionConfig:
     if "temperature" in s and s["temperature"] is not None:
         c = replace(c, temperature=_num(s["temperature"], "session.temperature", 0.0, 2.0))
     if "truncation" in s:
-        if s["truncation"] not in ("auto", "disabled") and not isinstance(s["truncation"], Mapping):
-            raise _bad(
-                "session.truncation", "session.truncation must be auto, disabled or an object"
-            )
-        c = replace(c, truncation=s["truncation"])
+        c = replace(c, truncation=parse_truncation(s["truncation"], "session.truncation"))
     check_tool_choice(c.tool_choice, c.function_choice, c.tools, "session.tool_choice")
     return c
 
@@ -425,7 +453,7 @@ def _apply_output(c: SessionConfig, out: Mapping[str, Any]) -> SessionConfig:
     if "voice" in out:
         c = replace(c, voice=parse_voice(out["voice"], f"{p}.voice"))
     if "model" in out:
-        c = replace(c, tts_model=_str(out["model"], f"{p}.model", allow_none=True))
+        c = replace(c, tts_model=parse_tts_model(out["model"], f"{p}.model"))
     if "speed" in out and out["speed"] is not None:
         c = replace(c, speed=_num(out["speed"], f"{p}.speed", 0.25, 4.0))
     return c
@@ -435,22 +463,30 @@ def _apply_output(c: SessionConfig, out: Mapping[str, Any]) -> SessionConfig:
 
 
 def render_session(
-    c: SessionConfig, *, session_id: str, expires_at: int, beta: bool = False, voice: str = ""
+    c: SessionConfig,
+    *,
+    session_id: str,
+    expires_at: int,
+    beta: bool = False,
+    voice: str = "",
+    stt: str = "",
 ) -> dict[str, Any]:
-    """The session object of ``session.created``/``session.updated``; ``voice`` is the
-    voice in use when the config leaves it to the engine."""
+    """The session object of ``session.created``/``session.updated``; ``voice`` and
+    ``stt`` are the voice and the speech engine in use when the config leaves them to
+    the defaults."""
     tools = [t.to_json() for t in c.tools]
     choice: Any = (
         {"type": "function", "name": c.tool_choice} if c.function_choice else c.tool_choice
     )
-    transcription = c.transcription.to_json() if c.transcription else None
+    transcription = c.transcription.to_json(stt) if c.transcription else None
     turns = c.turn_detection.to_json() if c.turn_detection else None
     voice_out = c.voice or voice
     if beta:
         return {
             "id": session_id,
             "object": "realtime.session",
-            "model": c.model,
+            # the beta schema lists OpenAI's models only: a provider/model name is not one
+            "model": None if "/" in c.model else c.model,
             "expires_at": expires_at,
             "modalities": ["audio", "text"] if c.output_modalities == ("audio",) else ["text"],
             "instructions": c.instructions,
