@@ -212,3 +212,25 @@ def test_malformed_environment_overrides_are_named() -> None:
         load_settings(None, {"VOXGATE_SERVER____PORT": "1"})
     with pytest.raises(ConfigError, match=r"VOXGATE_SERVER__PORT__X: server\.port is not a table"):
         load_settings(None, {"VOXGATE_SERVER__PORT": "1", "VOXGATE_SERVER__PORT__X": "2"})
+
+
+def test_realtime_default_model_is_checked_at_load(tmp_path: Path) -> None:
+    cfg = tmp_path / "v.toml"
+    cfg.write_text('[realtime]\ndefault_model = "gpt-realtime"\nopenai_names = "proxy"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, {})
+    assert "realtime.default_model: must be provider/model" in str(err.value)
+    assert "realtime.openai_names: must be one of agent, relay" in str(err.value)
+    cfg.write_text(
+        '[llm.local]\nbase_url = "http://127.0.0.1:1/v1"\n'
+        '[realtime]\ndefault_model = "local/qwen"\nopenai_names = "relay"\n'
+        '[speech.aliases]\norpheus = "piper"\n'
+    )
+    settings = load_settings(cfg, {})
+    assert settings.realtime.default_model == "local/qwen"
+    assert settings.speech.aliases == {"orpheus": "piper"}
+    cfg.write_text('[speech.aliases]\npiper = "whisper"\nkokoro = "nosuch"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, {})
+    assert "speech.aliases.piper: 'piper' is an engine's own name" in str(err.value)
+    assert "speech.aliases.kokoro: names no engine: 'nosuch'" in str(err.value)

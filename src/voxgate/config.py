@@ -258,7 +258,21 @@ def _build(r: _Reader, environ: Mapping[str, str], source: str) -> Settings:
         source=source,
     )
     _check_default_gateway(r, settings)
+    _check_default_model(r, settings)
     return settings
+
+
+def _check_default_model(r: _Reader, settings: Settings) -> None:
+    """``realtime.default_model`` must name a model a session can run: checked at start
+    rather than refused in every session."""
+    model = settings.realtime.default_model
+    provider, sep, name = model.partition("/")
+    known = ("voxgate", "openai", *settings.llm)
+    if model != "voxgate/echo" and not (sep and name and provider in known[1:]):
+        r.error(
+            "realtime.default_model",
+            f"must be provider/model with a known provider ({', '.join(known)}); got {model!r}",
+        )
 
 
 def _check_default_gateway(r: _Reader, settings: Settings) -> None:
