@@ -10,16 +10,23 @@ stored key where the provider reads it, and never the gateway token.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pybase64
 import pytest
 from aiohttp import web
-from tests.conftest import Gateway, GatewayFactory, settled
+from tests.conftest import Gateway, GatewayFactory, make_settings, settled
 from tests.test_speech_cloud import AUDIO, FakeProviders
+
+from voxgate.engines.registry import EngineRegistry
+from voxgate.server.app import SERVICES, create_app
 
 TOKEN = "gw-token-sdk-71c2"
 STORED = "stored-provider-key"
@@ -110,6 +117,7 @@ async def up() -> AsyncIterator[Upstream]:
         "/deepgram/v1/speak": fake.deepgram_speak,
         "/cartesia/tts/websocket": fake.cartesia,
         "/elevenlabs/v1/speech-to-text/realtime": scribe,
+        "/elevenlabs/v1/text-to-speech/{voice}/stream-input": fake.elevenlabs,
         "/openai/v1/realtime": openai_realtime,
     }
     for path, handler in routes.items():
@@ -269,3 +277,81 @@ async def test_openai_sdk_realtime_through_the_relay(gw: Gateway, up: Upstream) 
     assert hs["path"] == "/openai/v1/realtime"
     await client.close()
     await settled(gw)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            *subject,
+            *files,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+@pytest.fixture
+async def tls_gw(
+    tmp_path: Path,
+    up: Upstream,
+    speech_engines: EngineRegistry,
+    certificate: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[Gateway]:
+    """voxgate serving wss:// with a self-signed certificate the clients here trust.
+
+    ElevenLabs' realtime TTS client always dials ``wss://``, whatever its base URL says.
+    """
+    cert, key = certificate
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # what the SDK's default context trusts
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    app = create_app(
+        make_settings(up.toml(), tmp_path, {"GW": TOKEN, "K": STORED}), engines=speech_engines
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx).start()
+    gw = Gateway(runner.addresses[0][1], app[SERVICES], runner)
+    yield gw
+    await gw.stop()
+
+
+async def test_elevenlabs_sdk_realtime_tts_through_the_relay(tls_gw: Gateway, up: Upstream) -> None:
+    """``text_to_speech.convert_realtime``: the SDK's streaming TTS over its own websocket."""
+    from elevenlabs.client import ElevenLabs
+
+    client = ElevenLabs(
+        api_key=TOKEN, base_url=f"https://127.0.0.1:{tls_gw.port}/v1/local/default/elevenlabs"
+    )
+
+    def speak() -> bytes:
+        chunks = client.text_to_speech.convert_realtime(
+            "voice-1", text=iter(["Hello ", "there."]), model_id="eleven_flash_v2_5"
+        )
+        return b"".join(chunks)
+
+    audio = await asyncio.to_thread(speak)
+    assert audio == b"".join(AUDIO)
+    (hs,) = up.seen
+    assert hs["path"] == "/elevenlabs/v1/text-to-speech/voice-1/stream-input"
+    assert hs["query"]["model_id"] == "eleven_flash_v2_5"
+    assert hs["headers"]["xi-api-key"] == STORED
+    sent = up.fake.received["elevenlabs"]
+    assert "".join(m["text"] for m in sent).strip() == "Hello there."
+    await settled(tls_gw)
