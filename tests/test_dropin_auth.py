@@ -278,3 +278,32 @@ async def test_realtime_agent_cloud_voice_uses_the_stored_key(
         await ws.close()
     assert_clean(conn.handshake, conn.received, "deepgram")
     await settled(gw)
+
+
+@pytest.mark.parametrize(
+    ("provider", "query", "expected"),
+    [
+        # the token beside the client's own key in a repeated parameter, either order
+        ("google", f"key=AIza-own&key={TOKEN}", "key=AIza-own"),
+        ("google", f"key={TOKEN}&key=AIza-own", "key=AIza-own"),
+        ("cartesia", f"api_key=ck-own&api_key={TOKEN}&x=1", "api_key=ck-own"),
+        ("google", f"api_key=AIza-own&api_key={TOKEN}", "key=AIza-own"),
+    ],
+)
+async def test_a_repeated_key_parameter_never_carries_the_token_upstream(
+    gw: Gateway,
+    up: RecordingUpstream,
+    http: aiohttp.ClientSession,
+    provider: str,
+    query: str,
+    expected: str,
+) -> None:
+    """Found by the property test: ``?key=own&key=<token>`` took the first value as the
+    client's key and passed the query on whole, the token with it."""
+    url = gw.ws(f"/v1/local/default/{provider}?{query}")
+    async with http.ws_connect(url) as ws:
+        await ws.send_str("x")
+        await ws.receive(timeout=5)
+    hs = (await up.wait_for_connection()).handshake
+    assert TOKEN not in repr(hs)
+    assert expected in hs.query_string.split("&")

@@ -99,7 +99,8 @@ def read_credentials(
 ) -> Credentials:
     """Separate the gateway token and the client's own key from the handshake.
 
-    ``headers`` must be case-insensitive (aiohttp's ``CIMultiDictProxy`` is). Every
+    ``headers`` must be case-insensitive (aiohttp's ``CIMultiDictProxy`` is); ``query``
+    may repeat a name (aiohttp's ``MultiDictProxy``: its ``items()`` has them all). Every
     credential found where the provider's key may go (its key headers, subprotocol
     entries and query parameters) that ``is_gateway_token`` recognises is the gateway
     token and nothing else: it never becomes the client key, so it never reaches an
@@ -139,8 +140,9 @@ def read_credentials(
             pair_next = True
             continue
         remaining.append(entry)
-    names = (*provider.key_query, *provider.moved_key_query)
-    keys.extend((query[q], q) for q in names if query.get(q))
+    # every value of a repeated parameter counts (``?key=own&key=<token>``): items(), not get()
+    names = {*provider.key_query, *provider.moved_key_query}
+    keys.extend((v, k) for k, v in query.items() if k in names and v)
     key: str | None = None
     key_param: str | None = None
     for value, param in keys:

@@ -254,7 +254,13 @@ def build_upstream_request(
         url += "/" + upstream_path
     auth = provider.auth
     drop = set(drop_query)
-    key_in_place = client_key_param is not None and client_key_param not in provider.moved_key_query
+    # a parameter that also carried a gateway token is dropped whole: the client's key
+    # from it is then given the provider's way, like a moved one
+    key_in_place = (
+        client_key_param is not None
+        and client_key_param not in provider.moved_key_query
+        and client_key_param not in drop
+    )
     if client_key_param is not None and not key_in_place:
         drop.add(client_key_param)
     query = _drop_params(query_string, drop) if drop else query_string
