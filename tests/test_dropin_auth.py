@@ -307,3 +307,18 @@ async def test_a_repeated_key_parameter_never_carries_the_token_upstream(
     hs = (await up.wait_for_connection()).handshake
     assert TOKEN not in repr(hs)
     assert expected in hs.query_string.split("&")
+
+
+async def test_the_token_anywhere_else_in_the_query_or_offer_is_dropped(
+    gw: Gateway, up: RecordingUpstream, http: aiohttp.ClientSession
+) -> None:
+    """Not a key place, but still the server's secret: not passed on."""
+    url = gw.ws(f"/v1/local/default/deepgram?model=nova-3&token={TOKEN}&other={TOKEN}")
+    headers = {"cf-aig-authorization": f"Bearer {TOKEN}"}
+    async with http.ws_connect(url, headers=headers, protocols=["x-proto", TOKEN]) as ws:
+        await ws.send_str("x")
+        await ws.receive(timeout=5)
+    hs = (await up.wait_for_connection()).handshake
+    assert TOKEN not in repr(hs)
+    assert hs.query_string == "model=nova-3"
+    assert hs.subprotocols == ("x-proto",)

@@ -108,6 +108,7 @@ def read_credentials(
     subprotocol entries, then the query.
     """
     token = token_from_headers(headers)
+    names = {*provider.key_query, *provider.moved_key_query}
     gateway_entry = None
     keys: list[tuple[str, str | None]] = []  # (credential, query parameter)
     drop: list[str] = []
@@ -139,9 +140,11 @@ def read_credentials(
             key_entries.append(entry)
             pair_next = True
             continue
-        remaining.append(entry)
+        if not is_gateway_token(entry):  # a bare token entry is not offered upstream either
+            remaining.append(entry)
+    # a token in any other query parameter is not the provider's to see: dropped
+    drop.extend(k for k, v in query.items() if k not in names and v and is_gateway_token(v))
     # every value of a repeated parameter counts (``?key=own&key=<token>``): items(), not get()
-    names = {*provider.key_query, *provider.moved_key_query}
     keys.extend((v, k) for k, v in query.items() if k in names and v)
     key: str | None = None
     key_param: str | None = None
