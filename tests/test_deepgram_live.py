@@ -570,7 +570,7 @@ def test_query_defaults() -> None:
 
 
 def _listen(**query: str) -> Any:
-    from voxgate.protocols.speech.deepgram_live import ListenProtocol
+    from voxgate.protocols.speech.deepgram_listen import ListenProtocol
     from voxgate.protocols.speech.deepgram_query import listen_options
 
     options = listen_options({"encoding": "linear16", "sample_rate": "16000", **query})

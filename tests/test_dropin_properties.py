@@ -22,7 +22,8 @@ from voxgate.errors import BadRequest
 from voxgate.protocols.relay.auth import read_credentials
 from voxgate.protocols.relay.providers import BUILTIN_PROVIDERS, build_upstream_request
 from voxgate.protocols.speech.deepgram_flux import FluxProtocol
-from voxgate.protocols.speech.deepgram_live import ListenProtocol, SpeakProtocol
+from voxgate.protocols.speech.deepgram_listen import ListenProtocol
+from voxgate.protocols.speech.deepgram_live import SpeakProtocol
 from voxgate.protocols.speech.deepgram_query import listen_options
 from voxgate.protocols.speech.orpheus import OrpheusProtocol, looks_native
 from voxgate.protocols.speech.unified import MessageError, STTProtocol, TTSConfig, TTSProtocol

@@ -36,7 +36,8 @@ from voxgate.errors import AuthenticationFailed, BadRequest, GatewayRejection, N
 from voxgate.protocols.relay.auth import parse_subprotocols
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.protocols.speech.deepgram_flux import FluxProtocol
-from voxgate.protocols.speech.deepgram_live import ListenProtocol, SpeakProtocol
+from voxgate.protocols.speech.deepgram_listen import ListenProtocol
+from voxgate.protocols.speech.deepgram_live import SpeakProtocol
 from voxgate.protocols.speech.deepgram_query import (
     WORKERS_AI_PREFIX,
     ListenOptions,

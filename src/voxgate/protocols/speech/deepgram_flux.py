@@ -21,7 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 from voxgate.audio import Encoding
-from voxgate.protocols.speech.deepgram_live import FATAL_CODES, check_audio, dump, parse_message
+from voxgate.protocols.speech.deepgram_listen import check_audio
+from voxgate.protocols.speech.deepgram_live import FATAL_CODES, dump, parse_message
 from voxgate.protocols.speech.deepgram_query import ListenOptions
 from voxgate.protocols.speech.unified import (
     Audio,
