@@ -229,7 +229,7 @@ async def test_the_conversation_is_bounded_and_the_client_is_told(
                 deleted.append(event["item_id"])
     assert deleted == [f"it_{i}" for i in range(20)]
     await rt.send("conversation.item.retrieve", item_id="it_0")
-    assert (await rt.until("error"))[-1]["error"]["code"] == "item_not_found"
+    assert (await rt.until("error"))[-1]["error"]["code"] == "item_retrieve_invalid_item_id"
     await rt.send("conversation.item.retrieve", item_id="it_20")
     assert (await rt.until("conversation.item.retrieved"))[-1]["item"]["id"] == "it_20"
     # size, too: 60 KB items push out the small ones and each other

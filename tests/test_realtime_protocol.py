@@ -334,7 +334,7 @@ async def test_echo_model_and_registry() -> None:
         tool_choice="required",
     )
     called = [e async for e in echo.stream(tools)]
-    assert called[0] == ToolCallDelta(0, "call_echo", "lookup", "{}")
+    assert called[0] == ToolCallDelta(0, "call_echo_1", "lookup", "{}")
     reg = LLMRegistry({})
     assert isinstance(reg.resolve("voxgate/echo"), EchoModel)
     with pytest.raises(UnknownModel) as exc:

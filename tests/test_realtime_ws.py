@@ -127,7 +127,7 @@ async def test_bad_events_get_errors_and_the_session_goes_on(
                 "content_index": 0,
                 "audio_end_ms": 10,
             },
-            "item_not_found",
+            "item_truncate_invalid_item_id",
             "item_id",
         ),
         (
@@ -145,7 +145,11 @@ async def test_bad_events_get_errors_and_the_session_goes_on(
             "invalid_value",
             "audio_end_ms",
         ),
-        ({"type": "conversation.item.delete", "item_id": "item_nope"}, "item_not_found", "item_id"),
+        (
+            {"type": "conversation.item.delete", "item_id": "item_nope"},
+            "item_delete_invalid_item_id",
+            "item_id",
+        ),
         ({"type": "conversation.item.retrieve"}, "missing_required_parameter", "item_id"),
         (
             {
@@ -158,7 +162,7 @@ async def test_bad_events_get_errors_and_the_session_goes_on(
         ),
         (
             {"type": "conversation.item.create", "item": text_item("again", id="item_keep")},
-            "item_id_already_exists",
+            "item_create_duplicate_item_id",
             "item.id",
         ),
         (
@@ -278,7 +282,7 @@ async def test_manual_turn_in_mulaw_event_order_and_delete(
     await rt.send("conversation.item.delete", item_id=item_id)
     assert (await rt.recv())["type"] == "conversation.item.deleted"
     await rt.send("conversation.item.retrieve", item_id=item_id)
-    assert (await rt.recv())["error"]["code"] == "item_not_found"
+    assert (await rt.recv())["error"]["code"] == "item_retrieve_invalid_item_id"
     await ws.close()
 
 
@@ -516,4 +520,28 @@ async def test_limits_close_with_an_error_event_first(
         kinds.append(orjson.loads(msg.data).get("error", {}).get("code"))
     assert kinds[-1] == "rate_limited"
     assert ws.close_code == 4001
+    await settled(gw)
+
+
+async def test_a_spoken_answer_that_only_calls_a_function_has_no_message(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """As OpenAI answers it: the function call alone, no empty audio message beside it
+    (LiveKit assumes one message per response, and got an empty one)."""
+    gw = await gateway()
+    ws, rt = await connect(http, gw.ws("/v1/realtime?model=gpt-realtime"))
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    await rt.send(
+        "session.update",
+        session={"type": "realtime", "tools": [tool], "tool_choice": "required"},
+    )
+    await rt.until("session.updated")
+    await rt.send("conversation.item.create", item=text_item("Weather in Paris?"))
+    await rt.send("response.create")
+    events = await rt.until("response.done")
+    assert [o["type"] for o in events[-1]["response"]["output"]] == ["function_call"]
+    added = [e["item"]["type"] for e in events if e["type"] == "response.output_item.added"]
+    assert added == ["function_call"]
+    assert not [e for e in events if e["type"].startswith("response.output_audio")]
+    await ws.close()
     await settled(gw)

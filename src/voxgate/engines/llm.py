@@ -73,7 +73,8 @@ class EchoModel(LanguageModel):
             and (last is None or last.role != "tool")
         ):
             name = request.tool_choice if request.named else request.tools[0].name
-            yield ToolCallDelta(0, "call_echo", name, "{}")
+            # unique in the conversation, as a model's call ids are (clients key on them)
+            yield ToolCallDelta(0, f"call_echo_{len(request.messages)}", name, "{}")
             yield ChatDone("tool_calls", inp, 1)
             return
         heard = ""

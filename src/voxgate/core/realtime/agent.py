@@ -82,10 +82,30 @@ log = logging.getLogger("voxgate.realtime")
 
 Send = Callable[[str], Awaitable[None]]
 VAD_RATE = 16000
-#: Transcription model names of OpenAI's: they mean "the default engine" here.
+#: Transcription model names of OpenAI's (those of the ``openai`` package's session types,
+#: and Pipecat's default ``gpt-realtime-whisper``): they mean "the default engine" here.
 OPENAI_STT_MODELS = frozenset(
-    {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe", "gpt-4o-transcribe-latest"}
+    {
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-transcribe-latest",
+        "gpt-4o-mini-transcribe-2025-12-15",
+        "gpt-4o-transcribe-diarize",
+        "gpt-transcribe",
+        "gpt-live-transcribe",
+        "gpt-realtime-whisper",
+    }
 )
+
+
+def is_openai_stt_model(model: str) -> bool:
+    """An OpenAI transcription model: a known name, or one of their naming pattern (so a
+    model OpenAI adds later does not break an unchanged client)."""
+    family = model.startswith(("gpt-", "whisper-"))
+    return model in OPENAI_STT_MODELS or (family and ("transcribe" in model or "whisper" in model))
+
+
 #: Appends larger than this are scored by the VAD in a worker, not on the event loop.
 INLINE_VAD_BYTES = 16000 * 2
 MIN_COMMIT_MS = 100
@@ -345,7 +365,7 @@ class RealtimeAgent:
         elif isinstance(ev, ItemCreate):
             await self._create_item(ev)
         elif isinstance(ev, ItemRetrieve):
-            item = self.conversation.get(ev.item_id)
+            item = self.conversation.get(ev.item_id, "retrieve")
             await self._send(p.event("conversation.item.retrieved", item=p.item(item)))
         elif isinstance(ev, ItemTruncate):
             self.conversation.truncate(ev.item_id, ev.content_index, ev.audio_end_ms)
@@ -452,7 +472,7 @@ class RealtimeAgent:
 
     def _stt_name(self, c: SessionConfig) -> str:
         model = c.transcription.model if c.transcription is not None else None
-        return self.deps.default_stt if model is None or model in OPENAI_STT_MODELS else model
+        return self.deps.default_stt if model is None or is_openai_stt_model(model) else model
 
     async def _create_item(self, ev: ItemCreate) -> None:
         item = ev.item
@@ -592,9 +612,10 @@ class RealtimeAgent:
         if target is None or not target.active:
             raise ClientEventError(
                 "response_cancel_not_active",
-                f"there is no active response {response_id!r}"
+                # OpenAI's wording: clients (LiveKit) recognise the harmless race by it
+                f"Cancellation failed: no active response found with id {response_id!r}"
                 if response_id
-                else "there is no active response to cancel",
+                else "Cancellation failed: no active response found",
                 param="response_id" if response_id else None,
             )
         target.cancel("client_cancelled")

@@ -17,11 +17,25 @@ from voxgate.protocols.chat import ChatMessage, ToolCall
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.items import Item
 
+#: OpenAI's code and wording for an item that is not there, per action: clients branch on
+#: them (Pipecat resolves a retrieve by ``item_retrieve_invalid_item_id``; a missed delete or
+#: truncate is a race most clients ignore by its code).
+_MISSING = {
+    "retrieve": ("item_retrieve_invalid_item_id", "retrieving"),
+    "truncate": ("item_truncate_invalid_item_id", "truncating"),
+    "delete": ("item_delete_invalid_item_id", "deleting"),
+}
 
-def not_found(item_id: str, param: str = "item_id") -> ClientEventError:
-    return ClientEventError(
-        "item_not_found", f"there is no item with id {item_id!r} in the conversation", param=param
-    )
+
+def not_found(item_id: str, param: str = "item_id", action: str = "") -> ClientEventError:
+    """An item that is not in the conversation: OpenAI's code for ``action`` (``retrieve``,
+    ``truncate``, ``delete``), else ``item_not_found``."""
+    code, verb = _MISSING.get(action, ("item_not_found", ""))
+    if verb:
+        message = f"Error {verb} item: the item with id {item_id!r} does not exist."
+    else:
+        message = f"there is no item with id {item_id!r} in the conversation"
+    return ClientEventError(code, message, param=param)
 
 
 @dataclass
@@ -114,11 +128,12 @@ class Conversation:
             self.spoken.pop(item.id, None)
             self._evicted.append(item.id)
 
-    def get(self, item_id: str) -> Item:
+    def get(self, item_id: str, action: str = "") -> Item:
+        """The item ``item_id``; raises :func:`not_found` with the code for ``action``."""
         for item in self.items:
             if item.id == item_id:
                 return item
-        raise not_found(item_id)
+        raise not_found(item_id, action=action)
 
     def __contains__(self, item_id: str) -> bool:
         return any(i.id == item_id for i in self.items)
@@ -131,8 +146,8 @@ class Conversation:
 
         Returns the id of the item it now follows (``None`` if first)."""
         if item.id in self:
-            raise ClientEventError(
-                "item_id_already_exists",
+            raise ClientEventError(  # OpenAI's code: LiveKit's context sync relies on it
+                "item_create_duplicate_item_id",
                 f"an item with id {item.id!r} is already in the conversation",
                 param="item.id",
             )
@@ -153,7 +168,7 @@ class Conversation:
         return prev
 
     def delete(self, item_id: str) -> None:
-        item = self.get(item_id)
+        item = self.get(item_id, "delete")
         self.items.remove(item)
         self.spoken.pop(item_id, None)
 
@@ -161,7 +176,7 @@ class Conversation:
         """Cut an assistant item's audio at ``audio_end_ms``; its transcript keeps what was heard.
 
         Raises :class:`ClientEventError` (and changes nothing) for a bad item or position."""
-        item = self.get(item_id)
+        item = self.get(item_id, "truncate")
         if item.type != "message" or item.role != "assistant":
             raise ClientEventError(
                 "invalid_value", "only assistant messages can be truncated", param="item_id"

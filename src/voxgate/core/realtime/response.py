@@ -385,10 +385,12 @@ class _Speaker:
         )
         out_fmt = AudioFormat(fmt.encoding, fmt.rate)
         slice_bytes = out_fmt.bytes_for(DELTA_MS)
-        message = await r._message(True)
-        assert message.spoken is not None
         said = ""
         while (clause := await self._clauses.get()) is not None:
+            # the message item exists once there is text: an answer that only calls a
+            # function has none (as OpenAI answers it)
+            message = await r._message(True)
+            assert message.spoken is not None
             started = False
             async for pcm in stream.synthesize(clause):
                 # a clause's resampling takes well under a millisecond: doing it here keeps
