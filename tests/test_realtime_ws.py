@@ -545,3 +545,29 @@ async def test_a_spoken_answer_that_only_calls_a_function_has_no_message(
     assert not [e for e in events if e["type"].startswith("response.output_audio")]
     await ws.close()
     await settled(gw)
+
+
+async def test_transcription_models_of_other_catalogues_use_the_speech_aliases(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """``audio.input.transcription.model`` takes the speech aliases too: Deepgram's
+    ``nova-3`` transcribes on the default STT, a name nothing answers to is refused."""
+    gw = await gateway()
+    ws, rt = await connect(http, gw.ws("/v1/realtime?model=voxgate/echo"))
+    bad = {"audio": {"input": {"transcription": {"model": "no-such-stt"}}}}
+    await rt.send("session.update", session=bad)
+    err = (await rt.until("error"))[-1]["error"]
+    assert err["param"] == "session.audio.input.transcription.model"
+    session = {
+        "output_modalities": ["text"],
+        "audio": {"input": {"transcription": {"model": "nova-3"}}},
+    }
+    await rt.send("session.update", session=session)
+    updated = (await rt.until("session.updated"))[-1]["session"]
+    assert updated["audio"]["input"]["transcription"]["model"] == "nova-3"
+    for piece in chunks(speech_24k(silence_s=1.0)):
+        await rt.send("input_audio_buffer.append", audio=piece)
+    done = (await rt.until("conversation.item.input_audio_transcription.completed"))[-1]
+    assert "superlative" in done["transcript"].lower()
+    await ws.close()
+    await settled(gw)

@@ -215,6 +215,7 @@ def agent_deps(s: Services, gw: GatewaySettings) -> AgentDeps:
         default_stt=sp.default_stt,
         engine_key=engine_key,
         resolve_tts=lambda name: engines.resolve(name, "tts"),
+        resolve_stt=lambda name: engines.resolve(name, "stt"),
     )
 
 

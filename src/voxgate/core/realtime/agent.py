@@ -138,6 +138,9 @@ class AgentDeps:
     #: (Inworld's ``inworld-tts-1.5-mini``…; ``EngineRegistry.resolve``). ``None``: the
     #: names of ``tts_names`` only.
     resolve_tts: Callable[[str], str | None] | None = None
+    #: The same for ``audio.input.transcription.model``: an STT engine or an alias
+    #: (Deepgram's ``nova-3``, SLNG's ``kyutai``…).
+    resolve_stt: Callable[[str], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -471,8 +474,13 @@ class RealtimeAgent:
         return (resolve(name) if resolve is not None else None) or name
 
     def _stt_name(self, c: SessionConfig) -> str:
+        """The STT engine that transcribes for ``c`` (returned as it is when it resolves to
+        none, for ``_check`` to refuse)."""
         model = c.transcription.model if c.transcription is not None else None
-        return self.deps.default_stt if model is None or is_openai_stt_model(model) else model
+        if model is None or is_openai_stt_model(model):
+            return self.deps.default_stt
+        resolve = self.deps.resolve_stt
+        return (resolve(model) if resolve is not None else None) or model
 
     async def _create_item(self, ev: ItemCreate) -> None:
         item = ev.item
