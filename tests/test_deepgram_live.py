@@ -542,16 +542,20 @@ def test_model_names_resolve_to_engines_through_the_aliases() -> None:
 
 
 def test_handshake_credentials() -> None:
+    from multidict import CIMultiDict
+
     from voxgate.protocols.speech.deepgram_query import Handshake, read_handshake
 
-    assert read_handshake("Token abc", []) == Handshake("abc", None)
-    assert read_handshake("bearer abc", ["x"]) == Handshake("abc", "x")
-    assert read_handshake("Basic abc", []) == Handshake(None, None)
-    assert read_handshake(None, ["token", "abc"]) == Handshake("abc", "token")
-    assert read_handshake(None, ["cf-aig-authorization.abc"]) == Handshake(
-        "abc", "cf-aig-authorization.abc"
-    )
-    assert read_handshake(None, ["token"]) == Handshake(None, "token")
+    def read(authorization: str | None, offered: list[str]) -> Handshake:
+        headers = CIMultiDict({"Authorization": authorization} if authorization else {})
+        return read_handshake(headers, tuple(offered))
+
+    assert read("Token abc", []) == Handshake("abc", None)
+    assert read("bearer abc", ["x"]) == Handshake("abc", "x")
+    assert read("Basic abc", []) == Handshake(None, None)
+    assert read(None, ["token", "abc"]) == Handshake("abc", "token")
+    assert read(None, ["cf-aig-authorization.abc"]) == Handshake("abc", "cf-aig-authorization.abc")
+    assert read(None, ["token"]) == Handshake(None, "token")
 
 
 def test_query_defaults() -> None:

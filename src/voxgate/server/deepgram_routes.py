@@ -49,7 +49,7 @@ from voxgate.protocols.speech.deepgram_query import (
     speak_options,
 )
 from voxgate.server.app import SERVICES, Services
-from voxgate.server.auth import authenticate, token_from_headers
+from voxgate.server.auth import authenticate
 from voxgate.server.sessions import (
     UpgradeRequired,
     accept_client,
@@ -121,10 +121,9 @@ async def _serve(
     if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
         raise UpgradeRequired()
     offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
-    handshake = read_handshake(request.headers.get(hdrs.AUTHORIZATION), offered)
-    presented = token_from_headers(request.headers, allow_authorization=False)
+    handshake = read_handshake(request.headers, offered)
     try:
-        token = authenticate(gw, presented or handshake.token)
+        token = authenticate(gw, handshake.token)
     except AuthenticationFailed:
         s.metrics.handshake_rejections[(401, "auth")] += 1
         raise

@@ -12,11 +12,13 @@ browsers), Cloudflare AI Gateway's realtime WebSockets page (``@cf/deepgram/…`
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from voxgate.audio import Encoding
 from voxgate.errors import BadRequest
+from voxgate.protocols.relay.auth import read_credentials
+from voxgate.protocols.relay.providers import BUILTIN_PROVIDERS
 from voxgate.protocols.speech.unified import MAX_RATE, MIN_RATE, STTConfig, TTSConfig
 
 #: Workers AI's names for Deepgram's models (``@cf/deepgram/nova-3``).
@@ -57,32 +59,19 @@ class Handshake:
     subprotocol: str | None
 
 
-GATEWAY_ENTRY_PREFIXES = ("voxgate-authorization.", "cf-aig-authorization.")
-
-
-def read_handshake(authorization: str | None, offered: Iterable[str]) -> Handshake:
+def read_handshake(headers: Mapping[str, str], offered: tuple[str, ...]) -> Handshake:
     """Deepgram's ways to present a key, here the gateway token: ``Authorization: Token
     <t>`` or ``Bearer <t>`` (what its SDKs send), or the subprotocol pair ``token, <t>``
-    (browsers); also a ``voxgate-authorization.<t>`` / ``cf-aig-authorization.<t>`` entry.
+    (browsers); also the gateway headers and subprotocol entries. Read as the relay reads
+    a Deepgram client (:func:`~voxgate.protocols.relay.auth.read_credentials`): no engine
+    here has an upstream, so the key is the token. ``headers`` must be case-insensitive.
     The answer to a pair is ``token``, never the secret."""
-    token: str | None = None
-    if authorization:
-        scheme, _, rest = authorization.strip().partition(" ")
-        if scheme.lower() in ("token", "bearer") and rest.strip():
-            token = rest.strip()
-    entries = list(offered)
-    answer: str | None = None
-    for i, entry in enumerate(entries):
-        if entry == "token" and i + 1 < len(entries):
-            token = token or entries[i + 1]
-            answer = answer or "token"
-        prefix = next((p for p in GATEWAY_ENTRY_PREFIXES if entry.startswith(p)), None)
-        if prefix is not None and entry[len(prefix) :]:
-            token = token or entry[len(prefix) :]
-            answer = answer or entry
-    if answer is None and entries:
-        answer = entries[0]
-    return Handshake(token, answer)
+    creds = read_credentials(BUILTIN_PROVIDERS["deepgram"], headers, offered, {})
+    if "token" in creds.key_entries:
+        answer: str | None = "token"
+    else:
+        answer = creds.gateway_entry or (offered[0] if offered else None)
+    return Handshake(creds.gateway_token or creds.client_key, answer)
 
 
 # --- the query string --------------------------------------------------------------------
