@@ -40,7 +40,6 @@ from typing import Any
 
 import orjson
 
-from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.protocols.speech.deepgram_query import derived_uuid
 from voxgate.protocols.speech.unified import (
     Close,
@@ -52,6 +51,7 @@ from voxgate.protocols.speech.unified import (
     Stop,
     TTSConfig,
     TTSEvent,
+    parse_object,
 )
 
 # --- messages ------------------------------------------------------------------------------
@@ -59,21 +59,8 @@ from voxgate.protocols.speech.unified import (
 
 def parse_message(data: str) -> tuple[str, dict[str, Any]]:
     """A client's JSON message: its ``type`` and the object. Raises :class:`MessageError`."""
-    try:
-        msg = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise MessageError("invalid_json", f"message is not valid JSON: {exc}") from None
-    if not isinstance(msg, dict):
-        raise MessageError("invalid_json", "message must be a JSON object")
-    kind = msg.get("type")
-    if not isinstance(kind, str):
-        raise MessageError("invalid_field", "field 'type' is required and must be a string")
-    deep = nesting_error(data, msg)
-    if deep is not None:
-        raise MessageError(
-            "invalid_field", f"field {deep!r} nests more than {MAX_DEPTH} levels deep"
-        )
-    return kind, msg
+    msg = parse_object(data)
+    return msg["type"], msg
 
 
 def dump(obj: dict[str, Any]) -> str:

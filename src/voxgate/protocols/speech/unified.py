@@ -137,7 +137,9 @@ STTEvent = Start | Audio | Finalize | Ping | Close
 # --- field readers -----------------------------------------------------------------------
 
 
-def _parse_object(data: str | bytes) -> dict[str, Any]:
+def parse_object(data: str | bytes) -> dict[str, Any]:
+    """A client's JSON message: an object with a string ``type``, nested at most
+    ``MAX_DEPTH`` deep. Raises :class:`MessageError` naming the problem."""
     try:
         msg = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -252,7 +254,7 @@ class TTSProtocol:
     def receive(self, data: str | bytes) -> TTSEvent:
         if isinstance(data, bytes):
             raise MessageError("invalid_json", "TTS takes JSON text messages, not binary frames")
-        msg = _parse_object(data)
+        msg = parse_object(data)
         kind = msg["type"]
         if kind == "ping":
             return Ping()
@@ -400,7 +402,7 @@ class STTProtocol:
             if not self.started:
                 raise MessageError("not_initialized", "audio before 'start': send start first")
             return Audio(self._check_audio(data))
-        msg = _parse_object(data)
+        msg = parse_object(data)
         kind = msg["type"]
         if kind == "ping":
             return Ping()
