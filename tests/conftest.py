@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +97,16 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield cs
 
 
+#: The headers of a WebSocket upgrade, for tests that send one as a plain HTTP request to
+#: read the answer's status and JSON body.
+UPGRADE_HEADERS = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
 def provider_overrides(url: str, *names: str) -> str:
     """TOML pointing built-in providers at a test upstream (keeping their base path)."""
     return "".join(f'[providers.{n}]\nurl = "{url}/{n}"\n' for n in names)
@@ -185,3 +197,34 @@ def official_realtime_events(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                 + "\n\n".join(refused),
                 pytrace=False,
             )
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A self-signed certificate for 127.0.0.1 and its key (skips without openssl)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

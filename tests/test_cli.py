@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -124,36 +122,6 @@ def test_port_in_use_is_a_clear_error(env: dict[str, str]) -> None:
         assert f"cannot listen on 127.0.0.1:{srv.port}" in r.stderr
     finally:
         srv.stop()
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed: cannot make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 def test_tls_serves_wss_and_json_logs_hold_no_secrets(

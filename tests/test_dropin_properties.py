@@ -71,15 +71,9 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
     return msg
 
 
-def _dumps(msg: dict[str, Any]) -> str:
-    try:
-        return json.dumps(msg)
-    except ValueError:  # NaN is fine for json.dumps; huge ints are not an error either
-        return "{}"
-
-
 frames = st.one_of(
-    messages().map(_dumps),
+    # json.dumps writes NaN and 2**70 as they are: frames orjson must refuse or take
+    messages().map(json.dumps),
     st.text(max_size=200),  # plain text: SLNG's form, or garbage for the others
     st.binary(max_size=300),
     st.sampled_from(["{", "[]", "null", "{}", '{"type": null}', "\x00", " " * 50, "42"]),

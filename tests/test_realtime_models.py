@@ -12,7 +12,7 @@ import pytest
 from openai.types.beta.realtime import SessionCreateResponse
 from openai.types.realtime import ClientSecretCreateResponse
 
-from conftest import GatewayFactory, provider_overrides, settled
+from conftest import UPGRADE_HEADERS, GatewayFactory, provider_overrides, settled
 from test_realtime_e2e import FakeChat
 from test_realtime_ws import AUTH, TOKEN, TOKENS, connect, text_item
 from voxgate.server.realtime_models import ModelChoice, choose_model
@@ -110,12 +110,7 @@ async def test_unknown_provider_is_refused_naming_it(
     assert exc.value.status == 400
     async with http.get(
         f"{gw.base}/v1/realtime?model=nosuch/x",
-        headers={
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        },
+        headers=UPGRADE_HEADERS,
     ) as r:
         assert r.status == 400
         assert "'nosuch'" in (await r.json())["error"]["message"]

@@ -11,7 +11,7 @@ import orjson
 import pybase64
 import pytest
 
-from conftest import GatewayFactory, provider_overrides, settled
+from conftest import UPGRADE_HEADERS, GatewayFactory, provider_overrides, settled
 from test_realtime_e2e import chunks, speech_24k
 from voxgate.audio import Encoding, from_pcm16, resample
 from voxgate.testing import RecordingUpstream
@@ -398,13 +398,7 @@ async def test_auth_client_secrets_beta_and_inworld(
         assert r.status == 426
     async with http.get(
         f"{gw.base}/v1/realtime?model=nowhere/x",
-        headers={
-            **AUTH,
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Version": "13",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        },
+        headers={**AUTH, **UPGRADE_HEADERS},
     ) as r:
         assert r.status == 400
         assert "nowhere" in (await r.json())["error"]["message"]

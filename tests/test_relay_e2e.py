@@ -8,7 +8,7 @@ import os
 import aiohttp
 import pytest
 from aiohttp import WSMsgType
-from tests.conftest import GatewayFactory, provider_overrides, settled
+from tests.conftest import UPGRADE_HEADERS, GatewayFactory, provider_overrides, settled
 
 from voxgate.testing import RecordingUpstream
 
@@ -318,13 +318,7 @@ async def _status(http: aiohttp.ClientSession, url: str, **kw) -> tuple[int, dic
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         await http.ws_connect(url, **kw)
     # the handshake error hides the body; fetch it with the same upgrade headers
-    headers = {
-        "Upgrade": "websocket",
-        "Connection": "Upgrade",
-        "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-        **kw.get("headers", {}),
-    }
+    headers = {**UPGRADE_HEADERS, **kw.get("headers", {})}
     async with http.get(url.replace("ws://", "http://"), headers=headers) as r:
         body = await r.json()
         assert r.status == info.value.status

@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import WSMsgType, web
-from tests.conftest import Gateway, GatewayFactory, provider_overrides, settled
+from tests.conftest import UPGRADE_HEADERS, Gateway, GatewayFactory, provider_overrides, settled
 
 from voxgate.testing import RecordingUpstream
 from voxgate.testing.upstream import Connection
@@ -150,13 +150,7 @@ async def healthy_session(
 async def handshake_refused(http: aiohttp.ClientSession, gw: Gateway) -> dict[str, Any]:
     async with http.get(
         gw.ws("/v1/local/default/bad").replace("ws:", "http:"),
-        headers={
-            **GW,
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-            "Sec-WebSocket-Version": "13",
-        },
+        headers={**GW, **UPGRADE_HEADERS},
     ) as r:
         assert r.status == 502
         return dict((await r.json())["error"])
