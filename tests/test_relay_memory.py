@@ -97,14 +97,14 @@ async def test_activity_keeps_an_idle_session_open() -> None:
     assert ending.client_code == CloseCode.IDLE
 
 
-async def test_stop_closes_both_sides_going_away() -> None:
+async def test_stop_closes_the_client_1012_and_the_upstream_going_away() -> None:
     client, upstream, conn = make()
     task = asyncio.create_task(conn.run())
     await asyncio.sleep(0)
     conn.stop()
     ending = await task
-    assert ending.client_code == 1001
-    assert await client.receive() == Closed(1001, "server shutting down", clean=True)
+    assert ending.client_code == 1012
+    assert await client.receive() == Closed(1012, "server shutting down", clean=True)
     assert await upstream.receive() == Closed(1001, "server shutting down", clean=True)
     assert conn.finished.done()
 

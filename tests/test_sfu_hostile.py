@@ -17,7 +17,7 @@ from voxgate.core.sfu.media import MediaServer, MediaSettings
 from voxgate.core.sfu.session import SfuSession
 from voxgate.testing.clock import FakeClock
 from voxgate.testing.webrtc import PcmTrack, SfuPeer
-from voxgate.transports.webrtc import peer_connection
+from voxgate.webrtc import peer_connection
 
 APP = "/v1/apps/default"
 

@@ -26,7 +26,7 @@ from voxgate.core.sfu.session import SfuSession, TrackRequest
 from voxgate.core.sfu.tracks import TrackSource
 from voxgate.errors import SfuError
 from voxgate.protocols.adapter import Packet, PacketError, decode_packet, encode_packet
-from voxgate.transports.webrtc import close_peer, peer_connection
+from voxgate.webrtc import close_peer, peer_connection
 
 PURE = settings(max_examples=500, deadline=None, derandomize=True)
 LIVE = settings(

@@ -1,4 +1,4 @@
-"""The one hook into aiortc internals (transports/webrtc.py). If an aiortc upgrade breaks
+"""The one hook into aiortc internals (webrtc.py). If an aiortc upgrade breaks
 it, these fail loudly: pin the version in pyproject.toml back, or port the hook."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from tests.conftest import GatewayFactory, wait_for
 
 from voxgate.bench.sfu import opus_packets
 from voxgate.testing.webrtc import SfuPeer
-from voxgate.transports.webrtc import (
+from voxgate.webrtc import (
     PacketTrack,
     align_header_extensions,
     check_aiortc,

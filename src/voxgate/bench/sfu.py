@@ -29,10 +29,10 @@ import numpy as np
 from aiohttp import web
 
 from voxgate.bench.relay import Proc, pct, voxgate_proc
+from voxgate.opus import FRAME_BYTES, FRAME_SAMPLES, OpusDecoder, OpusEncoder
 from voxgate.protocols.adapter import encode_packet
 from voxgate.testing.webrtc import SfuPeer, tone
-from voxgate.transports.opus import FRAME_BYTES, FRAME_SAMPLES, OpusDecoder, OpusEncoder
-from voxgate.transports.webrtc import PacketTrack, tap_receiver
+from voxgate.webrtc import PacketTrack, tap_receiver
 
 APP = "/v1/apps/default"
 

@@ -20,7 +20,7 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from voxgate.transports.webrtc import peer_connection
+from voxgate.webrtc import peer_connection
 
 RATE = 48000
 FRAME = 960

@@ -7,23 +7,13 @@ Failures become :class:`DialError` with the spec's item error code.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from voxgate.errors import VoxgateError
-from voxgate.transports.ws import AiohttpChannel, Channel
+from voxgate.channels import Channel, Dial, DialError
+from voxgate.transports.ws import AiohttpChannel
 
-#: Opens a channel to a URL; raises :class:`DialError`.
-Dial = Callable[[str], Awaitable[Channel]]
-
-
-class DialError(VoxgateError):
-    """``code`` is ``websocket_handshake_failed`` or ``websocket_connection_timeout``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+__all__ = ["Dial", "DialError", "WebSocketDialer"]
 
 
 class WebSocketDialer:

@@ -1,41 +1,17 @@
-"""The WebSocket channel interface the relay is written against, and its aiohttp form.
-
-A :class:`Channel` delivers text frames as ``str``, binary frames as ``bytes``, and the
-end of the connection as one :class:`Closed`. After ``Closed`` the caller must not call
-``receive`` again. ``voxgate.testing.MemoryChannel`` is the in-memory twin.
-"""
+"""The WebSocket form of :class:`voxgate.channels.Channel`, on aiohttp."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WebSocketError, WSCloseCode, WSMsgType, web
 
+from voxgate.channels import Channel, Closed
 from voxgate.core.limits import CloseCode
 
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    code: int
-    reason: str
-    #: True when the peer sent a close frame; False when the connection dropped or
-    #: broke the protocol (then ``code`` is what the connection was closed with).
-    clean: bool
-
-
-class Channel(Protocol):
-    async def receive(self) -> str | bytes | Closed: ...
-
-    async def send_text(self, data: str) -> None: ...
-
-    async def send_bytes(self, data: bytes) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None:
-        """Send a close frame (or answer the peer's) and wait briefly for the end."""
-        ...
+__all__ = ["AiohttpChannel", "Channel", "Closed", "GatewayWebSocketResponse"]
 
 
 def gateway_close_code(code: int) -> int:

@@ -22,12 +22,11 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from voxgate.channels import Channel, Closed, Dial, DialError
 from voxgate.core.sfu.loops import stop_task, surviving
 from voxgate.core.sfu.tracks import PcmPublisher, TrackSource
+from voxgate.opus import FRAME_BYTES, OpusDecoder
 from voxgate.protocols.adapter import MAX_INGEST_MESSAGE, PacketError, decode_packet, encode_packet
-from voxgate.transports.dial import Dial, DialError
-from voxgate.transports.opus import FRAME_BYTES, OpusDecoder
-from voxgate.transports.ws import Channel, Closed
 
 log = logging.getLogger("voxgate.sfu.adapters")
 

@@ -18,13 +18,13 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from voxgate.channels import Dial
 from voxgate.clock import Clock, IdFactory
 from voxgate.core.sfu.adapters import IngestAdapter, StreamAdapter
 from voxgate.core.sfu.loops import stop_task, surviving
 from voxgate.core.sfu.session import SfuSession
 from voxgate.core.sfu.tracks import TrackSource
 from voxgate.errors import SfuError
-from voxgate.transports.dial import Dial
 
 log = logging.getLogger("voxgate.sfu")
 
@@ -58,6 +58,8 @@ class MediaServer:
     agents: dict[str, Closable] = field(default_factory=dict)
     #: Adapter and agent ids closed already, so a second close answers 200 (spec).
     closed_ids: set[str] = field(default_factory=set)
+    #: Agents closing on their own (their session's time limit), until they have.
+    closing_agents: set[asyncio.Task[int | None]] = field(default_factory=set)
     _collector: asyncio.Task[None] | None = None
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     #: Set to run a collection now (new settings), without waiting out the interval.

@@ -26,7 +26,7 @@ from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateErr
 from voxgate.core.sfu.sdp import MAX_SDP, PARSER_ERRORS, Section, check_sdp, sections_of
 from voxgate.core.sfu.tracks import PcmPublisher, TrackSource
 from voxgate.errors import SfuError
-from voxgate.transports.webrtc import (
+from voxgate.webrtc import (
     PacketTrack,
     align_header_extensions,
     close_peer,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from voxgate.core.sfu.loops import surviving
-from voxgate.transports.opus import FRAME_BYTES, FRAME_SAMPLES, OpusEncoder
+from voxgate.opus import FRAME_BYTES, FRAME_SAMPLES, OpusEncoder
 
 log = logging.getLogger("voxgate.sfu.tracks")
 
