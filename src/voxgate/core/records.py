@@ -41,6 +41,9 @@ class UsageRecord:
     characters: int = 0
     #: Seconds of audio produced (TTS) or received (STT).
     audio_seconds: float = 0.0
+    #: How the client reached the session: ``websocket``, ``webrtc`` (an OpenAI Realtime
+    #: call) or ``sfu`` (an agent in a media-server call).
+    transport: str = "websocket"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

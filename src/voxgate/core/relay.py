@@ -29,6 +29,7 @@ class SessionInfo:
     token_name: str | None
     client_address: str | None
     kind: str = "relay"
+    transport: str = "websocket"
 
 
 class RelaySession:

@@ -21,7 +21,9 @@ import pybase64
 from voxgate.clock import IdFactory
 from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.protocols.realtime.errors import ClientEventError
+from voxgate.protocols.realtime.events import Event
 from voxgate.protocols.realtime.items import ContentPart, Item, parse_item
+from voxgate.protocols.realtime.render import GA_ONLY, wire_event
 from voxgate.protocols.realtime.session import (
     AudioSpec,
     Tool,
@@ -147,8 +149,6 @@ BETA_NAMES = {
     "response.output_text.delta": "response.text.delta",
     "response.output_text.done": "response.text.done",
 }
-#: GA server events the beta API never had: a beta client is not sent them.
-GA_ONLY = frozenset({"conversation.item.done"})
 MAX_EVENT_ID = 128
 
 
@@ -351,6 +351,15 @@ class RealtimeProtocol:
             kind = BETA_NAMES.get(kind, kind)
         body = {"type": kind, "event_id": self.ids("event"), **fields}
         return orjson.dumps(body).decode()
+
+    def render(self, event: Event) -> str | None:
+        """A voice session's event as JSON text; ``None`` when the client's API version
+        has no such event (it is not sent)."""
+        wire = wire_event(event, beta=self.beta)
+        if wire is None:
+            return None
+        name, body = wire
+        return self.event(name, **body)
 
     def item(self, item: Item) -> dict[str, Any]:
         return item.to_json(beta=self.beta)
