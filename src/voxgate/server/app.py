@@ -128,6 +128,7 @@ def create_app(
     """Build the aiohttp application. Raises ConfigError for unusable settings."""
     from voxgate.server import (
         agent_routes,
+        call_routes,
         deepgram_routes,
         gateway_api,
         logs_api,
@@ -166,6 +167,7 @@ def create_app(
     gateway_api.add_routes(app)
     speech_routes.add_routes(app)
     realtime_routes.add_routes(app)
+    call_routes.add_routes(app)
     sfu_routes.add_routes(app)
     agent_routes.add_routes(app)
     deepgram_routes.add_routes(app)  # before the relay: it serves workers-ai itself

@@ -25,14 +25,13 @@ from dataclasses import replace
 from typing import Any
 
 import orjson
-from aiohttp import hdrs, web
+from aiohttp import WSMsgType, hdrs, web
 
-from voxgate.core.realtime.agent import AgentDeps, RealtimeAgent
+from voxgate.core.limits import CLOSE_REASONS
+from voxgate.core.realtime.agent import RealtimeAgent
 from voxgate.core.realtime.secrets import DEFAULT_TTL, MAX_TTL, MIN_TTL, ClientSecret
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.engines.base import EngineError
-from voxgate.engines.llm import LanguageModel
-from voxgate.engines.vad import make_vad
 from voxgate.errors import AuthenticationFailed, BadRequest
 from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.protocols.realtime.errors import ClientEventError
@@ -53,7 +52,13 @@ from voxgate.protocols.relay.usage import meter_for
 from voxgate.server import relay_routes
 from voxgate.server.app import SERVICES, Services, json_response
 from voxgate.server.auth import authenticate, token_from_headers
-from voxgate.server.realtime_models import ModelChoice, choose_model
+from voxgate.server.realtime_service import (
+    agent_deps,
+    authenticate_realtime,
+    find_call,
+    model_choice,
+    resolve_model,
+)
 from voxgate.server.sessions import (
     UpgradeRequired,
     accept_client,
@@ -61,8 +66,8 @@ from voxgate.server.sessions import (
     run_live,
     save_record,
 )
-from voxgate.server.speech_routes import stt_engine, tts_engine
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
+from voxgate.transports.realtime_call import RealtimeCall
 from voxgate.transports.speech import SpeechConnection, SpeechEnding
 from voxgate.transports.ws import AiohttpChannel
 
@@ -70,11 +75,6 @@ log = logging.getLogger("voxgate.realtime")
 
 BROWSER_KEY_PREFIX = "openai-insecure-api-key."
 BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
-
-
-def model_choice(s: Services, gw: GatewaySettings, requested: str | None) -> ModelChoice:
-    """What runs for the model a client names (see :mod:`voxgate.server.realtime_models`)."""
-    return choose_model(requested, realtime=s.settings.realtime, providers=s.providers, gateway=gw)
 
 
 def _credentials(request: web.Request) -> Credentials:
@@ -98,30 +98,17 @@ def _credentials(request: web.Request) -> Credentials:
     return Credentials(token, entry, None, None, (), offered, tuple(remaining))
 
 
-def _authenticate(
-    s: Services, gw: GatewaySettings, presented: str | None
-) -> tuple[TokenSettings | None, ClientSecret | None]:
-    if presented is not None and presented.startswith("ek_"):
-        secret = s.client_secrets.get(presented, now=s.clock.wall())
-        if secret is None:
-            raise AuthenticationFailed("client secret unknown or expired: mint a new one")
-        token = next((t for t in gw.tokens if t.name == secret.token_name), None)
-        return token, secret
-    try:
-        return authenticate(gw, presented), None
-    except AuthenticationFailed:
-        s.metrics.handshake_rejections[(401, "auth")] += 1
-        raise
-
-
 async def realtime(request: web.Request) -> web.StreamResponse:
     s = request.app[SERVICES]
     if request.headers.get(hdrs.UPGRADE, "").lower() != "websocket":
         raise UpgradeRequired()
     gw = s.settings.speech_gateway()
     creds = _credentials(request)
-    token, secret = _authenticate(s, gw, creds.gateway_token)
+    token, secret = authenticate_realtime(s, gw, creds.gateway_token)
     limits = token.limits if token is not None and token.limits is not None else gw.limits
+    if "call_id" in request.query:
+        call = find_call(request.app, request.query["call_id"])
+        return await _sideband(request, s, call, limits, creds)
     config = secret.config if secret is not None else SessionConfig()
     # a client secret's session names its model (the default one when the client named none)
     named = request.query.get("model") or (config.model if secret is not None else None)
@@ -176,47 +163,6 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         for key in slots:
             await s.state.release_slot(key, info.session_id)
         await save_record(s, counters, ending.code, None, ending.error)
-
-
-def resolve_model(s: Services, gw: GatewaySettings, model: str) -> LanguageModel:
-    """The language model the agent runs for ``model`` as the client names it."""
-    choice = model_choice(s, gw, model)
-    if choice.relay:
-        raise EngineError(
-            f"{model!r} is an upstream realtime model: connect with ?model={model} to relay it"
-        )
-    key = gw.keys["openai"].value if "openai" in gw.keys else None
-    return s.llms.resolve(choice.run, openai_key=key)
-
-
-def agent_deps(s: Services, gw: GatewaySettings) -> AgentDeps:
-    sp = s.settings.speech
-    engines = s.engines
-
-    def engine_key(name: str) -> str | None:
-        provider = engines.provider_of(name)
-        return gw.keys[provider].value if provider and provider in gw.keys else None
-
-    def vad() -> Any:
-        try:
-            return make_vad("silero", sample_rate=16000, shared=engines.shared)
-        except EngineError:
-            return make_vad("webrtc", sample_rate=16000, shared=engines.shared)
-
-    return AgentDeps(
-        workers=engines.workers,
-        get_tts=lambda name: tts_engine(s, name),
-        get_stt=lambda name: stt_engine(s, name),
-        make_vad=vad,
-        resolve_model=lambda model: resolve_model(s, gw, model),
-        tts_names=tuple(engines.tts_names()),
-        stt_names=tuple(engines.stt_names()),
-        default_tts=sp.default_tts,
-        default_stt=sp.default_stt,
-        engine_key=engine_key,
-        resolve_tts=lambda name: engines.resolve(name, "tts"),
-        resolve_stt=lambda name: engines.resolve(name, "stt"),
-    )
 
 
 async def _relay(
@@ -342,6 +288,38 @@ async def beta_sessions(request: web.Request) -> web.Response:
     out = render_session(secret.config, session_id=sid, expires_at=expires_at, beta=True, stt=stt)
     out["client_secret"] = {"value": secret.value, "expires_at": expires_at}
     return json_response(out)
+
+
+async def _sideband(
+    request: web.Request, s: Services, call: RealtimeCall, limits: Limits, creds: Credentials
+) -> web.StreamResponse:
+    """``ws /v1/realtime?call_id=…``: a server's WebSocket on a live WebRTC call (OpenAI's
+    sideband control): the call's events (no audio), and client events into the call,
+    counted against its limits. Ends (1000) when the call does."""
+    subprotocol = "realtime" if "realtime" in creds.offered else creds.gateway_entry
+    ws = await accept_client(request, s, limits, subprotocol)
+    queue = call.watch()
+
+    async def pump() -> None:
+        while (frame := await queue.get()) is not None:
+            await ws.send_str(frame)
+        await ws.close(code=1000, message=b"the call ended")
+
+    writer = asyncio.create_task(pump(), name=f"sideband-{call.id}")
+    try:
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                continue
+            verdict = await call.handle(msg.data)
+            if verdict:
+                await ws.close(code=verdict, message=CLOSE_REASONS[verdict].encode())
+                break
+    finally:
+        call.unwatch(queue)
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await ws.close()
+    return ws
 
 
 def add_routes(app: web.Application) -> None:

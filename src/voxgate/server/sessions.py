@@ -42,18 +42,20 @@ async def acquire_slots(
 
 async def run_live(
     s: Services,
-    ws: GatewayWebSocketResponse,
+    ws: GatewayWebSocketResponse | None,
     conn: SpeechConnection,
     make_session: Callable[[], SpeechSessionLike],
     *,
     first: str | bytes | None = None,
     start: Callable[[], Awaitable[None]] | None = None,
 ) -> SpeechEnding:
-    """Run a speech or realtime session on ``conn``: listed live, metered, limits counted.
+    """Run a speech or realtime session on ``conn``: listed live, metered, limits counted
+    (``ws``: the client's WebSocket, if the session's channel is one).
 
     ``start`` runs first (a protocol's greeting); ``first`` is a client frame already read."""
     counters = conn.counters
-    ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
+    if ws is not None:
+        ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
     s.live_speech.add(conn)
     s.metrics.speech_opened(counters)
     ending = SpeechEnding(1011, "", error="internal_error")
@@ -63,7 +65,8 @@ async def run_live(
             await start()
         ending = await conn.run(session, first=first)
     finally:
-        ws.too_large_farewell = None  # it refers to conn, which refers to ws
+        if ws is not None:
+            ws.too_large_farewell = None  # it refers to conn, which refers to ws
         s.live_speech.discard(conn)
         if ending.limit is not None:
             s.metrics.limit_rejections[LIMIT_NAMES[ending.limit]] += 1
