@@ -11,18 +11,18 @@ the transcript so far, ``GET …/agents/{id}/events`` its events as they happen 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from voxgate.audio import Encoding
-from voxgate.core.realtime.agent import RealtimeAgent
+from voxgate.core.realtime.ports import AudioSink
+from voxgate.core.realtime.voice import VoiceSession
 from voxgate.core.relay import RelaySession, SessionInfo
-from voxgate.core.sfu.agent import RATE, CallAgent
+from voxgate.core.sfu.agent import RATE, CallAgent, Emit
 from voxgate.engines.base import EngineError
-from voxgate.errors import SfuError
+from voxgate.errors import LimitExceeded, SfuError
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.protocol import RealtimeProtocol
 from voxgate.protocols.realtime.session import (
@@ -32,10 +32,9 @@ from voxgate.protocols.realtime.session import (
 )
 from voxgate.protocols.relay.usage import meter_for
 from voxgate.server.app import Services, json_response
-from voxgate.server.realtime_routes import agent_deps, model_choice, resolve_model
-from voxgate.server.sessions import save_record
+from voxgate.server.realtime_service import agent_deps, model_choice, resolve_model
+from voxgate.server.sessions import acquire_slots, save_record
 from voxgate.server.sfu_routes import read_json, sfu_handler
-from voxgate.transports.dial import DialError
 
 MAX_LISTEN = 8
 PCM48 = AudioSpec(Encoding.PCM16, RATE)
@@ -93,36 +92,53 @@ async def new_agent(request: web.Request, s: Services, app_id: str) -> web.Respo
         token_name=None,
         client_address=request.remote,
         kind="agent",
+        transport="sfu",
     )
+    limits = gw.limits
     loop = asyncio.get_running_loop()
     counters = RelaySession(
-        info, gw.limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
+        info, limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
     )
+    try:  # an agent takes a connection slot like every other session
+        slots = await acquire_slots(s, gw, None, limits, agent_id)
+    except LimitExceeded as exc:
+        raise SfuError(429, "rate_limited", exc.public_message) from None
+    protocol = RealtimeProtocol(ids=s.ids, max_audio_bytes=limits.max_audio_chunk_bytes)
 
-    def make_voice(send: Callable[[str], Awaitable[None]]) -> RealtimeAgent:
-        return RealtimeAgent(
-            protocol=RealtimeProtocol(
-                ids=s.ids, beta=False, max_audio_bytes=gw.limits.max_audio_chunk_bytes
-            ),
+    def make_voice(emit: Emit, sink: AudioSink) -> VoiceSession:
+        return VoiceSession(
             config=config,
             deps=agent_deps(s, gw),
             counters=counters,
-            send=send,
+            emit=emit,
+            sink=sink,
             ids=s.ids,
             session_id=agent_id,
-            expires_at=int(s.clock.wall() + gw.limits.max_session_seconds),
+            expires_at=int(s.clock.wall() + limits.max_session_seconds),
+            input_rate=RATE,
         )
 
     async def closed(agent: CallAgent) -> None:
         s.media.agents.pop(agent.id, None)
         s.media.closed_ids.add(agent.id)
-        await save_record(s, counters, 1000, None, None)
+        deadline.cancel()
+        for key in slots:
+            await s.state.release_slot(key, agent_id)
+        await save_record(s, counters, ending[0], None, ending[1])
 
-    agent = CallAgent(agent_id, app_id, s.media, listen, counters=counters, on_close=closed)
-    try:
-        await agent.start(make_voice)
-    except DialError as exc:  # in-process channels do not fail; kept for completeness
-        raise SfuError(503, "internal_error", exc.public_message) from exc
+    agent = CallAgent(
+        agent_id, app_id, s.media, listen, protocol.render, counters=counters, on_close=closed
+    )
+    ending: list[Any] = [1000, None]
+
+    def too_long() -> None:  # max_session_seconds: the agent leaves the call
+        ending[:] = [4003, "session_too_long"]
+        task = loop.create_task(agent.close())
+        s.media.closing_agents.add(task)
+        task.add_done_callback(s.media.closing_agents.discard)
+
+    deadline = loop.call_at(counters.session_deadline(), too_long)
+    await agent.start(make_voice)
     s.media.agents[agent.id] = agent
     return json_response(
         {"agentId": agent.id, "sessionId": agent.session_id, "trackName": agent.track_name},

@@ -1,20 +1,16 @@
-"""An AI voice in a call: a realtime voice agent wired to the media server by adapters.
+"""An AI voice in a call: a voice session bound straight to the media server's tracks.
 
-The agent hears the listed tracks through one :class:`StreamAdapter` each and speaks
-through an :class:`IngestAdapter` into a track of its own session, which participants
-pull like any other. The adapters are the ones users get from the HTTP API; only the
-far end of their WebSocket is an in-process channel (``voxgate.testing.memory_pair``)
-instead of a TCP connection. Between them the bridge is an OpenAI Realtime client:
+- **ears**: the agent subscribes to each listened track like any participant; each
+  track's Opus is decoded once, and every 20 ms one frame of each is mixed and fed to the
+  session's input pipeline as 48 kHz PCM. No protobuf, base64 or JSON on the way.
+- **mouth**: the session's voice goes to a :class:`~voxgate.core.realtime.playout.Playout`;
+  a paced loop takes one 20 ms frame every 20 ms and publishes it into the agent's own
+  track (encoded once for every participant). What was taken is what the call heard, so a
+  barge-in truncates the agent's history to it.
 
-- **ears**: ``Packet`` frames from each listened track, 48 kHz stereo, are mixed every
-  20 ms and sent as ``input_audio_buffer.append`` (48 kHz mono ``audio/pcm``).
-- **mouth**: ``response.output_audio.delta`` audio (48 kHz mono) is played into the
-  ingest channel at real-time pace, a little ahead. When the caller starts speaking
-  (``input_audio_buffer.speech_started``) what has not been played is dropped, as a
-  Realtime client does on barge-in.
-
-Each loop outlives a frame that fails (logged, then dropped); :meth:`CallAgent.close`
-closes every part even when one of them fails.
+The agent's turn, transcript and response events go to its watchers (the SSE stream),
+rendered by the ``render`` the server passes in. Each loop outlives a frame that fails
+(logged, then dropped); :meth:`CallAgent.close` closes every part even when one fails.
 """
 
 from __future__ import annotations
@@ -24,55 +20,54 @@ import collections
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-import orjson
-import pybase64
 
+from voxgate.core.realtime.playout import MONO_FRAME_BYTES, Playout
+from voxgate.core.realtime.ports import AudioSink
 from voxgate.core.relay import RelaySession
 from voxgate.core.sfu.loops import stop_task, surviving
 from voxgate.core.sfu.media import MediaServer
-from voxgate.protocols.adapter import PacketError, decode_packet, encode_packet
-from voxgate.testing.memory import MemoryChannel, memory_pair
-from voxgate.transports.opus import FRAME_BYTES, FRAME_SAMPLES
-from voxgate.transports.ws import Channel, Closed
+from voxgate.core.sfu.tracks import PcmPublisher, TrackSource
+from voxgate.opus import FRAME_SAMPLES, OpusDecoder
+from voxgate.protocols.realtime import events as ev
 
 log = logging.getLogger("voxgate.sfu.agent")
 
-#: The bridge's audio format on the Realtime side.
+#: The rate of the agent's audio both ways.
 RATE = 48000
-#: Audio sent to the agent per ``input_audio_buffer.append``.
-APPEND_FRAMES = 2
-#: How far ahead of real time the mouth writes into the ingest adapter.
-LEAD_SECONDS = 0.06
-#: The Realtime events a watcher of the agent gets (:meth:`CallAgent.watch`): turns,
-#: transcripts and response status, not audio.
-WATCHED = frozenset(
-    {
-        "input_audio_buffer.speech_started",
-        "input_audio_buffer.speech_stopped",
-        "conversation.item.input_audio_transcription.completed",
-        "response.created",
-        "response.output_audio_transcript.delta",
-        "response.output_audio_transcript.done",
-        "response.done",
-        "error",
-    }
+#: 20 ms frames mixed before they are fed to the session together.
+FEED_FRAMES = 2
+FRAME_SECONDS = FRAME_SAMPLES / RATE
+#: How late the mouth may fall before it skips ahead instead of catching up.
+MAX_LATE_SECONDS = 0.2
+#: The events a watcher of the agent gets (:meth:`CallAgent.watch`): turns, transcripts
+#: and response status, not audio.
+WATCHED = (
+    ev.SpeechStarted,
+    ev.SpeechStopped,
+    ev.TranscriptionCompleted,
+    ev.ResponseCreated,
+    ev.AudioTranscriptDelta,
+    ev.AudioTranscriptDone,
+    ev.ResponseDone,
+    ev.ItemTruncated,
+    ev.OutputAudioCleared,
+    ev.Error,
 )
 #: Events a slow watcher may have pending before it is cut off.
 WATCH_BACKLOG = 256
 
-
-Send = Callable[[str], Awaitable[None]]
+Emit = Callable[[ev.Event], Awaitable[None]]
 
 
 class VoiceSession(Protocol):
-    """What the bridge needs of :class:`voxgate.core.realtime.agent.RealtimeAgent`."""
+    """What the agent needs of :class:`voxgate.core.realtime.voice.VoiceSession`."""
 
     async def start(self) -> None: ...
 
-    async def handle(self, data: str | bytes) -> None: ...
+    async def feed_audio(self, pcm: bytes) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -83,51 +78,59 @@ class Line:
     text: str
 
 
+class _Ear:
+    """A subscriber of one listened track: its Opus decoded once, mono frames kept."""
+
+    def __init__(self) -> None:
+        self.frames: collections.deque[np.ndarray] = collections.deque(maxlen=10)
+        self._decoder = OpusDecoder()
+
+    def push(self, payload: bytes, timestamp: int) -> None:
+        pcm = self._decoder.decode(payload)
+        if pcm:
+            stereo = np.frombuffer(pcm, np.int16).reshape(-1, 2).astype(np.int32)
+            self.frames.append(stereo.sum(axis=1) // 2)
+
+    def end(self) -> None:
+        self.frames.clear()
+
+
 @dataclass(eq=False)
 class CallAgent:
     id: str
     app_id: str
     media: MediaServer
     listen: list[tuple[str, str]]
+    #: Renders an event for watchers (JSON text), ``None`` to leave it out.
+    render: Callable[[ev.Event], str | None]
     track_name: str = "agent"
     session_id: str = ""
     transcript: list[Line] = field(default_factory=list)
-    #: The session's meters (bytes and frames of the Realtime bridge), for live listings.
+    #: The session's meters, for live listings and its usage record.
     counters: RelaySession | None = None
     #: Called once when the agent has closed (the owner writes its usage record).
     on_close: Callable[[CallAgent], Awaitable[None]] | None = None
+    playout: Playout = field(default_factory=Playout)
     _voice: VoiceSession | None = None
-    _mouth: MemoryChannel | None = None
-    _ears: dict[int, collections.deque[np.ndarray]] = field(default_factory=dict)
-    _playout: bytearray = field(default_factory=bytearray)
-    _speaking: asyncio.Event = field(default_factory=asyncio.Event)
+    _publisher: PcmPublisher | None = None
+    _ears: list[tuple[TrackSource, _Ear]] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _adapters: list[Any] = field(default_factory=list)
     _watchers: set[asyncio.Queue[str | None]] = field(default_factory=set)
     _closed: bool = False
 
-    async def start(
-        self, make_voice: Callable[[Callable[[str], Awaitable[None]]], VoiceSession]
-    ) -> None:
-        """Open the adapters and the voice session. Raises SfuError/DialError; on
-        failure everything opened so far is closed again."""
+    async def start(self, make_voice: Callable[[Emit, AudioSink], VoiceSession]) -> None:
+        """Publish the agent's track, listen to the tracks, start the voice session.
+        Raises SfuError (a listened track is gone); then everything is closed again."""
         try:
-            ingest = await self.media.open_ingest(
-                self._dial_mouth, self.app_id, self.track_name, f"internal://agents/{self.id}/mouth"
-            )
-            self._adapters.append(ingest)
-            self.session_id = ingest.session_id
-            for n, (sid, name) in enumerate(self.listen):
-                self._ears[n] = collections.deque(maxlen=10)
-                stream = await self.media.open_stream(
-                    self._dial_ear(n),
-                    self.app_id,
-                    sid,
-                    name,
-                    f"internal://agents/{self.id}/ear/{n}",
-                )
-                self._adapters.append(stream)
-            self._voice = make_voice(self._on_event)
+            session = self.media.new_session(self.app_id)
+            self.session_id = session.id
+            self._publisher = session.publish_pcm(self.track_name)
+            for sid, name in self.listen:
+                source = self.media.track(self.app_id, sid, name)
+                ear = _Ear()
+                source.subscribe(ear)
+                self._ears.append((source, ear))
+            self._voice = make_voice(self._on_event, self.playout)
             await self._voice.start()
         except BaseException:
             await self.close()
@@ -135,66 +138,56 @@ class CallAgent:
         self._tasks.append(asyncio.create_task(self._mix(), name=f"agent-mix-{self.id}"))
         self._tasks.append(asyncio.create_task(self._speak(), name=f"agent-speak-{self.id}"))
 
-    # -- dialling: the far ends of the adapters' WebSockets -----------------------------
-
-    async def _dial_mouth(self, url: str) -> Channel:
-        ours, theirs = memory_pair()
-        self._mouth = ours
-        return theirs
-
-    def _dial_ear(self, n: int) -> Callable[[str], Awaitable[Channel]]:
-        async def dial(url: str) -> Channel:
-            ours, theirs = memory_pair(maxsize=256)
-            self._tasks.append(asyncio.create_task(self._hear(n, ours), name=f"agent-ear-{n}"))
-            return theirs
-
-        return dial
-
-    # -- ears -------------------------------------------------------------------------
-
-    async def _hear(self, n: int, channel: MemoryChannel) -> None:
-        frames = self._ears[n]
-        while not isinstance(msg := await channel.receive(), Closed):
-            if not isinstance(msg, bytes):
-                continue
-            with surviving(log, "agent %s: ear %d, a %d-byte frame", self.id, n, len(msg)):
-                try:
-                    pcm = decode_packet(msg).payload
-                except PacketError:
-                    continue
-                stereo = np.frombuffer(pcm, np.int16).reshape(-1, 2).astype(np.int32)
-                frames.append(stereo.sum(axis=1) // 2)
+    # -- ears ---------------------------------------------------------------------------
 
     async def _mix(self) -> None:
-        """Every 20 ms, one frame from each ear that has one, summed; sent in batches."""
+        """Every 20 ms, one frame from each ear that has one, summed; fed in batches."""
         loop = asyncio.get_running_loop()
         due = loop.time()
         batch: list[np.ndarray] = []
+        voice = self._voice
+        assert voice is not None
         while True:
-            due += FRAME_SAMPLES / RATE
+            due += FRAME_SECONDS
             await asyncio.sleep(max(0.0, due - loop.time()))
-            if due < loop.time() - 0.2:
+            if due < loop.time() - MAX_LATE_SECONDS:
                 due = loop.time()
-            parts = [ear.popleft() for ear in self._ears.values() if ear]
+            parts = [ear.frames.popleft() for _source, ear in self._ears if ear.frames]
             if not parts:
                 continue
             with surviving(log, "agent %s: mixing %d ears", self.id, len(parts)):
                 mixed = np.sum(parts, axis=0) if len(parts) > 1 else parts[0]
                 batch.append(np.clip(mixed, -32768, 32767).astype(np.int16))
-                if len(batch) >= APPEND_FRAMES:
-                    audio, batch = np.concatenate(batch).tobytes(), []
-                    await self._append(loop.time(), audio)
+                if len(batch) >= FEED_FRAMES:
+                    pcm, batch = np.concatenate(batch).tobytes(), []
+                    if self.counters is not None:
+                        self.counters.last_activity = loop.time()
+                        self.counters.client_bytes += len(pcm)
+                    await voice.feed_audio(pcm)
 
-    async def _append(self, now: float, pcm: bytes) -> None:
-        if self._voice is None:
-            return
-        audio = pybase64.b64encode(pcm).decode()
-        data = orjson.dumps({"type": "input_audio_buffer.append", "audio": audio}).decode()
-        if self.counters is not None:
-            self.counters.client_frame(now, data)
-        await self._voice.handle(data)
+    # -- mouth --------------------------------------------------------------------------
 
-    # -- mouth ------------------------------------------------------------------------
+    async def _speak(self) -> None:
+        """Every 20 ms, the playout's next frame into the agent's track; silence between
+        answers (a track without packets would be collected as gone)."""
+        loop = asyncio.get_running_loop()
+        start, frames = loop.time(), 0
+        publisher = self._publisher
+        assert publisher is not None
+        while True:
+            due = start + frames * FRAME_SECONDS
+            now = loop.time()
+            if now - due > MAX_LATE_SECONDS:
+                frames += int((now - due) / FRAME_SECONDS)
+            elif due > now:
+                await asyncio.sleep(due - now)
+            frames += 1
+            with surviving(log, "agent %s: speaking frame %d", self.id, frames):
+                mono = self.playout.take() or bytes(MONO_FRAME_BYTES)
+                samples = np.frombuffer(mono.ljust(MONO_FRAME_BYTES, b"\0"), np.int16)
+                publisher.write(np.repeat(samples, 2).tobytes())
+
+    # -- events -------------------------------------------------------------------------
 
     async def watch(self) -> AsyncIterator[str]:
         """The agent's :data:`WATCHED` events as JSON text, from now until it closes.
@@ -219,58 +212,21 @@ class CallAgent:
                 queue.get_nowait()
                 queue.put_nowait(None)
 
-    async def _on_event(self, data: str) -> None:
-        if self.counters is not None:
-            self.counters.upstream_frame(asyncio.get_running_loop().time(), data)
-        event = orjson.loads(data)
-        kind = event.get("type")
-        if kind in WATCHED:
-            self._tell_watchers(data)
-        if kind == "response.output_audio.delta":
-            self._playout += _stereo(pybase64.b64decode(event["delta"]))
-            self._speaking.set()
-        elif kind == "input_audio_buffer.speech_started":
-            self._playout.clear()
-        elif kind == "conversation.item.input_audio_transcription.completed":
-            self.transcript.append(Line("user", event.get("transcript", "")))
-        elif kind == "response.output_audio_transcript.done":
-            self.transcript.append(Line("assistant", event.get("transcript", "")))
-        elif kind == "error":
-            log.warning("agent %s: %s", self.id, event.get("error"))
+    async def _on_event(self, event: ev.Event) -> None:
+        if isinstance(event, WATCHED):
+            frame = self.render(event)
+            if frame is not None:
+                if self.counters is not None:
+                    self.counters.upstream_frame(asyncio.get_running_loop().time(), frame)
+                self._tell_watchers(frame)
+        if isinstance(event, ev.TranscriptionCompleted):
+            self.transcript.append(Line("user", event.transcript))
+        elif isinstance(event, ev.AudioTranscriptDone):
+            self.transcript.append(Line("assistant", event.transcript))
+        elif isinstance(event, ev.Error):
+            log.warning("agent %s: %s (%s)", self.id, event.message, event.code)
 
-    async def _speak(self) -> None:
-        loop = asyncio.get_running_loop()
-        seq = 0
-        while True:
-            await self._speaking.wait()
-            started = loop.time()
-            sent = 0
-            while len(self._playout) >= FRAME_BYTES or (self._playout and sent == 0):
-                frame = bytes(self._playout[:FRAME_BYTES]).ljust(FRAME_BYTES, b"\0")
-                del self._playout[:FRAME_BYTES]
-                with surviving(log, "agent %s: speaking frame %d", self.id, seq):
-                    await self._say(encode_packet(seq, seq * FRAME_SAMPLES, frame))
-                seq += 1
-                sent += 1
-                ahead = started + sent * FRAME_SAMPLES / RATE - loop.time()
-                if ahead > LEAD_SECONDS:
-                    await asyncio.sleep(ahead - LEAD_SECONDS)
-            if len(self._playout) < FRAME_BYTES:
-                self._speaking.clear()
-
-    async def _say(self, packet: bytes) -> None:
-        """One frame into the mouth; if the mouth's adapter is gone, what was left to
-        say is dropped (the agent goes on listening)."""
-        if self._mouth is None:
-            self._playout.clear()
-            return
-        try:
-            await self._mouth.send_bytes(packet)
-        except ConnectionError:
-            log.info("agent %s: its track's adapter is closed; dropping what is left", self.id)
-            self._playout.clear()
-
-    # -- end --------------------------------------------------------------------------
+    # -- end ----------------------------------------------------------------------------
 
     async def close(self) -> int | None:
         if self._closed:
@@ -280,17 +236,19 @@ class CallAgent:
             task.cancel()
         for task in self._tasks:
             await stop_task(task, log, f"agent {self.id}: {task.get_name()}")
+        for source, ear in self._ears:
+            source.unsubscribe(ear)
         if self._voice is not None:
             with surviving(log, "agent %s: closing its voice session", self.id):
                 await self._voice.close()
+        self.playout.stop()
         self._tell_watchers(None)
-        for adapter in self._adapters:
-            with surviving(log, "agent %s: closing adapter %s", self.id, adapter.id):
-                await adapter.close()
+        if self._publisher is not None:
+            with surviving(log, "agent %s: closing its track", self.id):
+                await self._publisher.aclose()
+        if self.session_id:
+            with surviving(log, "agent %s: closing its session", self.id):
+                await self.media.close_session(self.session_id)
         if self.on_close is not None:
             await self.on_close(self)
         return 0
-
-
-def _stereo(mono: bytes) -> bytes:
-    return np.repeat(np.frombuffer(mono, np.int16), 2).tobytes()
