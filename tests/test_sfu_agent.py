@@ -121,3 +121,67 @@ async def test_agent_in_a_call_answers_a_spoken_question(
     await ears.stop()
     await listener.close()
     await caller.close()
+
+
+async def test_barge_in_in_a_call_truncates_the_history_to_what_was_played(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """The caller speaks over the agent's answer: the answer stops in the call, and the
+    agent's history keeps only what was played into the call."""
+    gw = await gateway()
+    base = gw.base + APP
+    caller = SfuPeer(http, base)
+    await caller.open()
+    mic = PcmTrack()
+    await caller.publish("mic", mic)
+    td = {"type": "server_vad", "silence_duration_ms": 500}
+    status, body = await caller.call(
+        "POST",
+        "/agents/new",
+        {
+            "listen": [{"sessionId": caller.session_id, "trackName": "mic"}],
+            "session": {"audio": {"input": {"turn_detection": td}}},
+        },
+    )
+    assert status == 201, body
+    agent_id = body["agentId"]
+    watched: list[dict[str, object]] = []
+    watcher = asyncio.create_task(watch(http, f"{base}/agents/{agent_id}/events", watched))
+    question = speech_48k("arctic_a0007.wav")
+    mic.play(question)
+    await wait_for(
+        lambda: any(e["type"] == "response.output_audio_transcript.delta" for e in watched), 30
+    )
+    agent = gw.services.media.agents[agent_id]
+    answer_item = next(
+        e["item_id"] for e in watched if e["type"] == "response.output_audio_transcript.delta"
+    )
+    await wait_for(lambda: agent.playout.played_ms(str(answer_item)) > 800, 20)  # type: ignore[attr-defined]
+    mic.play(question)  # over the answer
+    await wait_for(lambda: any(e["type"] == "conversation.item.truncated" for e in watched), 20)
+    truncated = next(e for e in watched if e["type"] == "conversation.item.truncated")
+    assert truncated["item_id"] == answer_item
+    played = int(truncated["audio_end_ms"])  # type: ignore[call-overload]
+    assert 800 <= played < 4000, truncated
+    assert any(e["type"] == "output_audio_buffer.cleared" for e in watched)
+    done = next(
+        e["response"]
+        for e in watched
+        if e["type"] == "response.done" and e["response"]["output"][0]["id"] == answer_item  # type: ignore[index]
+    )
+    assert done["status"] == "cancelled"  # type: ignore[index]
+    # the history holds the words of the audio the call heard, not the whole answer
+    item = agent._voice.conversation.get(str(answer_item))  # type: ignore[attr-defined, union-attr]
+    heard = item.content[0].transcript
+    said = "".join(
+        str(e["delta"])
+        for e in watched
+        if e.get("type") == "response.output_audio_transcript.delta"
+        and e.get("item_id") == answer_item
+    )
+    assert heard and said.startswith(heard) and len(heard) < len(said), (heard, said)
+    status, _closed = await caller.call("POST", f"/agents/{agent_id}/close")
+    assert status == 200
+    async with asyncio.timeout(5):
+        await watcher
+    await caller.close()

@@ -1,0 +1,180 @@
+"""The voice session with no socket at all: commands in, canonical events out, the voice
+into an in-memory play-out that a test plays at its own pace (real engines, echo model)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from voxgate.core.realtime.deps import AgentDeps
+from voxgate.core.realtime.playout import Playout
+from voxgate.core.realtime.voice import VoiceSession
+from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.engines.base import VoiceActivity
+from voxgate.engines.llm import EchoModel
+from voxgate.engines.registry import EngineRegistry
+from voxgate.protocols.realtime import events as ev
+from voxgate.protocols.realtime.items import ContentPart, Item
+from voxgate.protocols.realtime.protocol import RealtimeProtocol
+from voxgate.protocols.realtime.session import SessionConfig
+from voxgate.protocols.relay.usage import UsageMeter
+from voxgate.settings import Limits
+
+LONG = (
+    "The birch canoe slid on the smooth planks. Glue the sheet to the dark blue background. "
+    "It is easy to tell the depth of a well. These days a chicken leg is a rare dish."
+)
+
+
+class _Speech(VoiceActivity):
+    """Everything is speech while ``on``: a barge-in on demand."""
+
+    name = "switch"
+    sample_rate = 16000
+    frame_samples = 512
+    on = False
+
+    def score(self, frame: bytes) -> float:
+        return 1.0 if _Speech.on else 0.0
+
+
+class Harness:
+    def __init__(self, engines: EngineRegistry, *, sink: Playout | None = None) -> None:
+        self.events: list[ev.Event] = []
+        self.arrived = asyncio.Event()
+        ids = itertools.count()
+        deps = AgentDeps(
+            workers=engines.workers,
+            get_tts=engines.tts,
+            get_stt=engines.stt,
+            make_vad=_Speech,
+            resolve_model=lambda _model: EchoModel(),
+            tts_names=("piper",),
+            stt_names=("pocketsphinx",),
+            default_tts="piper",
+            default_stt="pocketsphinx",
+        )
+        info = SessionInfo("s", "a", "g", "voxgate", None, None, None, kind="realtime")
+        self.sink = sink or Playout()
+        self.session = VoiceSession(
+            config=SessionConfig(),
+            deps=deps,
+            counters=RelaySession(info, Limits(), now=0.0, wall=0.0, meter=UsageMeter()),
+            emit=self.emit,
+            sink=self.sink,
+            ids=lambda prefix: f"{prefix}_{next(ids)}",
+            session_id="s",
+            expires_at=0,
+            input_rate=48000,
+        )
+
+    async def emit(self, event: ev.Event) -> None:
+        self.events.append(event)
+        self.arrived.set()
+
+    async def until(self, kind: type, within: float = 30.0) -> ev.Event:
+        async with asyncio.timeout(within):
+            while True:
+                for e in self.events:
+                    if isinstance(e, kind):
+                        return e
+                self.arrived.clear()
+                await self.arrived.wait()
+
+    def of(self, kind: type) -> list[ev.Event]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def _user(text: str) -> Item:
+    return Item("item_user", "message", role="user", content=[ContentPart("input_text", text=text)])
+
+
+async def _play(sink: Playout, ms: int) -> None:
+    """Play ``ms`` of the sink's audio as a transport's paced loop would (faster)."""
+    for _ in range(ms // 20):
+        sink.take()
+        await asyncio.sleep(0.001)
+
+
+async def test_a_text_turn_speaks_into_the_sink_and_emits_no_wire_names(
+    speech_engines: EngineRegistry,
+) -> None:
+    h = Harness(speech_engines)
+    await h.session.start()
+    created = await h.until(ev.SessionCreated)
+    assert isinstance(created, ev.SessionCreated) and created.session.session_id == "s"
+    await h.session.create_item(_user("Hello there."), None)
+    await h.session.respond()
+    # the voice goes to the sink, which a paced loop plays (here faster than real time)
+    player = asyncio.create_task(_play(h.sink, 60_000))
+    done = await h.until(ev.ResponseDone)
+    assert isinstance(done, ev.ResponseDone)
+    assert done.response.status == "completed"
+    async with asyncio.timeout(10):
+        while h.sink.playing is not None:
+            await asyncio.sleep(0.01)
+    player.cancel()
+    [item] = done.response.output
+    assert h.sink.played_ms(item.id) > 300
+    # every event renders for a GA client, and none carries audio
+    protocol = RealtimeProtocol(ids=lambda prefix: prefix)
+    frames = [protocol.render(e) for e in h.events]
+    assert all(f is not None for f in frames)
+    assert not any('"response.output_audio.delta"' in (f or "") for f in frames)
+    await h.session.close()
+
+
+async def test_barge_in_truncates_the_answer_to_what_was_played(
+    speech_engines: EngineRegistry,
+) -> None:
+    """The caller speaks over the answer: the unplayed audio is dropped and the history
+    keeps only the words of the audio that was played."""
+    h = Harness(speech_engines)
+    await h.session.start()
+    await h.session.update({"audio": {"input": {"turn_detection": {"type": "server_vad"}}}})
+    await h.session.create_item(_user(LONG), None)
+    await h.session.respond()
+    added = await h.until(ev.AudioTranscriptDelta)
+    assert isinstance(added, ev.AudioTranscriptDelta)
+    async with asyncio.timeout(30):  # 1.2 s of the answer heard
+        while h.sink.played_ms(added.item_id) < 1200:
+            await _play(h.sink, 20)
+    _Speech.on = True
+    try:
+        for _ in range(20):  # 20 × 20 ms of "speech" at 48 kHz
+            await h.session.feed_audio(bytes(1920))
+        truncated = await h.until(ev.ItemTruncated)
+    finally:
+        _Speech.on = False
+    assert isinstance(truncated, ev.ItemTruncated)
+    assert truncated.item_id == added.item_id
+    assert 1100 <= truncated.audio_end_ms <= 1300
+    assert h.of(ev.OutputAudioCleared)
+    assert h.sink.playing is None  # nothing unplayed is left
+    done = await h.until(ev.ResponseDone)
+    assert isinstance(done, ev.ResponseDone)
+    item = h.session.conversation.get(added.item_id)
+    heard = item.content[0].transcript or ""
+    assert heard and len(heard.split()) < len(LONG.split()) // 2, heard
+    said = "".join(d.delta for d in h.of(ev.AudioTranscriptDelta))  # type: ignore[attr-defined]
+    assert said.startswith(heard), (said, heard)
+    await h.session.close()
+
+
+async def test_commands_refused_change_nothing(speech_engines: EngineRegistry) -> None:
+    h = Harness(speech_engines)
+    await h.session.start()
+    await h.session.create_item(_user("keep me"), None)
+    for bad in (
+        h.session.truncate("item_user", 0, 10),  # not an assistant item
+        h.session.delete("nope"),
+        h.session.update({"voice": 7}),
+    ):
+        try:
+            await bad
+        except Exception as exc:  # noqa: BLE001 - the refusal is the point
+            assert type(exc).__name__ == "ClientEventError"
+        else:
+            raise AssertionError("refused command was accepted")
+    assert [i.id for i in h.session.conversation.items] == ["item_user"]
+    await h.session.close()
