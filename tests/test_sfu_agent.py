@@ -179,7 +179,9 @@ async def test_barge_in_in_a_call_truncates_the_history_to_what_was_played(
         if e.get("type") == "response.output_audio_transcript.delta"
         and e.get("item_id") == answer_item
     )
-    assert heard and said.startswith(heard) and len(heard) < len(said), (heard, said)
+    assert heard
+    assert said.startswith(heard)
+    assert len(heard) < len(said), (heard, said)
     status, _closed = await caller.call("POST", f"/agents/{agent_id}/close")
     assert status == 200
     async with asyncio.timeout(5):
