@@ -178,7 +178,7 @@ async def test_ops_endpoints_and_metrics(
         assert (await r.json())["error"]["code"] == "not_found"
 
 
-async def test_shutdown_closes_sessions_going_away_and_keeps_records(
+async def test_shutdown_closes_sessions_1012_and_keeps_records(
     gateway: GatewayFactory, upstream, http
 ) -> None:
     gw = await gateway(toml(upstream), ENV)
@@ -194,14 +194,14 @@ async def test_shutdown_closes_sessions_going_away_and_keeps_records(
     await gw.stop()
     msg = await ws.receive()
     assert msg.type is aiohttp.WSMsgType.CLOSE
-    assert msg.data == 1001
+    assert msg.data == 1012  # service restart: reconnect, to a node not draining
     fresh = SQLiteStore(path)
     await fresh.open()
     recs = await fresh.query(UsageQuery("local", "default"))
     await fresh.close()
     assert len(recs) == 1
-    assert recs[0].client_close_code == 1001
-    assert upstream.connections[0].close_code == 1001
+    assert recs[0].client_close_code == 1012
+    assert upstream.connections[0].close_code == 1001  # the gateway, its client, goes away
 
 
 async def test_internal_errors_do_not_leak_detail(tmp_path, http: aiohttp.ClientSession) -> None:

@@ -99,11 +99,10 @@ async def _play(sink: Playout, ms: int) -> None:
         await asyncio.sleep(0.001)
 
 
-async def _play_out(sink: Playout) -> None:
-    """Play until the answer is over: nothing left to play for a while."""
-    quiet = 0
-    while quiet < 200:
-        quiet = quiet + 1 if sink.take() is None else 0
+async def _play_out(sink: Playout, over: asyncio.Event) -> None:
+    """Play (faster than real time) until the answer is over and all of it was played."""
+    while not (over.is_set() and sink.playing is None):
+        sink.take()
         await asyncio.sleep(0.001)
 
 
@@ -118,8 +117,10 @@ async def test_a_text_turn_speaks_into_the_sink_and_emits_no_wire_names(
     await h.session.create_item(_user("Hello there."), None)
     await h.session.respond()
     # the voice goes to the sink, which a paced loop plays (here faster than real time)
-    player = asyncio.create_task(_play_out(h.sink))
-    done = await h.until(ev.ResponseDone)
+    over = asyncio.Event()
+    player = asyncio.create_task(_play_out(h.sink, over))
+    done = await h.until(ev.ResponseDone, within=60)
+    over.set()
     assert isinstance(done, ev.ResponseDone)
     assert done.response.status == "completed"
     async with asyncio.timeout(10):

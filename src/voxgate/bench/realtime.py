@@ -11,7 +11,19 @@ it measures from the end of the speech in the input stream to the first
 - the *processing*: from the moment the client sent the audio at ``audio_end_ms`` to the
   first audio delta (recognition final, model, first clause synthesized).
 
-One session, then 4 concurrent sessions. Barge-in: while the agent speaks a long answer,
+One session; then, in the same run against the same server and clips, the same turns
+over WebRTC (48 kHz, Opus, aiortc as the client; the speech stream is the microphone
+track, counted in 20 ms frames from its first packet):
+
+- *WebRTC call*: ``POST /v1/realtime/calls`` (OpenAI's WebRTC form: offer with a mic
+  track and the ``oai-events`` data channel, ``application/sdp``); ``speech_stopped`` comes
+  on the data channel; the first answer audio is the first frame received on the call's
+  track (decoded by aiortc) with an RMS above ``LOUD`` after ``speech_stopped``;
+- *SFU agent*: ``POST /v1/apps/default/agents/new`` listening to a caller's published
+  mic track; ``speech_stopped`` from the agent's SSE ``…/agents/{id}/events``; the first
+  answer audio is the first loud frame on the agent's track as a second peer pulls it.
+
+Then 4 concurrent sessions. Barge-in: while the agent speaks a long answer,
 the client starts a sentence; the figure is from the wall time of the first speech sample
 sent to the last ``response.output_audio.delta`` received before ``response.done``.
 """
@@ -20,6 +32,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import contextlib
+import fractions
 import os
 import statistics
 import sys
@@ -31,19 +46,29 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import numpy as np
 import orjson
 import pybase64
+from aiortc import MediaStreamTrack, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 
 from voxgate.audio import resample
 from voxgate.bench.relay import _config, pct, voxgate_proc
 from voxgate.bench.sentences import HARVARD
 from voxgate.speech_client import speak
+from voxgate.testing.webrtc import SfuPeer
+from voxgate.webrtc import close_peer, peer_connection
 
 RATE = 24000
 CHUNK_MS = 20
 CHUNK = RATE * 2 * CHUNK_MS // 1000
 LONG_ANSWER = " ".join(HARVARD[:6])
+RTC_RATE = 48000
+RTC_FRAME = RTC_RATE * CHUNK_MS // 1000  # samples per 20 ms frame
+#: RMS of a received 20 ms frame above which it counts as the answer's voice.
+LOUD = 200.0
+TURN_DETECTION = {"type": "server_vad", "silence_duration_ms": 500, "prefix_padding_ms": 300}
 
 
 def speech_bounds_ms(pcm: bytes, level: int = 600) -> tuple[float, float]:
@@ -191,6 +216,232 @@ async def barge_in(
     return out, missed
 
 
+# --------------------------------------------------------------------------- WebRTC rows
+
+
+class MicTrack(MediaStreamTrack):
+    """A microphone: 48 kHz PCM16 in 20 ms frames at real-time pace, silence when nothing
+    is queued. No frame (so no packet) leaves before ``live`` is set, so the server's audio
+    position 0 is this track's first frame; ``sent_at`` is the wall time of each frame."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = asyncio.Event()
+        self.sent_at: list[float] = []
+        self._pcm = bytearray()
+        self._start: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pcm)
+
+    def play(self, pcm: bytes) -> float:
+        """Queue ``pcm``; the stream position (ms) at which it starts."""
+        frame = RTC_FRAME * 2
+        at = (len(self.sent_at) + len(self._pcm) // frame) * CHUNK_MS
+        self._pcm += pcm + bytes(-len(pcm) % frame)
+        return float(at)
+
+    def sent_time(self, position_ms: float) -> float:
+        i = min(len(self.sent_at) - 1, max(0, int(position_ms // CHUNK_MS) - 1))
+        return self.sent_at[i]
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        await self.live.wait()
+        if self._start is None:
+            self._start = time.perf_counter()
+        n = len(self.sent_at)
+        await asyncio.sleep(max(0.0, self._start + n * CHUNK_MS / 1000 - time.perf_counter()))
+        chunk = bytes(self._pcm[: RTC_FRAME * 2]).ljust(RTC_FRAME * 2, b"\0")
+        del self._pcm[: RTC_FRAME * 2]
+        frame = av.AudioFrame.from_ndarray(
+            np.frombuffer(chunk, np.int16).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = RTC_RATE
+        frame.pts = n * RTC_FRAME
+        frame.time_base = fractions.Fraction(1, RTC_RATE)
+        self.sent_at.append(time.perf_counter())
+        return frame
+
+
+class Ears:
+    """Reads a received track; the arrival time of each loud frame (RMS above ``LOUD``)."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self.loud: list[float] = []
+        self._track = track
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await self._track.recv()
+                assert isinstance(frame, av.AudioFrame)
+                arr = frame.to_ndarray()
+                mono = arr.reshape(-1, 2)[:, 0] if frame.layout.name == "stereo" else arr
+                x = mono.astype(np.float64).ravel()
+                if len(x) and float(np.sqrt(np.mean(x * x))) > LOUD:
+                    self.loud.append(time.perf_counter())
+
+    async def first_loud(self, after: float, within: float = 30) -> float:
+        """The arrival time of the first loud frame after the wall time ``after``."""
+        async with asyncio.timeout(within):
+            while True:
+                i = bisect.bisect_right(self.loud, after)
+                if i < len(self.loud):
+                    return self.loud[i]
+                await asyncio.sleep(0.01)
+
+    async def quiet(self, seconds: float = 1.0, within: float = 30) -> None:
+        """Wait until no loud frame came for ``seconds`` (the answer has played out)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while self.loud and time.perf_counter() - self.loud[-1] < seconds:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+Events = asyncio.Queue[tuple[float, dict[str, Any]]]
+
+
+async def until(events: Events, kind: str, within: float = 60) -> tuple[float, dict[str, Any]]:
+    async with asyncio.timeout(within):
+        while True:
+            t, ev = await events.get()
+            if ev["type"] == kind:
+                return t, ev
+
+
+async def rtc_turns(
+    mic: MicTrack, ears: Ears, events: Events, clips: list[tuple[bytes, bytes]]
+) -> list[tuple[float, float]]:
+    """(silence window, processing) for each (24 kHz, 48 kHz) clip spoken into ``mic``."""
+    out = []
+    mic.live.set()
+    mic.play(bytes(2 * RTC_RATE // 2))  # half a second of room tone first
+    for clip24, clip48 in clips:
+        _start, end = speech_bounds_ms(clip24)
+        speech_end = mic.play(clip48) + end
+        stopped_at, stopped = await until(events, "input_audio_buffer.speech_stopped")
+        first = await ears.first_loud(stopped_at)
+        await until(events, "response.done")
+        while mic.pending:  # noqa: ASYNC110 - the clip plays out
+            await asyncio.sleep(0.05)
+        await ears.quiet()
+        audio_end = stopped["audio_end_ms"]
+        out.append(((audio_end - speech_end) / 1000, first - mic.sent_time(audio_end)))
+    return out
+
+
+async def call_turns(
+    http: aiohttp.ClientSession, base: str, clips: list[tuple[bytes, bytes]]
+) -> list[tuple[float, float]]:
+    """The turns over ``POST /v1/realtime/calls`` (the raw ``application/sdp`` form)."""
+    pc = peer_connection()
+    mic = MicTrack()
+    pc.addTrack(mic)
+    channel = pc.createDataChannel("oai-events")
+    events: Events = asyncio.Queue()
+    heard: list[Ears] = []
+
+    def on_message(data: str | bytes) -> None:
+        events.put_nowait((time.perf_counter(), orjson.loads(data)))
+
+    def on_track(track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            heard.append(Ears(track))
+
+    channel.on("message", on_message)
+    pc.on("track", on_track)
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        headers = {"Content-Type": "application/sdp"}
+        sdp = pc.localDescription.sdp
+        async with http.post(f"{base}/v1/realtime/calls", data=sdp, headers=headers) as r:
+            answer = await r.text()
+            if r.status != 201:
+                raise RuntimeError(f"POST /v1/realtime/calls: {r.status} {answer}")
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await until(events, "session.created", 30)
+        update = {"audio": {"input": {"turn_detection": TURN_DETECTION}}}
+        channel.send(orjson.dumps({"type": "session.update", "session": update}).decode())
+        await until(events, "session.updated", 30)
+        if not heard:
+            raise RuntimeError("the call's answer has no audio track")
+        return await rtc_turns(mic, heard[0], events, clips)
+    finally:
+        for ears in heard:
+            await ears.stop()
+        await close_peer(pc)
+
+
+async def sse(http: aiohttp.ClientSession, url: str, events: Events) -> None:
+    """An agent's Server-Sent Events (``data:`` lines of Realtime events) into ``events``."""
+    async with http.get(url) as resp:
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                data = orjson.loads(line[6:])
+                if isinstance(data, dict) and "type" in data:
+                    events.put_nowait((time.perf_counter(), data))
+
+
+async def sfu_turns(
+    http: aiohttp.ClientSession, base: str, clips: list[tuple[bytes, bytes]]
+) -> list[tuple[float, float]]:
+    """The turns to an agent in an SFU call: a caller publishes the mic, the agent
+    listens to it, a listener pulls the agent's track."""
+    app = f"{base}/v1/apps/default"
+    caller, listener = SfuPeer(http, app), SfuPeer(http, app)
+    mic = MicTrack()
+    ears: Ears | None = None
+    watcher: asyncio.Task[None] | None = None
+    agent_id = ""
+    try:
+        await caller.open()
+        await caller.publish("mic", mic)
+        status, body = await caller.call(
+            "POST",
+            "/agents/new",
+            {
+                "listen": [{"sessionId": caller.session_id, "trackName": "mic"}],
+                "session": {"audio": {"input": {"turn_detection": TURN_DETECTION}}},
+            },
+        )
+        if status != 201:
+            raise RuntimeError(f"POST /agents/new: {status} {body}")
+        agent_id = body["agentId"]
+        events: Events = asyncio.Queue()
+        watcher = asyncio.create_task(sse(http, f"{app}/agents/{agent_id}/events", events))
+        await listener.open()
+        pulled = await listener.pull((body["sessionId"], body["trackName"]))
+        mid = pulled["tracks"][0]["mid"]
+        async with asyncio.timeout(15):
+            while mid not in listener.received:  # noqa: ASYNC110 - no event for it
+                await asyncio.sleep(0.02)
+        ears = Ears(listener.received[mid])
+        return await rtc_turns(mic, ears, events, clips)
+    finally:
+        if agent_id:
+            await caller.call("POST", f"/agents/{agent_id}/close")
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if ears is not None:
+            await ears.stop()
+        await listener.close()
+        await caller.close()
+
+
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:5.0f} ms"
 
@@ -224,6 +475,13 @@ async def run(args: argparse.Namespace) -> None:
                 clips.append(resample(spoken.pcm, spoken.sample_rate, RATE))
             print(f"## {len(clips)} spoken turns (piper), streamed in real time, server_vad 500 ms")
             summary("1 session", await turns(http, base, clips))
+            http_base = f"http://127.0.0.1:{gateway.port}"
+            pairs = [(c, resample(c, RATE, RTC_RATE)) for c in clips]
+            for label, row in (("WebRTC call", call_turns), ("SFU agent", sfu_turns)):
+                try:
+                    summary(label, await row(http, http_base, pairs))
+                except Exception as e:
+                    print(f"{label:<11} failed: {type(e).__name__}: {e}")
             per = max(1, args.turns // 2)
             results = await asyncio.gather(
                 *(turns(http, base, (clips[k * 3 :] + clips[: k * 3])[:per]) for k in range(4))

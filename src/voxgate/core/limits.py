@@ -6,11 +6,19 @@ from enum import IntEnum
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes voxgate sends, documented in the README."""
+    """WebSocket close codes voxgate sends, documented in the README.
+
+    The official OpenAI SDKs reconnect on their own after any of
+    :data:`RECONNECTING_CODES`: a refusal (auth, a limit, a request the peer would only
+    repeat) must use 1008 or a 4xxx code, never one of those; a draining node closes with
+    1012 so that clients do reconnect, to another node.
+    """
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    POLICY_VIOLATION = 1008
     INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
     AUTH_FAILED = 4000
     RATE_LIMITED = 4001
     MESSAGE_TOO_LARGE = 4002
@@ -33,6 +41,10 @@ LIMIT_NAMES: dict[int, str] = {
     CloseCode.SESSION_TOO_LONG: "max_session_seconds",
     CloseCode.IDLE: "idle_seconds",
 }
+
+#: Codes after which the official OpenAI SDKs reconnect by themselves (spec/realtime.md,
+#: "Close codes"): never the answer to a refusal, or a refused client retries forever.
+RECONNECTING_CODES = frozenset({1001, 1005, 1006, 1011, 1012, 1013, 1015})
 
 #: Codes that may not be sent in a close frame (RFC 6455 §7.4.1).
 _UNSENDABLE = frozenset({1004, 1005, 1006, 1015})

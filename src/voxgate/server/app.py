@@ -57,6 +57,9 @@ class Services:
         default_factory=lambda: WebSocketDialer(timeout=10.0, max_message_bytes=MAX_INGEST_MESSAGE)
     )
     ready: bool = False
+    #: Set as the server begins to shut down, before live sessions are stopped: a handler
+    #: not yet listed in ``live`` or ``live_speech`` checks it, so it too closes with 1012.
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
     #: Usage writes still in flight, awaited at shutdown so no record is lost.
     pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
     #: Removes configured secrets (and auth-scheme values) from captured frames.
@@ -190,6 +193,7 @@ async def _startup(app: web.Application) -> None:
 async def _shutdown(app: web.Application) -> None:
     s = app[SERVICES]
     s.ready = False
+    s.draining.set()
     for conn in list(s.live):
         conn.stop()
     for speech in list(s.live_speech):

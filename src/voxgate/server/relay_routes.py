@@ -186,6 +186,8 @@ async def run_relay(
         close_timeout=s.settings.server.shutdown_timeout_seconds,
     )
     s.live.add(conn)
+    if s.draining.is_set():  # the server began to shut down during the dial or upgrade
+        conn.stop()
     s.metrics.session_opened(session)
     log.info(
         "relay open",

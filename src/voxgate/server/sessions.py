@@ -57,6 +57,8 @@ async def run_live(
     if ws is not None:
         ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
     s.live_speech.add(conn)
+    if s.draining.is_set():  # the server began to shut down while this one was set up
+        conn.stop()
     s.metrics.speech_opened(counters)
     ending = SpeechEnding(1011, "", error="internal_error")
     try:

@@ -21,6 +21,7 @@ form (plain text, ``{"type": "control", …}``, a settings object; see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -135,7 +136,11 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         first: str | bytes | None = None
         native = False
         if provider is not _LOCAL or kind == "tts":
-            first = await _first_message(client, limits)
+            got = await _first_message(client, limits, s.draining)
+            if isinstance(got, SpeechEnding):  # the server shuts down: not a session yet
+                ending = got
+                return ws
+            first = got
             # a cloud engine named as itself relays its provider's own protocol; any other
             # TTS address takes SLNG's native form (plain text, control messages)
             if (
@@ -169,13 +174,34 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         await save_record(s, counters, ending.code, upstream_code, ending.error)
 
 
-async def _first_message(client: AiohttpChannel, limits: Limits) -> str | bytes | None:
-    """The client's first frame (``None`` if it closed or stayed silent past the idle limit)."""
+#: The close for a client whose first message is still awaited when the server shuts down.
+_DRAINED = SpeechEnding(CloseCode.SERVICE_RESTART, "server shutting down")
+
+
+async def _first_message(
+    client: AiohttpChannel, limits: Limits, draining: asyncio.Event
+) -> str | bytes | SpeechEnding | None:
+    """The client's first frame (``None`` if it closed or stayed silent past the idle limit).
+
+    If the server begins to shut down meanwhile, the client is closed with 1012 and that
+    ending is returned: no session is live yet for the shutdown to stop."""
+    receiving = asyncio.ensure_future(client.receive())
+    drained = asyncio.ensure_future(draining.wait())
     try:
-        async with asyncio.timeout(limits.idle_seconds):
-            data = await client.receive()
-    except TimeoutError:
+        await asyncio.wait(
+            (receiving, drained), timeout=limits.idle_seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        for waiter in (receiving, drained):
+            waiter.cancel()
+        await asyncio.gather(receiving, drained, return_exceptions=True)
+    if draining.is_set():
+        with contextlib.suppress(ConnectionError, RuntimeError):  # a client already gone
+            await client.close(_DRAINED.code, _DRAINED.reason)
+        return _DRAINED
+    if receiving.cancelled():  # silent past the idle limit
         return None
+    data = receiving.result()
     return None if isinstance(data, Closed) else data
 
 
@@ -212,8 +238,9 @@ async def _relay_native(
         upstream = await s.connector.connect(req, heartbeat=counters.limits.heartbeat_seconds)
     except UpstreamError as exc:
         s.metrics.upstream_failures[(provider.name, exc.reason)] += 1
-        await client.close(CloseCode.INTERNAL_ERROR, exc.public_message)
-        return Ending(1011, exc.public_message, 1006, "", error=f"upstream_{exc.reason}")
+        code = _refusal_code(exc)
+        await client.close(code, exc.public_message)
+        return Ending(code, exc.public_message, 1006, "", error=f"upstream_{exc.reason}")
     counters.client_frame(asyncio.get_running_loop().time(), first)
     up = AiohttpChannel(upstream)
     if isinstance(first, str):
@@ -224,6 +251,8 @@ async def _relay_native(
         counters, client, up, close_timeout=s.settings.server.shutdown_timeout_seconds
     )
     s.live.add(conn)
+    if s.draining.is_set():  # the server began to shut down during the dial
+        conn.stop()
     s.metrics.speech_opened(counters)
     try:
         ending = await conn.run()
@@ -231,6 +260,18 @@ async def _relay_native(
         s.live.discard(conn)
         s.metrics.speech_closed(counters, 0)
     return ending
+
+
+def _refusal_code(exc: UpstreamError) -> int:
+    """The client's close code when the provider refused or could not be reached.
+
+    A 4xx refusal (a wrong key, a rate limit, an unknown voice) would only be repeated:
+    1008, which clients do not reconnect after. Unreachable, a timeout or a 5xx: 1011,
+    worth a retry."""
+    status = exc.upstream_status
+    if status is not None and 400 <= status < 500 and status != 408:
+        return CloseCode.POLICY_VIOLATION
+    return CloseCode.INTERNAL_ERROR
 
 
 def _engine_option(s: Services, provider: str, option: str) -> str:

@@ -88,8 +88,13 @@ def _upstream_closed(c: Closed) -> Ending:
     )
 
 
+#: Server shutdown: the client gets 1012 (service restart), so that it reconnects, to a node
+#: that is not draining; the upstream sees its client (the gateway) going away.
 SHUTDOWN = Ending(
-    CloseCode.GOING_AWAY, "server shutting down", CloseCode.GOING_AWAY, "server shutting down"
+    CloseCode.SERVICE_RESTART,
+    "server shutting down",
+    CloseCode.GOING_AWAY,
+    "server shutting down",
 )
 
 

@@ -4,7 +4,8 @@ One loop reads client frames, applies the session's limits (size, rate, idle, du
 and hands each frame to the session; the session's own tasks send audio and
 transcripts. Whatever ends the session becomes one close code: the client closing,
 a limit (an ``error`` event, then ``session_ended``, then the close), a fatal error
-(``error``, ``session_ended``, close 1011) or server shutdown (``session_ended``, 1001).
+(``error``, ``session_ended``, close 1011) or server shutdown (``session_ended``, 1012
+"service restart": the client reconnects, to a node that is not draining).
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ class SpeechConnection:
             self.stop(SpeechEnding(1006, "", error="client_disconnected"))
 
     def stop(self, ending: SpeechEnding | None = None) -> None:
+        """End the session with ``ending``; without one, as the server shuts down (1012)."""
         if not self._done.done():
-            self._done.set_result(ending or self._server_ending(CloseCode.GOING_AWAY, "shutdown"))
+            self._done.set_result(
+                ending or self._server_ending(CloseCode.SERVICE_RESTART, "shutdown")
+            )
 
     def fail(self, frame: str) -> None:
         """End the session after a fatal error whose ``error`` frame is ``frame``."""
