@@ -22,7 +22,7 @@ from voxgate.bench.page import question_wav
 from voxgate.testing import RecordingUpstream
 
 try:
-    from playwright.async_api import Browser, Page, async_playwright
+    from playwright.async_api import Browser, Page, Response, async_playwright
 except ImportError:  # pragma: no cover - depends on the machine
     pytest.skip("playwright is not installed (pip install playwright)", allow_module_level=True)
 
@@ -203,6 +203,42 @@ async def test_talk_through_the_media_server(gateway: GatewayFactory, launch: La
             await asyncio.sleep(0.05)
 
 
+async def test_talk_over_openai_webrtc(gateway: GatewayFactory, launch: Launch) -> None:
+    gw = await gateway()
+    page = await launch(gw)
+    posted: list[tuple[str, int]] = []  # (address, status) of each POST the page made
+
+    def on_response(response: Response) -> None:
+        if response.request.method == "POST":
+            posted.append((response.url, response.status))
+
+    page.on("response", on_response)
+    state = await talk_until_answered(page, "openai-rtc")
+    call_id = state["session"]  # session.created names the call: rtc_…
+    assert any("superlative" in a for a in state["agent"]), state
+    assert 0 < state["latency"][0] < 10_000
+    # the page minted a client secret, then placed the call with it
+    paths = [url.removeprefix(gw.base) for url, _ in posted]
+    assert paths[:2] == ["/v1/realtime/client_secrets", "/v1/realtime/calls"], posted
+    assert [status for _, status in posted[:2]] == [200, 201], posted
+    await screenshot(page, "talk-openai-webrtc")
+
+    await show_gateway(page, call_id)
+    row = await page.inner_text(f'#live tr[data-session="{call_id}"]')
+    assert "realtime" in row
+    assert "voxgate/echo" in row
+    # Stop hangs the call up (POST {Location}/hangup) and it ends on the gateway
+    await page.click("#tab-talk")
+    await page.click("#talk-stop")
+    await page.click("#tab-gateway")
+    await page.wait_for_selector(f'#live tr[data-session="{call_id}"]', state="detached")
+    usage = f'#usage tr[data-session="{call_id}"]'
+    await page.wait_for_selector(usage, timeout=10_000)
+    assert "realtime" in await page.inner_text(usage)
+    hangups = [(url, status) for url, status in posted if url.endswith("/hangup")]
+    assert hangups == [(f"{gw.base}/v1/realtime/calls/{call_id}/hangup", 200)], posted
+
+
 async def test_speak_and_listen(gateway: GatewayFactory, launch: Launch) -> None:
     gw = await gateway()
     page = await launch(gw)
@@ -318,12 +354,14 @@ async def test_upstream_model_error(gateway: GatewayFactory, launch: Launch) -> 
     await screenshot(page, "error-upstream")
 
 
+@pytest.mark.parametrize("mode", ["ws", "openai-rtc"])
 async def test_speaking_over_the_answer_interrupts_it(
-    gateway: GatewayFactory, launch: Launch, tmp_path: Path
+    gateway: GatewayFactory, launch: Launch, tmp_path: Path, mode: str
 ) -> None:
     gw = await gateway()
     wav = question_wav(tmp_path / "twice.wav", silence_s=9, interrupt_after=1.5)
     page = await launch(gw, wav=wav)
+    await page.check(f"input[name=mode][value={mode}]")
     await page.click("#talk-start")
     cut = "#transcript li.assistant.interrupted[data-truncated-ms]"
     await page.wait_for_selector(cut, timeout=TALK_SECONDS * 1000)
@@ -334,7 +372,7 @@ async def test_speaking_over_the_answer_interrupts_it(
     await page.wait_for_selector(
         "#transcript li.assistant:not(.interrupted) .latency", timeout=30_000
     )
-    await screenshot(page, "talk-interrupted")
+    await screenshot(page, f"talk-interrupted-{mode}")
 
 
 async def test_page_is_usable_by_keyboard_and_labelled(

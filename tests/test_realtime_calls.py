@@ -14,7 +14,7 @@ the sideband WebSocket ``/v1/realtime?call_id=…``, hangup and the usage record
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -50,7 +50,8 @@ class Call:
     """One client of a call: the microphone, the agent's voice, the channel's events.
 
     ``offer()`` before placing the call, ``answer(sdp)`` with what the server answered;
-    then ``until(kind)`` for events, ``mic.play(pcm)`` to speak, ``close()`` at the end."""
+    then ``until(kind)`` for events, ``mic.play(pcm)`` to speak. Made by the
+    ``new_call`` fixture, which closes it."""
 
     def __init__(self) -> None:
         self.pc = peer_connection()
@@ -132,6 +133,23 @@ class Call:
         await close_peer(self.pc)
 
 
+NewCall = Callable[[], Call]
+
+
+@pytest.fixture
+async def new_call() -> AsyncIterator[NewCall]:
+    """``new_call()``: a :class:`Call`, closed when the test ends (passed or not)."""
+    made: list[Call] = []
+
+    def make() -> Call:
+        made.append(Call())
+        return made[-1]
+
+    yield make
+    for call in made:
+        await call.close()
+
+
 async def post_sdp(
     http: aiohttp.ClientSession,
     url: str,
@@ -156,9 +174,8 @@ async def mint(http: aiohttp.ClientSession, base: str, session: Event, seconds: 
     return value
 
 
-async def dial_with_secret(http: aiohttp.ClientSession, base: str, secret: str) -> Call:
+async def dial_with_secret(call: Call, http: aiohttp.ClientSession, base: str, secret: str) -> Call:
     """The browser form: the raw offer, ``Authorization: Bearer ek_…``."""
-    call = Call()
     status, headers, text = await post_sdp(
         http, f"{base}/v1/realtime/calls", await call.offer(), token=secret
     )
@@ -167,9 +184,8 @@ async def dial_with_secret(http: aiohttp.ClientSession, base: str, secret: str) 
     return call
 
 
-async def dial_with_form(base: str, session: Event) -> Call:
+async def dial_with_form(call: Call, base: str, session: Event) -> Call:
     """The server form, as the official SDK sends it: multipart ``sdp`` + ``session``."""
-    call = Call()
     client = AsyncOpenAI(api_key=TOKEN, base_url=f"{base}/v1", max_retries=0)
     raw = await client.realtime.calls.with_raw_response.create(
         sdp=await call.offer(), session=session
@@ -207,13 +223,13 @@ async def answered(call: Call) -> tuple[Event, Event]:
 
 @pytest.mark.parametrize("form", ["multipart", "sdp"])
 async def test_a_call_hears_the_question_and_speaks_the_answer(
-    gateway: GatewayFactory, http: aiohttp.ClientSession, form: str
+    gateway: GatewayFactory, http: aiohttp.ClientSession, new_call: NewCall, form: str
 ) -> None:
     gw = await gateway(TOKENS, ENV)
     if form == "multipart":
-        call = await dial_with_form(gw.base, SESSION)
+        call = await dial_with_form(new_call(), gw.base, SESSION)
     else:
-        call = await dial_with_secret(http, gw.base, await mint(http, gw.base, SESSION))
+        call = await dial_with_secret(new_call(), http, gw.base, await mint(http, gw.base, SESSION))
     assert call.location.startswith("/v1/realtime/calls/"), call.location
     assert call.call_id
     created = await call.until("session.created", within=15)
@@ -240,17 +256,16 @@ async def test_a_call_hears_the_question_and_speaks_the_answer(
     assert "response.output_audio_transcript.delta" in types
     assert "response.output_audio.delta" not in types  # the audio is on the track
     assert heard["item_id"]
-    await call.close()
 
 
-async def test_refusals(gateway: GatewayFactory, http: aiohttp.ClientSession) -> None:
+async def test_refusals(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, new_call: NewCall
+) -> None:
     gw = await gateway(TOKENS, ENV)
     clock = FakeClock()
     gw.services.clock = clock
     url = f"{gw.base}/v1/realtime/calls"
-    offer_call = Call()
-    offer = await offer_call.offer()
-    await offer_call.close()
+    offer = await new_call().offer()
 
     for token in (None, "not-a-token", "ek_never_minted"):
         status, _, text = await post_sdp(http, url, offer, token=token)
@@ -296,16 +311,15 @@ async def test_refusals(gateway: GatewayFactory, http: aiohttp.ClientSession) ->
     assert not gw.services.live  # nothing started for any of them
 
     # the raw form also takes the gateway token itself
-    call = Call()
+    call = new_call()
     status, headers, text = await post_sdp(http, url, await call.offer(), token=TOKEN)
     assert status == 201, text
     await call.answer(text, headers["Location"])
     await call.until("session.created", within=15)
-    await call.close()
 
 
 async def test_cors_for_a_page_of_another_origin(
-    gateway: GatewayFactory, http: aiohttp.ClientSession
+    gateway: GatewayFactory, http: aiohttp.ClientSession, new_call: NewCall
 ) -> None:
     gw = await gateway(TOKENS, ENV)
     origin = "http://app.example"
@@ -322,7 +336,7 @@ async def test_cors_for_a_page_of_another_origin(
         assert "content-type" in allowed or allowed == "*"
         assert "POST" in r.headers["Access-Control-Allow-Methods"]
     secret = await mint(http, gw.base, {"type": "realtime"})
-    call = Call()
+    call = new_call()
     async with http.post(
         f"{gw.base}/v1/realtime/calls",
         data=await call.offer(),
@@ -333,14 +347,13 @@ async def test_cors_for_a_page_of_another_origin(
         assert "location" in r.headers["Access-Control-Expose-Headers"].lower()
         await call.answer(await r.text(), r.headers["Location"])
     await call.until("session.created", within=15)
-    await call.close()
 
 
 async def test_sideband_sees_the_call_and_speaks_into_it(
-    gateway: GatewayFactory, http: aiohttp.ClientSession
+    gateway: GatewayFactory, http: aiohttp.ClientSession, new_call: NewCall
 ) -> None:
     gw = await gateway(TOKENS, ENV)
-    call = await dial_with_form(gw.base, SESSION)
+    call = await dial_with_form(new_call(), gw.base, SESSION)
     created = await call.until("session.created", within=15)
     with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
         await http.ws_connect(gw.ws(f"/v1/realtime?call_id={call.call_id}"))
@@ -379,14 +392,13 @@ async def test_sideband_sees_the_call_and_speaks_into_it(
     await call.until("output_audio_buffer.started", where=lambda e: e["response_id"] == rid)
     await call.heard(1000, within=20, since_byte=before)
     await ws.close()
-    await call.close()
 
 
 async def test_hangup_ends_the_call_and_one_usage_record_stays(
-    gateway: GatewayFactory, http: aiohttp.ClientSession
+    gateway: GatewayFactory, http: aiohttp.ClientSession, new_call: NewCall
 ) -> None:
     gw = await gateway(TOKENS, ENV)
-    call = await dial_with_form(gw.base, SESSION)
+    call = await dial_with_form(new_call(), gw.base, SESSION)
     created = await call.until("session.created", within=15)
     client = AsyncOpenAI(api_key=TOKEN, base_url=f"{gw.base}/v1", max_retries=0)
     await client.realtime.calls.hangup(call.call_id)
@@ -406,14 +418,13 @@ async def test_hangup_ends_the_call_and_one_usage_record_stays(
     record = records[0]
     assert record["session_id"] == created["session"]["id"]
     assert (record["model"], record["token_name"]) == ("voxgate/echo", "app")
-    await call.close()
 
 
 async def test_output_audio_buffer_clear_cuts_the_answer(
-    gateway: GatewayFactory, http: aiohttp.ClientSession
+    gateway: GatewayFactory, http: aiohttp.ClientSession, new_call: NewCall
 ) -> None:
     gw = await gateway(TOKENS, ENV)
-    call = await dial_with_secret(http, gw.base, await mint(http, gw.base, SESSION))
+    call = await dial_with_secret(new_call(), http, gw.base, await mint(http, gw.base, SESSION))
     await call.until("session.created", within=15)
     call.mic.play(speech_48k(QUESTION))
     started = await call.until("output_audio_buffer.started", within=40)
@@ -434,4 +445,3 @@ async def test_output_audio_buffer_clear_cuts_the_answer(
     # and the track goes quiet (a few packets in flight may still come)
     await asyncio.sleep(1.5)
     assert call.loud_ms(cut_at) < 400, call.loud_ms(cut_at)
-    await call.close()

@@ -23,34 +23,59 @@ export class ApiError extends Error {
 /** JSON request to this server. Gateway errors are {error: {code, message}}, media-server
  * errors {errorCode, errorDescription}; both become an ApiError. */
 export async function request(method, path, { body, token } = {}) {
+  const json = body === undefined ? {} : { body: JSON.stringify(body), type: "application/json" };
+  const { text } = await exchange(method, path, { ...json, token });
+  return parseJson(text);
+}
+
+/** A request whose body and answer are not JSON (an SDP offer and its answer): `body`
+ * goes as it is with Content-Type `type`. Returns {text, headers}; errors as request's. */
+export async function exchange(method, path, { body, type, token } = {}) {
   const headers = {};
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (type) headers["Content-Type"] = type;
   if (token) headers.Authorization = `Bearer ${token}`;
   let res;
   try {
-    res = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      cache: "no-store",
-    });
+    res = await fetch(path, { method, headers, body, cache: "no-store" });
   } catch {
     throw new ServerUnreachable();
   }
   const text = await res.text();
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = null;
-  }
   if (!res.ok) {
+    const data = parseJson(text);
     const err = (data && data.error) || {};
     const code = err.code || (data && data.errorCode) || "http_error";
     const message = err.message || (data && data.errorDescription) || res.statusText || `HTTP ${res.status}`;
     throw new ApiError(res.status, code, message);
   }
-  return data;
+  return { text, headers: res.headers };
+}
+
+function parseJson(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A client secret (`ek_…`) for `session` that lasts `seconds`, minted by
+ * POST /v1/realtime/client_secrets, so the page never holds a long-lived token. Its
+ * refusals come out in words for the person. */
+export async function clientSecret(session, seconds) {
+  try {
+    return await request("POST", "/v1/realtime/client_secrets", {
+      body: { expires_after: { anchor: "created_at", seconds }, session },
+    });
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) {
+      throw new Error(
+        "This server requires a gateway token to mint client secrets, and a page must not hold one. Have your application's backend mint the secret, or run voxgate without tokens for this demo."
+      );
+    }
+    if (err instanceof ApiError) throw new Error(`The server did not accept the session settings: ${err.message}`);
+    throw err;
+  }
 }
 
 /** Said whenever the server does not answer; `next` is what to do once it runs again. */

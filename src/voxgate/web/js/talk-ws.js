@@ -5,7 +5,7 @@
 // server hears the person start speaking, playback stops and the unheard part of the
 // answer is truncated, as OpenAI's own clients do.
 
-import { ApiError, closeReason, request, whyFailed, wsUrl } from "./api.js";
+import { clientSecret, closeReason, whyFailed, wsUrl } from "./api.js";
 import { Player, TurnClock, base64ToBytes, bytesToBase64, startCapture } from "./audio.js";
 
 const RATE = 24000;
@@ -38,20 +38,7 @@ export class WebSocketTalk {
     if (model) session.model = model;
     if (voice) session.audio.output.voice = voice;
     this.ui.status("Getting a short-lived client secret…");
-    let secret;
-    try {
-      secret = await request("POST", "/v1/realtime/client_secrets", {
-        body: { expires_after: { anchor: "created_at", seconds: SECRET_SECONDS }, session },
-      });
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) {
-        throw new Error(
-          "This server requires a gateway token to mint client secrets, and a page must not hold one. Have your application's backend mint the secret, or run voxgate without tokens for this demo."
-        );
-      }
-      if (err instanceof ApiError) throw new Error(`The server did not accept the session settings: ${err.message}`);
-      throw err;
-    }
+    const secret = await clientSecret(session, SECRET_SECONDS);
     this.ui.status("Connecting…");
     const ws = new WebSocket(wsUrl("/v1/realtime"), ["realtime", `openai-insecure-api-key.${secret.value}`]);
     this.ws = ws;
@@ -82,7 +69,6 @@ export class WebSocketTalk {
     switch (event.type) {
       case "session.created":
         this.ui.session(event.session && event.session.id);
-        this.ui.status("Listening. Ask something; speak over the answer to interrupt it.");
         break;
       case "input_audio_buffer.speech_started":
         this.bargeIn();

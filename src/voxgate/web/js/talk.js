@@ -1,9 +1,17 @@
-// The Talk view: start and stop, the two connection modes, meters, transcript, errors.
+// The Talk view: start and stop, the three connection modes, meters, transcript, errors.
 
 import { MicError, openMic } from "./audio.js";
 import { Conversation } from "./conversation.js";
+import { OpenAiRtcTalk } from "./talk-openai-rtc.js";
 import { WebRtcTalk } from "./talk-rtc.js";
 import { WebSocketTalk } from "./talk-ws.js";
+
+/** The connection modes (the radio buttons' values): what talks, and its name. */
+const MODES = {
+  ws: { Talk: WebSocketTalk, name: "WebSocket" },
+  rtc: { Talk: WebRtcTalk, name: "WebRTC" },
+  "openai-rtc": { Talk: OpenAiRtcTalk, name: "OpenAI WebRTC" },
+};
 
 const LISTENING = "Listening. Ask something; speak over the answer to interrupt it.";
 
@@ -60,9 +68,9 @@ export class TalkView {
     this.hideError();
     this.state = "connecting";
     this.root.dataset.audioMs = "0";
-    this.conversation.note(`New conversation (${this.mode() === "ws" ? "WebSocket" : "WebRTC"})`);
-    const ui = this.uiFor();
-    const talk = this.mode() === "ws" ? new WebSocketTalk(ui) : new WebRtcTalk(ui);
+    const mode = MODES[this.mode()];
+    this.conversation.note(`New conversation (${mode.name})`);
+    const talk = new mode.Talk(this.uiFor());
     this.talk = talk;
     try {
       this.status("Asking for the microphone…");
@@ -114,13 +122,15 @@ export class TalkView {
       played: (ms) => (this.root.dataset.audioMs = String(Math.round(ms))),
       session: (id) => {
         if (id) this.root.dataset.session = id;
-        if (this.root.dataset.state === "connecting") this.state = "live";
+        if (this.root.dataset.state !== "connecting") return;
+        this.state = "live";
+        this.status(LISTENING);
       },
       ended: () => {},
     };
   }
 
-  /** What both modes show of a Realtime event: the turn's stage and failed answers. */
+  /** What every mode shows of a Realtime event: the turn's stage and failed answers. */
   onEvent(event) {
     switch (event.type) {
       case "input_audio_buffer.speech_started":
