@@ -256,6 +256,11 @@ async def test_a_call_hears_the_question_and_speaks_the_answer(
     assert "response.output_audio_transcript.delta" in types
     assert "response.output_audio.delta" not in types  # the audio is on the track
     assert heard["item_id"]
+    # OpenAI's WebRTC extras: the conversation, and the rate limits after each response
+    assert types[1] == "conversation.created", types
+    limits = await call.until("rate_limits.updated")
+    assert limits["rate_limits"][0]["name"] == "requests"
+    assert call.events.index(limits) > call.events.index(done)
 
 
 async def test_refusals(
@@ -418,6 +423,32 @@ async def test_hangup_ends_the_call_and_one_usage_record_stays(
     record = records[0]
     assert record["session_id"] == created["session"]["id"]
     assert (record["model"], record["token_name"]) == ("voxgate/echo", "app")
+
+
+async def test_the_secret_a_call_was_placed_with_hangs_it_up_after_expiring(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, new_call: NewCall
+) -> None:
+    """A browser hangs up with the secret it called with, minutes later: that secret (and
+    only that one) still hangs up its own call once it has expired."""
+    gw = await gateway(TOKENS, ENV)
+    clock = FakeClock()
+    gw.services.clock = clock
+    secret = await mint(http, gw.base, SESSION, seconds=10)
+    other = await mint(http, gw.base, SESSION, seconds=10)
+    call = await dial_with_secret(new_call(), http, gw.base, secret)
+    await call.until("session.created", within=15)
+    clock.advance(11)
+    url = f"{gw.base}/v1/realtime/calls/{call.call_id}/hangup"
+    async with http.post(url, headers={"Authorization": f"Bearer {other}"}) as r:
+        assert r.status == 401, await r.text()
+    async with http.post(url, headers={"Authorization": f"Bearer {secret}"}) as r:
+        assert r.status == 200, await r.text()
+    async with asyncio.timeout(10):
+        await call.peer_closed.wait()
+    await settled(gw)
+    async with http.get(f"{gw.base}/v1/local/default/logs", headers=AUTH) as r:
+        [record] = [x for x in (await r.json())["records"] if x["kind"] == "realtime"]
+    assert record["transport"] == "webrtc"
 
 
 async def test_output_audio_buffer_clear_cuts_the_answer(

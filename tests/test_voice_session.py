@@ -42,7 +42,9 @@ class _Speech(VoiceActivity):
 
 
 class Harness:
-    def __init__(self, engines: EngineRegistry, *, sink: Playout | None = None) -> None:
+    def __init__(
+        self, engines: EngineRegistry, *, sink: Playout | None = None, limits: Limits | None = None
+    ) -> None:
         self.events: list[ev.Event] = []
         self.arrived = asyncio.Event()
         ids = itertools.count()
@@ -59,10 +61,13 @@ class Harness:
         )
         info = SessionInfo("s", "a", "g", "voxgate", None, None, None, kind="realtime")
         self.sink = sink or Playout()
+        self.counters = RelaySession(
+            info, limits or Limits(), now=0.0, wall=0.0, meter=UsageMeter()
+        )
         self.session = VoiceSession(
             config=SessionConfig(),
             deps=deps,
-            counters=RelaySession(info, Limits(), now=0.0, wall=0.0, meter=UsageMeter()),
+            counters=self.counters,
             emit=self.emit,
             sink=self.sink,
             ids=lambda prefix: f"{prefix}_{next(ids)}",
@@ -110,10 +115,11 @@ async def test_a_text_turn_speaks_into_the_sink_and_emits_no_wire_names(
     speech_engines: EngineRegistry,
 ) -> None:
     h = Harness(speech_engines)
-    await h.session.start()
+    await h.session.start(as_call=True)  # OpenAI's WebRTC behaviour, as a call has it
     created = await h.until(ev.SessionCreated)
     assert isinstance(created, ev.SessionCreated)
     assert created.session.session_id == "s"
+    assert isinstance(h.events[1], ev.ConversationCreated)
     await h.session.create_item(_user("Hello there."), None)
     await h.session.respond()
     # the voice goes to the sink, which a paced loop plays (here faster than real time)
@@ -128,6 +134,13 @@ async def test_a_text_turn_speaks_into_the_sink_and_emits_no_wire_names(
     assert h.sink.playing is None
     [item] = done.response.output
     assert h.sink.played_ms(item.id) > 300
+    # then, as OpenAI does after each response, the rate limits that apply (Limits()'s
+    # messages per minute; this session received no message through a transport)
+    limits = await h.until(ev.RateLimitsUpdated)
+    assert isinstance(limits, ev.RateLimitsUpdated)
+    [requests] = limits.rate_limits
+    assert (requests.name, requests.limit, requests.remaining) == ("requests", 6000, 6000)
+    assert h.events.index(limits) > h.events.index(done)
     # every event renders for a GA client, and none carries audio
     protocol = RealtimeProtocol(ids=lambda prefix: prefix)
     frames = [protocol.render(e) for e in h.events]
@@ -185,4 +198,32 @@ async def test_commands_refused_change_nothing(speech_engines: EngineRegistry) -
     with pytest.raises(ClientEventError):
         await h.session.update({"voice": 7})
     assert [i.id for i in h.session.conversation.items] == ["item_user"]
+    await h.session.close()
+
+
+async def test_a_websocket_session_hears_of_its_rate_limit_only_when_it_runs_low(
+    speech_engines: EngineRegistry,
+) -> None:
+    """Sessions other than calls get ``rate_limits.updated`` once under a quarter of the
+    minute's messages is left (OpenAI's WebSocket clients never relied on it)."""
+    h = Harness(speech_engines, limits=Limits(messages_per_minute=8))
+    await h.session.start()
+    player = asyncio.create_task(_play(h.sink, 600_000))
+    await h.session.create_item(_user("One."), None)
+    await h.session.respond()
+    await h.until(ev.ResponseDone)
+    assert not h.of(ev.RateLimitsUpdated)  # 8 of 8 left
+    now = asyncio.get_running_loop().time()
+    for _ in range(7):
+        assert h.counters.client_frame(now, "{}") == 0
+    h.events.clear()
+    await h.session.respond()
+    await h.until(ev.ResponseDone)
+    limits = await h.until(ev.RateLimitsUpdated)
+    assert isinstance(limits, ev.RateLimitsUpdated)
+    [requests] = limits.rate_limits
+    assert (requests.name, requests.limit) == ("requests", 8)
+    assert requests.remaining <= 1
+    assert 0 < requests.reset_seconds <= 60
+    player.cancel()
     await h.session.close()

@@ -1,13 +1,15 @@
-"""``voxgate bench page``: turn latency as the browser page measures it, in both talk modes.
+"""``voxgate bench page``: turn latency as the browser page measures it, in every talk mode.
 
 Starts voxgate as its own process and the system Chromium (Playwright, headless) with a
 fake microphone that loops a spoken question (``tests/data/arctic_a0007.wav``, 4 s)
-followed by silence. The page's Talk view runs in the WebSocket mode, then in the
-WebRTC mode; each turn's figure is the one the page shows: from the end of the person's
-speech (the last microphone level above −40 dBFS before ``speech_stopped``) to the first
-answer audio heard. It includes the server's 500 ms silence window. The two modes run
-one after the other in the same run, against the same server and agent (``voxgate/echo``,
-piper, pocketsphinx), so the WebRTC path's cost is the difference.
+followed by silence. The page's Talk view runs in the WebSocket mode, the media-server
+mode (an agent in an SFU call) and the OpenAI WebRTC mode (``POST /v1/realtime/calls``);
+each turn's figure is the one the page shows: from the end of the person's speech (the
+last microphone level above −40 dBFS before ``speech_stopped``) to the first answer
+audio heard. It includes the server's 500 ms silence window. The modes run one after the
+other in the same run, against the same server and agent (``voxgate/echo``, piper,
+pocketsphinx), so a WebRTC path's cost is the difference. ``--baseline TREE`` runs the
+WebSocket and media-server modes against a second server from another checkout too.
 
 Needs the test extra (Playwright) and Debian's ``chromium``.
 """
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from voxgate.audio import read_wav, write_wav
-from voxgate.bench.relay import _config, pct, voxgate_proc
+from voxgate.bench.relay import Proc, _config, pct, voxgate_proc
 
 QUESTION = Path(__file__).resolve().parents[3] / "tests" / "data" / "arctic_a0007.wav"
 
@@ -90,10 +92,13 @@ async def measure(base: str, chromium: str, wav: Path, mode: str, turns: int) ->
 
 def line(label: str, values: list[float]) -> str:
     return (
-        f"{label:<10} end of speech → first audio heard: p50 {statistics.median(values):.0f} ms"
+        f"{label:<16} end of speech → first audio heard: p50 {statistics.median(values):.0f} ms"
         f"  p95 {pct(values, 0.95):.0f} ms  min {min(values):.0f}  max {max(values):.0f}"
         f"  (n={len(values)})"
     )
+
+
+MODES = (("ws", "WebSocket"), ("rtc", "WebRTC SFU"), ("openai-rtc", "WebRTC call"))
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -105,22 +110,40 @@ async def run(args: argparse.Namespace) -> None:
     preload = '\n[speech]\npreload = ["piper", "pocketsphinx"]\n'
     cfg.write_text(_config(9, tmp / "usage.db") + preload)
     wav = question_wav(tmp / "question.wav", silence_s=args.silence)
-    gateway = voxgate_proc(cfg)
-    base = f"http://127.0.0.1:{gateway.port}"
+    servers: list[tuple[str, Proc, tuple[tuple[str, str], ...]]] = [("", voxgate_proc(cfg), MODES)]
+    if args.baseline is not None:  # the same turns against another source tree's server
+        other = tmp / "baseline.toml"
+        other.write_text(_config(9, tmp / "baseline.db") + preload)
+        argv = [sys.executable, "-m", "voxgate", "serve", "--config", str(other), "--port", "0"]
+        env = {"PYTHONPATH": f"{args.baseline}/src"}  # made absolute by main()
+        proc = Proc("baseline", [*argv, "--log-level", "warning"], env)
+        servers.append(("base ", proc, MODES[:2]))  # the modes every version's page has
     try:
         print(f"# voxgate bench page — {os.cpu_count()} cores, headless {chromium}")
         print(f"## {args.turns} turns per mode: a 4 s question, then {args.silence:g} s of silence")
-        for mode, label in (("ws", "WebSocket"), ("rtc", "WebRTC")):
-            print(line(label, await measure(base, chromium, wav, mode, args.turns)), flush=True)
+        for tag, server, modes in servers:
+            base = f"http://127.0.0.1:{server.port}"
+            for mode, label in modes:
+                turns = await measure(base, chromium, wav, mode, args.turns)
+                print(line(tag + label, turns), flush=True)
     finally:
-        gateway.stop()
+        for _tag, server, _modes in servers:
+            server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voxgate bench page", description=__doc__)
     p.add_argument("--turns", type=int, default=5, help="turns measured per mode")
     p.add_argument("--silence", type=float, default=7.0, help="seconds after each question")
+    p.add_argument(
+        "--baseline",
+        metavar="TREE",
+        help="also run the WebSocket and media-server modes against a server from this "
+        "source tree (a checkout of another commit), in the same run",
+    )
     args = p.parse_args(argv)
+    if args.baseline is not None:
+        args.baseline = str(Path(args.baseline).resolve())
     asyncio.run(run(args))
     return 0
 

@@ -50,15 +50,16 @@ import av
 import numpy as np
 import orjson
 import pybase64
-from aiortc import MediaStreamTrack, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from voxgate.audio import resample
-from voxgate.bench.relay import _config, pct, voxgate_proc
+from voxgate.bench.relay import Proc, _config, pct, voxgate_proc
 from voxgate.bench.sentences import HARVARD
+from voxgate.opus import OpusDecoder
 from voxgate.speech_client import speak
 from voxgate.testing.webrtc import SfuPeer
-from voxgate.webrtc import close_peer, peer_connection
+from voxgate.webrtc import close_peer, peer_connection, tap_receiver
 
 RATE = 24000
 CHUNK_MS = 20
@@ -68,6 +69,16 @@ RTC_RATE = 48000
 RTC_FRAME = RTC_RATE * CHUNK_MS // 1000  # samples per 20 ms frame
 #: RMS of a received 20 ms frame above which it counts as the answer's voice.
 LOUD = 200.0
+#: A received frame whose peak is at most this is silence (Opus noise around zero).
+SILENT_PEAK = 8
+
+
+def loud(pcm: bytes, *, channels: int = 1) -> bool:
+    """Whether PCM16 audio (its first channel) has an RMS above :data:`LOUD`."""
+    x = np.frombuffer(pcm, np.int16)[::channels].astype(np.float64)
+    return bool(len(x)) and float(np.sqrt(np.mean(x * x))) > LOUD
+
+
 TURN_DETECTION = {"type": "server_vad", "silence_duration_ms": 500, "prefix_padding_ms": 300}
 
 
@@ -139,9 +150,13 @@ async def open_session(
 
 
 async def turns(
-    http: aiohttp.ClientSession, base: str, clips: list[bytes]
+    http: aiohttp.ClientSession,
+    base: str,
+    clips: list[bytes],
+    any_delta: list[tuple[float, float]] | None = None,
 ) -> list[tuple[float, float]]:
-    """(silence window, processing) in seconds for each clip, one session."""
+    """(silence window, processing to the first audible delta) in seconds for each clip,
+    one session; into ``any_delta`` the same to the first delta of any level."""
     s, reader = await open_session(http, base)
     out = []
     try:
@@ -153,12 +168,18 @@ async def turns(
             done = asyncio.Event()
             sender = asyncio.create_task(s.stream(clip, done))
             _t, stopped = await s.until("input_audio_buffer.speech_stopped")
-            first, _ev = await s.until("response.output_audio.delta")
+            first, delta = await s.until("response.output_audio.delta")
+            audible = first
+            while not loud(pybase64.b64decode(delta["delta"])):
+                audible, delta = await s.until("response.output_audio.delta")
             await s.until("response.done")
             done.set()
             await sender
             audio_end = stopped["audio_end_ms"]
-            out.append(((audio_end - speech_end) / 1000, first - s.sent_time(audio_end)))
+            sent = s.sent_time(audio_end)
+            out.append(((audio_end - speech_end) / 1000, audible - sent))
+            if any_delta is not None:
+                any_delta.append(((audio_end - speech_end) / 1000, first - sent))
     finally:
         await s.ws.close()
         await reader
@@ -269,32 +290,42 @@ class MicTrack(MediaStreamTrack):
 
 
 class Ears:
-    """Reads a received track; the arrival time of each loud frame (RMS above ``LOUD``)."""
+    """Hears a received track at the network edge: each Opus packet of its receiver,
+    decoded here as it arrives (aiortc's own receive path holds 4 packets — 80 ms — in
+    its jitter buffer first, a delay of this client, not of the server), and the arrival
+    time of each loud one (RMS above ``LOUD``) and of each that is not silence (the
+    server sends digital silence between answers; an answer's first frames are quiet)."""
 
-    def __init__(self, track: MediaStreamTrack) -> None:
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
         self.loud: list[float] = []
-        self._track = track
-        self._task = asyncio.create_task(self._run())
+        self.sound: list[float] = []
+        self._decoder = OpusDecoder()
+        tap_receiver(receiver, self._packet)
 
-    async def _run(self) -> None:
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                frame = await self._track.recv()
-                assert isinstance(frame, av.AudioFrame)
-                arr = frame.to_ndarray()
-                mono = arr.reshape(-1, 2)[:, 0] if frame.layout.name == "stereo" else arr
-                x = mono.astype(np.float64).ravel()
-                if len(x) and float(np.sqrt(np.mean(x * x))) > LOUD:
-                    self.loud.append(time.perf_counter())
+    def _packet(self, payload: bytes, timestamp: int) -> None:
+        pcm = self._decoder.decode(payload)
+        now = time.perf_counter()
+        if loud(pcm, channels=2):
+            self.loud.append(now)
+        if pcm and int(np.abs(np.frombuffer(pcm, np.int16)).max()) > SILENT_PEAK:
+            self.sound.append(now)
 
     async def first_loud(self, after: float, within: float = 30) -> float:
         """The arrival time of the first loud frame after the wall time ``after``."""
+        return await self._first(self.loud, after, within)
+
+    async def first_sound(self, after: float, within: float = 30) -> float:
+        """The arrival time of the first frame that is not silence after ``after``."""
+        return await self._first(self.sound, after, within)
+
+    @staticmethod
+    async def _first(times: list[float], after: float, within: float) -> float:
         async with asyncio.timeout(within):
             while True:
-                i = bisect.bisect_right(self.loud, after)
-                if i < len(self.loud):
-                    return self.loud[i]
-                await asyncio.sleep(0.01)
+                i = bisect.bisect_right(times, after)
+                if i < len(times):
+                    return times[i]
+                await asyncio.sleep(0.005)
 
     async def quiet(self, seconds: float = 1.0, within: float = 30) -> None:
         """Wait until no loud frame came for ``seconds`` (the answer has played out)."""
@@ -302,11 +333,6 @@ class Ears:
             async with asyncio.timeout(within):
                 while self.loud and time.perf_counter() - self.loud[-1] < seconds:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 Events = asyncio.Queue[tuple[float, dict[str, Any]]]
@@ -322,45 +348,43 @@ async def until(events: Events, kind: str, within: float = 60) -> tuple[float, d
 
 async def rtc_turns(
     mic: MicTrack, ears: Ears, events: Events, clips: list[tuple[bytes, bytes]]
-) -> list[tuple[float, float]]:
-    """(silence window, processing) for each (24 kHz, 48 kHz) clip spoken into ``mic``."""
-    out = []
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(silence window, processing) for each (24 kHz, 48 kHz) clip spoken into ``mic``:
+    to the answer's first frame, and to its first audible one."""
+    out, audible = [], []
     mic.live.set()
     mic.play(bytes(2 * RTC_RATE // 2))  # half a second of room tone first
     for clip24, clip48 in clips:
         _start, end = speech_bounds_ms(clip24)
         speech_end = mic.play(clip48) + end
         stopped_at, stopped = await until(events, "input_audio_buffer.speech_stopped")
-        first = await ears.first_loud(stopped_at)
+        first = await ears.first_sound(stopped_at)
+        first_loud = await ears.first_loud(stopped_at)
         await until(events, "response.done")
         while mic.pending:  # noqa: ASYNC110 - the clip plays out
             await asyncio.sleep(0.05)
         await ears.quiet()
         audio_end = stopped["audio_end_ms"]
-        out.append(((audio_end - speech_end) / 1000, first - mic.sent_time(audio_end)))
-    return out
+        window, sent = (audio_end - speech_end) / 1000, mic.sent_time(audio_end)
+        out.append((window, first - sent))
+        audible.append((window, first_loud - sent))
+    return out, audible
 
 
 async def call_turns(
     http: aiohttp.ClientSession, base: str, clips: list[tuple[bytes, bytes]]
-) -> list[tuple[float, float]]:
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """The turns over ``POST /v1/realtime/calls`` (the raw ``application/sdp`` form)."""
     pc = peer_connection()
     mic = MicTrack()
     pc.addTrack(mic)
     channel = pc.createDataChannel("oai-events")
     events: Events = asyncio.Queue()
-    heard: list[Ears] = []
 
     def on_message(data: str | bytes) -> None:
         events.put_nowait((time.perf_counter(), orjson.loads(data)))
 
-    def on_track(track: MediaStreamTrack) -> None:
-        if track.kind == "audio":
-            heard.append(Ears(track))
-
     channel.on("message", on_message)
-    pc.on("track", on_track)
     try:
         await pc.setLocalDescription(await pc.createOffer())
         headers = {"Content-Type": "application/sdp"}
@@ -370,16 +394,14 @@ async def call_turns(
             if r.status != 201:
                 raise RuntimeError(f"POST /v1/realtime/calls: {r.status} {answer}")
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        [transceiver] = [t for t in pc.getTransceivers() if t.kind == "audio"]
+        ears = Ears(transceiver.receiver)
         await until(events, "session.created", 30)
         update = {"audio": {"input": {"turn_detection": TURN_DETECTION}}}
         channel.send(orjson.dumps({"type": "session.update", "session": update}).decode())
         await until(events, "session.updated", 30)
-        if not heard:
-            raise RuntimeError("the call's answer has no audio track")
-        return await rtc_turns(mic, heard[0], events, clips)
+        return await rtc_turns(mic, ears, events, clips)
     finally:
-        for ears in heard:
-            await ears.stop()
         await close_peer(pc)
 
 
@@ -396,13 +418,12 @@ async def sse(http: aiohttp.ClientSession, url: str, events: Events) -> None:
 
 async def sfu_turns(
     http: aiohttp.ClientSession, base: str, clips: list[tuple[bytes, bytes]]
-) -> list[tuple[float, float]]:
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """The turns to an agent in an SFU call: a caller publishes the mic, the agent
     listens to it, a listener pulls the agent's track."""
     app = f"{base}/v1/apps/default"
     caller, listener = SfuPeer(http, app), SfuPeer(http, app)
     mic = MicTrack()
-    ears: Ears | None = None
     watcher: asyncio.Task[None] | None = None
     agent_id = ""
     try:
@@ -424,10 +445,8 @@ async def sfu_turns(
         await listener.open()
         pulled = await listener.pull((body["sessionId"], body["trackName"]))
         mid = pulled["tracks"][0]["mid"]
-        async with asyncio.timeout(15):
-            while mid not in listener.received:  # noqa: ASYNC110 - no event for it
-                await asyncio.sleep(0.02)
-        ears = Ears(listener.received[mid])
+        [transceiver] = [t for t in listener.pc.getTransceivers() if t.mid == mid]
+        ears = Ears(transceiver.receiver)
         return await rtc_turns(mic, ears, events, clips)
     finally:
         if agent_id:
@@ -436,8 +455,6 @@ async def sfu_turns(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        if ears is not None:
-            await ears.stop()
         await listener.close()
         await caller.close()
 
@@ -458,13 +475,37 @@ def summary(label: str, rows: list[tuple[float, float]]) -> None:
     )
 
 
+async def rows(
+    http: aiohttp.ClientSession, port: int, clips: list[bytes], *, tag: str = ""
+) -> None:
+    """The one-session rows of the server on ``port``: WebSocket, WebRTC call, SFU agent."""
+    base, http_base = f"ws://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
+    any_delta: list[tuple[float, float]] = []
+    summary(f"{tag}1 session", await turns(http, base, clips, any_delta))
+    summary(f"{tag}  (any)", any_delta)
+    pairs = [(c, resample(c, RATE, RTC_RATE)) for c in clips]
+    for label, row in (("WebRTC call", call_turns), ("SFU agent", sfu_turns)):
+        try:
+            first, audible = await row(http, http_base, pairs)
+            summary(tag + label, first)
+            summary(f"{tag}  (audible)", audible)
+        except Exception as e:
+            print(f"{tag + label:<11} failed: {type(e).__name__}: {e}")
+
+
 async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="voxgate-bench-realtime-"))
     cfg = tmp / "voxgate.toml"
-    cfg.write_text(
-        _config(9, tmp / "usage.db") + '\n[speech]\npreload = ["piper", "pocketsphinx"]\n'
-    )
+    speech = '\n[speech]\npreload = ["piper", "pocketsphinx"]\n'
+    cfg.write_text(_config(9, tmp / "usage.db") + speech)
     gateway = voxgate_proc(cfg)
+    baseline = None
+    if args.baseline is not None:  # the same bench against another source tree's server
+        other = tmp / "baseline.toml"
+        other.write_text(_config(9, tmp / "baseline.db") + speech)
+        argv = [sys.executable, "-m", "voxgate", "serve", "--config", str(other), "--port", "0"]
+        env = {"PYTHONPATH": f"{args.baseline}/src"}  # made absolute by main()
+        baseline = Proc("baseline", [*argv, "--log-level", "warning"], env)
     base = f"ws://127.0.0.1:{gateway.port}"
     try:
         print(f"# voxgate bench realtime — {os.cpu_count()} cores, python {sys.version.split()[0]}")
@@ -473,15 +514,16 @@ async def run(args: argparse.Namespace) -> None:
             for text in HARVARD[: args.turns]:
                 spoken = await speak(http, base, text, sample_rate=RATE)
                 clips.append(resample(spoken.pcm, spoken.sample_rate, RATE))
-            print(f"## {len(clips)} spoken turns (piper), streamed in real time, server_vad 500 ms")
-            summary("1 session", await turns(http, base, clips))
-            http_base = f"http://127.0.0.1:{gateway.port}"
-            pairs = [(c, resample(c, RATE, RTC_RATE)) for c in clips]
-            for label, row in (("WebRTC call", call_turns), ("SFU agent", sfu_turns)):
-                try:
-                    summary(label, await row(http, http_base, pairs))
-                except Exception as e:
-                    print(f"{label:<11} failed: {type(e).__name__}: {e}")
+            print(
+                f"## {len(clips)} spoken turns (piper), streamed in real time, server_vad 500 ms."
+                " First audio: WebSocket, the first audio delta that is audible (RMS > 200;"
+                " (any): of any level); WebRTC, the answer's first frame at the client's"
+                " network edge (before its jitter buffer; (audible): its first frame with"
+                " RMS > 200, piper's first ~40 ms are near silent)"
+            )
+            await rows(http, gateway.port, clips)
+            if baseline is not None:
+                await rows(http, baseline.port, clips, tag="base ")
             per = max(1, args.turns // 2)
             results = await asyncio.gather(
                 *(turns(http, base, (clips[k * 3 :] + clips[: k * 3])[:per]) for k in range(4))
@@ -496,13 +538,23 @@ async def run(args: argparse.Namespace) -> None:
                 )
     finally:
         gateway.stop()
+        if baseline is not None:
+            baseline.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voxgate bench realtime", description=__doc__)
     p.add_argument("--turns", type=int, default=20, help="spoken turns in the one-session run")
     p.add_argument("--barge-ins", type=int, default=10)
+    p.add_argument(
+        "--baseline",
+        metavar="TREE",
+        help="also run the one-session rows against a server from this source tree (a "
+        "checkout of another commit), in the same run",
+    )
     args = p.parse_args(argv)
+    if args.baseline is not None:
+        args.baseline = str(Path(args.baseline).resolve())
     asyncio.run(run(args))
     return 0
 

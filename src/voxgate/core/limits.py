@@ -70,6 +70,11 @@ class TokenBucket:
         self._tokens = self._capacity
         self._last = now
 
+    def level(self, now: float) -> tuple[float, float]:
+        """(tokens left, seconds until the bucket is full again) at ``now``; spends none."""
+        tokens = min(self._capacity, self._tokens + (now - self._last) * self._rate)
+        return tokens, (self._capacity - tokens) / self._rate if self._rate else 0.0
+
     def take(self, now: float) -> bool:
         """Spend one token if there is one; ``False`` means over the limit."""
         tokens = self._tokens + (now - self._last) * self._rate

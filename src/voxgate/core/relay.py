@@ -105,6 +105,12 @@ class RelaySession:
             self._capture.add("upstream", now - self.started_mono, data)
         return 0
 
+    def requests_left(self, now: float) -> tuple[int, int, float]:
+        """The messages-per-minute limit: (limit, messages left now, seconds until the
+        full minute's worth is back)."""
+        tokens, reset = self._bucket.level(now)
+        return self.limits.messages_per_minute, int(tokens), reset
+
     def idle_deadline(self) -> float:
         """Monotonic time at which the session is idle unless a frame comes first."""
         return self.last_activity + self.limits.idle_seconds

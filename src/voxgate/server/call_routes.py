@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -196,6 +197,8 @@ async def create_call(request: web.Request) -> web.Response:
     )
     slots = await acquire_slots(s, gw, token, limits, call_id)
     call = RealtimeCall(call_id, counters, close_timeout=s.settings.server.shutdown_timeout_seconds)
+    if secret is not None:
+        call.placed_with = secret.value
     agent = RealtimeAgent(
         protocol=RealtimeProtocol(ids=s.ids, max_audio_bytes=limits.max_audio_chunk_bytes),
         config=config,
@@ -243,7 +246,7 @@ async def _serve(
     ending = SpeechEnding(1011, "", error="internal_error")
     try:
         async with call.running():
-            start = functools.partial(agent.start, announce_conversation=True)
+            start = functools.partial(agent.start, as_call=True)
             ending = await run_live(s, None, call.connection, lambda: agent, start=start)
     except Exception:
         log.exception("call %s failed", call.id)
@@ -255,11 +258,17 @@ async def _serve(
 
 
 async def hangup(request: web.Request) -> web.Response:
-    """``POST /v1/realtime/calls/{call_id}/hangup``: end the call (its record is written)."""
+    """``POST /v1/realtime/calls/{call_id}/hangup``: end the call (its record is written).
+
+    A gateway token, a live client secret, or the client secret the call was placed with
+    even once it has expired (a browser hangs up with the secret it called with)."""
     s = request.app[SERVICES]
-    authenticate_realtime(s, s.settings.speech_gateway(), _presented(request))
-    call = find_call(request.app, request.match_info["call_id"])
-    call.hangup()
+    presented = _presented(request)
+    call = request.app[CALLS].get(request.match_info["call_id"])
+    placed = call.placed_with if call is not None else None
+    if presented is None or placed is None or not hmac.compare_digest(presented, placed):
+        authenticate_realtime(s, s.settings.speech_gateway(), presented)
+    find_call(request.app, request.match_info["call_id"]).hangup()
     return json_response({})
 
 

@@ -20,7 +20,7 @@ from voxgate.engines.base import EngineError
 from voxgate.errors import NotFound
 from voxgate.server.app import SERVICES, Services, json_response
 from voxgate.server.auth import authenticate, token_from_headers
-from voxgate.server.speech_routes import cloud_tts
+from voxgate.server.speech_service import cloud_tts
 from voxgate.settings import GatewaySettings
 
 

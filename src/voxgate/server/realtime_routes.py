@@ -49,7 +49,6 @@ from voxgate.protocols.relay.auth import (
 )
 from voxgate.protocols.relay.providers import build_upstream_request
 from voxgate.protocols.relay.usage import meter_for
-from voxgate.server import relay_routes
 from voxgate.server.app import SERVICES, Services, json_response
 from voxgate.server.auth import authenticate, token_from_headers
 from voxgate.server.realtime_service import (
@@ -59,6 +58,7 @@ from voxgate.server.realtime_service import (
     model_choice,
     resolve_model,
 )
+from voxgate.server.relay_service import Outcome, run_relay
 from voxgate.server.sessions import (
     UpgradeRequired,
     accept_client,
@@ -206,11 +206,9 @@ async def _relay(
         meter=meter_for(provider.usage),
     )
     slots = await acquire_slots(s, gw, token, limits, info.session_id)
-    outcome = relay_routes.Outcome()
+    outcome = Outcome()
     try:
-        return await relay_routes.run_relay(
-            request, s, session, upstream_req, creds, limits, outcome
-        )
+        return await run_relay(request, s, session, upstream_req, creds, limits, outcome)
     finally:
         for key in slots:
             await s.state.release_slot(key, info.session_id)

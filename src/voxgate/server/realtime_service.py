@@ -17,7 +17,7 @@ from voxgate.errors import AuthenticationFailed, NotFound
 from voxgate.server.app import Services
 from voxgate.server.auth import authenticate
 from voxgate.server.realtime_models import ModelChoice, choose_model
-from voxgate.server.speech_routes import stt_engine, tts_engine
+from voxgate.server.speech_service import stt_engine, tts_engine
 from voxgate.settings import GatewaySettings, TokenSettings
 from voxgate.transports.realtime_call import RealtimeCall
 

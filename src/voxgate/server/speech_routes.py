@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
@@ -33,8 +32,7 @@ from voxgate.core.limits import CloseCode
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.core.speech import STTSession, TTSSession
 from voxgate.core.speech_wire import TTSWire
-from voxgate.engines.base import SpeechToText, TextToSpeech
-from voxgate.engines.cloud import DEFAULTS, CloudSTT, CloudTTS
+from voxgate.engines.cloud import DEFAULTS
 from voxgate.errors import NotFound, UpstreamError
 from voxgate.protocols.relay.auth import (
     Credentials,
@@ -55,6 +53,7 @@ from voxgate.server.sessions import (
     run_live,
     save_record,
 )
+from voxgate.server.speech_service import stt_engine, tts_engine
 from voxgate.settings import Limits, ProviderAuth
 from voxgate.transports.relay import Ending, RelayConnection
 from voxgate.transports.speech import SpeechConnection, SpeechEnding
@@ -281,33 +280,6 @@ def _engine_option(s: Services, provider: str, option: str) -> str:
     return DEFAULTS[provider][option]
 
 
-async def tts_engine(s: Services, name: str) -> TextToSpeech:
-    """The TTS engine ``name``: the shared local engine, or a cloud engine's client."""
-    if not s.engines.provider_of(name):
-        return await s.engines.tts(name)
-    return cloud_tts(s, name)
-
-
-def cloud_tts(s: Services, name: str) -> CloudTTS:
-    """The client of the cloud TTS engine ``name`` (cheap: nothing is opened)."""
-    return CloudTTS(
-        name,
-        s.engines.type_of(name),
-        connector=s.connector,
-        provider=s.providers[s.engines.provider_of(name)],
-        options=_options(s, name),
-    )
-
-
-async def stt_engine(s: Services, name: str) -> SpeechToText:
-    provider = s.engines.provider_of(name)
-    if not provider:
-        return await s.engines.stt(name)
-    return CloudSTT(
-        name, connector=s.connector, provider=s.providers[provider], options=_options(s, name)
-    )
-
-
 def _make_session(
     s: Services,
     kind: str,
@@ -346,11 +318,6 @@ def _make_session(
         fail=conn.fail,
         api_key=key,
     )
-
-
-def _options(s: Services, name: str) -> dict[str, Any]:
-    engine = s.settings.speech.engines.get(name)
-    return dict(engine.options) if engine is not None else {}
 
 
 def is_unified_first_message(data: str | bytes, kind: str) -> bool:

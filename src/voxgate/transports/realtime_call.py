@@ -92,6 +92,8 @@ class RealtimeCall:
         self._events = _Events(self)
         self.connection = SpeechConnection(counters, self._events, close_timeout=close_timeout)
         self.agent: RealtimeAgent | None = None
+        #: The client secret the call was placed with (it may hang the call up).
+        self.placed_with: str | None = None
         self._mic: asyncio.Queue[bytes] = asyncio.Queue(MAX_MIC_BACKLOG)
         self._mic_dropped = 0
         self._sidebands: set[asyncio.Queue[str | None]] = set()

@@ -37,6 +37,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from voxgate.core.realtime.playout import (
     MONO_FRAME_BYTES,
+    Pacer,
     Playout,
     PlayoutEvent,
     ignore_playout,
@@ -56,10 +57,6 @@ log = logging.getLogger("voxgate.rtc_call")
 EVENTS_LABEL = "oai-events"
 #: Events :meth:`CallPeer.send` keeps while the channel is not open yet.
 MAX_PENDING_EVENTS = 1024
-FRAME_SECONDS = FRAME_SAMPLES / SAMPLE_RATE
-#: How late a packet may be before the track stops catching up and skips ahead (a
-#: stalled loop): the RTP clock then jumps, and no burst of stale packets goes out.
-MAX_LATE_SECONDS = 0.2
 #: Silent frames encoded after audio (the encoder settles to silence); later ones reuse
 #: the last of them.
 QUIET_ENCODED = 3
@@ -81,30 +78,19 @@ class _VoiceTrack(MediaStreamTrack):
         self._encoder = OpusEncoder()
         self._quiet = 0
         self._silent: bytes | None = None
-        self._start: float | None = None
-        self._frames = 0  # schedule slots so far (RTP timestamp / 960)
+        self._pacer = Pacer(playout)
 
     async def recv(self) -> EncodedPacket:  # type: ignore[override]
-        """The next packet, when it is due: ``start + n × 20 ms`` on the loop clock."""
-        loop = asyncio.get_running_loop()
+        """The next packet, when the :class:`Pacer` says it is due."""
         while True:
             if self._playout.stopped or self.readyState != "live":
                 raise MediaStreamError
-            now = loop.time()
-            if self._start is None:
-                self._start = now
-            due = self._start + self._frames * FRAME_SECONDS
-            if now - due > MAX_LATE_SECONDS:
-                self._frames += int((now - due) / FRAME_SECONDS)
-            elif due > now:
-                await asyncio.sleep(due - now)
-                if self._playout.stopped or self.readyState != "live":
-                    raise MediaStreamError
-            pts = self._frames * FRAME_SAMPLES
-            self._frames += 1
-            payload = self._encode(self._playout.take())
+            frame, slot = await self._pacer.next()
+            if self._playout.stopped or self.readyState != "live":
+                raise MediaStreamError
+            payload = self._encode(frame)
             if payload:  # the encoder may hold a first frame back; its slot stays empty
-                return EncodedPacket(payload, pts)
+                return EncodedPacket(payload, slot * FRAME_SAMPLES)
 
     def _encode(self, mono: bytes | None) -> bytes:
         """One Opus packet for 20 ms of mono PCM (stereo on the wire) or silence."""

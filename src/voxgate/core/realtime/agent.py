@@ -158,9 +158,9 @@ class RealtimeAgent:
         if frame is not None:
             await self._send(frame)
 
-    async def start(self, *, announce_conversation: bool = False) -> None:
+    async def start(self, *, as_call: bool = False) -> None:
         """Send ``session.created`` (and, for a WebRTC call, ``conversation.created``)."""
-        await self.session.start(announce_conversation=announce_conversation)
+        await self.session.start(as_call=as_call)
 
     @property
     def conversation(self) -> Conversation:

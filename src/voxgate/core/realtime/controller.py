@@ -8,6 +8,7 @@ speaks when none is named.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
@@ -19,10 +20,14 @@ from voxgate.core.realtime.response import Emit, Response, ResponsePlan
 from voxgate.core.realtime.transcriber import Transcriber
 from voxgate.core.relay import RelaySession
 from voxgate.engines.base import EngineError, SynthesisOptions, SynthesisStream, TextToSpeech
+from voxgate.protocols.realtime import events as ev
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.items import Item
 from voxgate.protocols.realtime.protocol import ResponseParams
 from voxgate.protocols.realtime.session import SessionConfig, check_tool_choice
+
+#: The share of a rate limit left under which ``low`` reporting tells the client.
+LOW = 0.25
 
 
 class ResponseController:
@@ -54,6 +59,11 @@ class ResponseController:
         #: this much audio of it, the idle timer starts).
         self._on_start = on_start
         self._on_end = on_end
+        #: When ``rate_limits.updated`` follows a response: ``always`` (as OpenAI's calls
+        #: do), or ``low``: only once the messages left this minute are under a quarter
+        #: (the WebSocket's clients were never sent it, and the event order they expect
+        #: after ``response.done`` stays as it was).
+        self.report_limits = "low"
         self.responses: dict[str, Response] = {}
         self.current: Response | None = None
         self._voices: dict[tuple[str, str | None, float], SynthesisStream] = {}
@@ -179,11 +189,21 @@ class ResponseController:
     async def _run(self, response: Response) -> None:
         try:
             await response.run()
+            limits = self.rate_limits()
+            [requests] = limits.rate_limits
+            if self.report_limits == "always" or requests.remaining < requests.limit * LOW:
+                await self._emit(limits)
         finally:
             self.responses.pop(response.id, None)
             if self.current is response:
                 self.current = None
                 self._on_end(response.audio_ms)
+
+    def rate_limits(self) -> ev.RateLimitsUpdated:
+        """The session's limit on client messages, as OpenAI reports its rate limits after
+        each response (``requests``: messages per minute)."""
+        limit, left, reset = self._counters.requests_left(asyncio.get_running_loop().time())
+        return ev.RateLimitsUpdated((ev.RateLimit("requests", limit, left, reset),))
 
     async def after_current(self) -> None:
         """Until the current response (say, one being cancelled) has finished."""

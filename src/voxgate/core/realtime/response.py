@@ -1,17 +1,17 @@
 """One model response: the language model streamed into items, text spoken clause by clause.
 
 :class:`Response` runs in its own task. Its *work* (the model stream and the speaker)
-is a child task that :meth:`Response.cancel` cancels at once — barge-in and
-``response.cancel`` do not wait behind audio — after which the response closes every
-item it opened (status ``incomplete``, the transcript cut to the audio actually sent)
-and sends ``response.done``. Event order, for an audio answer::
+is a child task that :meth:`Response.cancel` cancels at once — barge-in and a client's
+cancel do not wait behind audio — after which the response closes every item it opened
+(status ``incomplete``, the transcript cut to the audio the sink says was played, or
+else to what was sent) and emits :class:`~voxgate.protocols.realtime.events.ResponseDone`.
+Canonical events, in order, for an audio answer (the audio itself goes to the sink)::
 
-    response.created
-    response.output_item.added · conversation.item.added · response.content_part.added
-    (response.output_audio_transcript.delta · response.output_audio.delta…)…
-    response.output_audio.done · response.output_audio_transcript.done
-    response.content_part.done · response.output_item.done · conversation.item.done
-    response.done
+    ResponseCreated
+    OutputItemAdded · ItemAdded · ContentPartAdded
+    (AudioTranscriptDelta · audio to the sink…)…
+    AudioDone · AudioTranscriptDone · ContentPartDone · OutputItemDone · ItemDone
+    ResponseDone
 """
 
 from __future__ import annotations

@@ -121,14 +121,19 @@ class VoiceSession:
 
     # -- lifetime ------------------------------------------------------------------------
 
-    async def start(self, *, announce_conversation: bool = False) -> None:
-        """Start the input pipeline and loading the engines; emit ``session.created``
-        (and ``conversation.created`` when the transport's clients expect it: OpenAI's
-        WebSocket server does not send it, its WebRTC calls' clients may wait for it)."""
+    async def start(self, *, as_call: bool = False) -> None:
+        """Start the input pipeline and loading the engines; emit ``session.created``.
+
+        ``as_call``, for transports whose clients expect OpenAI's WebRTC
+        behaviour: ``conversation.created`` after it (OpenAI's WebSocket server does not
+        send it), and ``rate_limits.updated`` after every response (else only when the
+        messages left this minute run low)."""
+        if as_call:
+            self.responses.report_limits = "always"
         self._run_input()
         self._spawn(self._warm())
         await self.emit(ev.SessionCreated(self.state()))
-        if announce_conversation:
+        if as_call:
             await self.emit(ev.ConversationCreated("conv_default"))
 
     def _run_input(self) -> None:

@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from voxgate.core.realtime.playout import MONO_FRAME_BYTES, Playout
+from voxgate.core.realtime.playout import MONO_FRAME_BYTES, Pacer, Playout
 from voxgate.core.realtime.ports import AudioSink
 from voxgate.core.relay import RelaySession
 from voxgate.core.sfu.loops import stop_task, surviving
@@ -37,10 +37,10 @@ log = logging.getLogger("voxgate.sfu.agent")
 
 #: The rate of the agent's audio both ways.
 RATE = 48000
-#: 20 ms frames mixed before they are fed to the session together.
-FEED_FRAMES = 2
+#: Frames an ear keeps for the mixer (a listened track that runs ahead loses the oldest).
+EAR_FRAMES = 10
 FRAME_SECONDS = FRAME_SAMPLES / RATE
-#: How late the mouth may fall before it skips ahead instead of catching up.
+#: How late the mixer may fall before it skips ahead instead of catching up.
 MAX_LATE_SECONDS = 0.2
 #: The events a watcher of the agent gets (:meth:`CallAgent.watch`): turns, transcripts
 #: and response status, not audio.
@@ -79,17 +79,20 @@ class Line:
 
 
 class _Ear:
-    """A subscriber of one listened track: its Opus decoded once, mono frames kept."""
+    """A subscriber of one listened track: its Opus decoded once, mono frames kept (the
+    last :data:`EAR_FRAMES`); ``heard`` is set when one arrives."""
 
-    def __init__(self) -> None:
-        self.frames: collections.deque[np.ndarray] = collections.deque(maxlen=10)
+    def __init__(self, heard: asyncio.Event) -> None:
+        self.frames: collections.deque[np.ndarray] = collections.deque(maxlen=EAR_FRAMES)
         self._decoder = OpusDecoder()
+        self._heard = heard
 
     def push(self, payload: bytes, timestamp: int) -> None:
         pcm = self._decoder.decode(payload)
         if pcm:
             stereo = np.frombuffer(pcm, np.int16).reshape(-1, 2).astype(np.int32)
             self.frames.append(stereo.sum(axis=1) // 2)
+            self._heard.set()
 
     def end(self) -> None:
         self.frames.clear()
@@ -114,6 +117,7 @@ class CallAgent:
     _voice: VoiceSession | None = None
     _publisher: PcmPublisher | None = None
     _ears: list[tuple[TrackSource, _Ear]] = field(default_factory=list)
+    _heard: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _watchers: set[asyncio.Queue[str | None]] = field(default_factory=set)
     _closed: bool = False
@@ -127,7 +131,7 @@ class CallAgent:
             self._publisher = session.publish_pcm(self.track_name)
             for sid, name in self.listen:
                 source = self.media.track(self.app_id, sid, name)
-                ear = _Ear()
+                ear = _Ear(self._heard)
                 source.subscribe(ear)
                 self._ears.append((source, ear))
             self._voice = make_voice(self._on_event, self.playout)
@@ -141,49 +145,47 @@ class CallAgent:
     # -- ears ---------------------------------------------------------------------------
 
     async def _mix(self) -> None:
-        """Every 20 ms, one frame from each ear that has one, summed; fed in batches."""
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        batch: list[np.ndarray] = []
+        """The ears into the session. One ear: each frame as it arrives (no clock adds
+        delay). Several: every 20 ms one frame from each ear that has one, summed."""
         voice = self._voice
         assert voice is not None
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
-            due += FRAME_SECONDS
-            await asyncio.sleep(max(0.0, due - loop.time()))
-            if due < loop.time() - MAX_LATE_SECONDS:
-                due = loop.time()
-            parts = [ear.frames.popleft() for _source, ear in self._ears if ear.frames]
+            if len(self._ears) == 1:
+                await self._heard.wait()
+                self._heard.clear()
+                frames = self._ears[0][1].frames
+                parts = [np.concatenate(list(frames))] if frames else []
+                frames.clear()
+            else:
+                due += FRAME_SECONDS
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if due < loop.time() - MAX_LATE_SECONDS:
+                    due = loop.time()
+                parts = [ear.frames.popleft() for _source, ear in self._ears if ear.frames]
             if not parts:
                 continue
             with surviving(log, "agent %s: mixing %d ears", self.id, len(parts)):
                 mixed = np.sum(parts, axis=0) if len(parts) > 1 else parts[0]
-                batch.append(np.clip(mixed, -32768, 32767).astype(np.int16))
-                if len(batch) >= FEED_FRAMES:
-                    pcm, batch = np.concatenate(batch).tobytes(), []
-                    if self.counters is not None:
-                        self.counters.last_activity = loop.time()
-                        self.counters.client_bytes += len(pcm)
-                    await voice.feed_audio(pcm)
+                pcm = np.clip(mixed, -32768, 32767).astype(np.int16).tobytes()
+                if self.counters is not None:
+                    self.counters.last_activity = loop.time()
+                    self.counters.client_bytes += len(pcm)
+                await voice.feed_audio(pcm)
 
     # -- mouth --------------------------------------------------------------------------
 
     async def _speak(self) -> None:
-        """Every 20 ms, the playout's next frame into the agent's track; silence between
+        """The playout's frames into the agent's track at real time; silence between
         answers (a track without packets would be collected as gone)."""
-        loop = asyncio.get_running_loop()
-        start, frames = loop.time(), 0
         publisher = self._publisher
         assert publisher is not None
+        pacer = Pacer(self.playout)
         while True:
-            due = start + frames * FRAME_SECONDS
-            now = loop.time()
-            if now - due > MAX_LATE_SECONDS:
-                frames += int((now - due) / FRAME_SECONDS)
-            elif due > now:
-                await asyncio.sleep(due - now)
-            frames += 1
-            with surviving(log, "agent %s: speaking frame %d", self.id, frames):
-                mono = self.playout.take() or bytes(MONO_FRAME_BYTES)
+            mono, slot = await pacer.next()
+            with surviving(log, "agent %s: speaking frame %d", self.id, slot):
+                mono = mono or bytes(MONO_FRAME_BYTES)
                 samples = np.frombuffer(mono.ljust(MONO_FRAME_BYTES, b"\0"), np.int16)
                 publisher.write(np.repeat(samples, 2).tobytes())
 
