@@ -175,3 +175,23 @@ async def test_a_provider_refusing_a_native_relay_closes_1008_not_1011(
             assert msg.type is aiohttp.WSMsgType.CLOSE
             assert ws.close_code == code
             assert f"HTTP {status}" in msg.extra
+
+
+@pytest.mark.parametrize(("status", "code"), [(401, 1008), (503, 1011)])
+async def test_a_provider_refusing_a_unified_session_closes_1008_not_1011(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, status: int, code: int
+) -> None:
+    """The unified protocol on a cloud engine: a provider that refuses the key (4xx) ends
+    the session with 1008 (a reconnect would be refused again); one that is down, 1011."""
+    async with RecordingUpstream(reject_status=status) as up:
+        gw = await gateway(provider_overrides(up.url, "deepgram"))
+        async with http.ws_connect(gw.ws("/v1/stt/deepgram")) as ws:
+            await ws.send_str('{"type": "start"}')
+            texts = []
+            while (msg := await ws.receive(timeout=30)).type is aiohttp.WSMsgType.TEXT:
+                texts.append(orjson.loads(msg.data))
+            assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+            assert ws.close_code == code, texts
+            errors = [t for t in texts if t.get("type") == "error"]
+            assert errors, texts
+            assert errors[0]["retryable"] is (code == 1011), errors

@@ -55,9 +55,17 @@ class UpstreamEngineError(EngineError):
 
     code = "upstream_error"
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        #: The provider's HTTP status when it refused the connection.
+        self.status = status
+
+    @property
+    def refused(self) -> bool:
+        """The provider refused for the client's credentials or limits (a 4xx other than
+        408): trying again as it is would only be refused again."""
+        return self.status is not None and 400 <= self.status < 500 and self.status != 408
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,9 @@ async def _connect(
     try:
         return await connector.connect(req, heartbeat=30.0)
     except UpstreamError as exc:
-        raise UpstreamEngineError(exc.public_message, retryable=True) from exc
+        status = exc.upstream_status
+        refused = status is not None and 400 <= status < 500 and status != 408
+        raise UpstreamEngineError(exc.public_message, retryable=not refused, status=status) from exc
 
 
 async def _receive(ws: aiohttp.ClientWebSocketResponse) -> str | bytes | None:

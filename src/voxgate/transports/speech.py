@@ -18,7 +18,7 @@ from typing import Protocol
 from voxgate.audio import AudioFormatError
 from voxgate.core.limits import CLOSE_REASONS, CloseCode
 from voxgate.core.relay import RelaySession
-from voxgate.engines.base import EngineError, EngineRejected
+from voxgate.engines.base import EngineError, EngineRejected, UpstreamEngineError
 from voxgate.protocols.speech.unified import MessageError
 from voxgate.transports.ws import Channel, Closed
 
@@ -90,12 +90,14 @@ class SpeechConnection:
                 ending or self._server_ending(CloseCode.SERVICE_RESTART, "shutdown")
             )
 
-    def fail(self, frame: str) -> None:
-        """End the session after a fatal error whose ``error`` frame is ``frame``."""
+    def fail(self, frame: str, *, refused: bool = False) -> None:
+        """End the session after a fatal error whose ``error`` frame is ``frame``:
+        1011, or — ``refused``: a provider refused the credentials or a limit, which a
+        reconnect would only repeat — 1008."""
         self.stop(
             SpeechEnding(
-                CloseCode.INTERNAL_ERROR,
-                "engine error",
+                CloseCode.POLICY_VIOLATION if refused else CloseCode.INTERNAL_ERROR,
+                "provider refused" if refused else "engine error",
                 error="engine_error",
                 farewell=(frame, *self._ended("error")),
             )
@@ -221,7 +223,9 @@ class SpeechConnection:
         except EngineRejected as exc:
             await self.send(session.error(exc.code, exc.public_message))
         except EngineError as exc:
-            self.fail(session.error(exc.code, exc.public_message, retryable=exc.retryable))
+            refused = isinstance(exc, UpstreamEngineError) and exc.refused
+            frame = session.error(exc.code, exc.public_message, retryable=exc.retryable)
+            self.fail(frame, refused=refused)
 
     async def _close(self, ending: SpeechEnding) -> None:
         if ending.code == 1006:  # the client is gone: nothing to say
