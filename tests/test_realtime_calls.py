@@ -476,3 +476,15 @@ async def test_output_audio_buffer_clear_cuts_the_answer(
     # and the track goes quiet (a few packets in flight may still come)
     await asyncio.sleep(1.5)
     assert call.loud_ms(cut_at) < 400, call.loud_ms(cut_at)
+
+
+async def test_a_sideband_takes_a_connection_slot(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, new_call: NewCall
+) -> None:
+    """The gateway's max_connections counts the call and every sideband socket on it."""
+    gw = await gateway(TOKENS + "limits = { max_connections = 1 }\n", ENV)
+    call = await dial_with_form(new_call(), gw.base, SESSION)
+    await call.until("session.created", within=15)
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        await http.ws_connect(gw.ws(f"/v1/realtime?call_id={call.call_id}"), headers=AUTH)
+    assert exc.value.status == 429

@@ -108,7 +108,13 @@ async def realtime(request: web.Request) -> web.StreamResponse:
     limits = token.limits if token is not None and token.limits is not None else gw.limits
     if "call_id" in request.query:
         call = find_call(request.app, request.query["call_id"])
-        return await _sideband(request, s, call, limits, creds)
+        holder = s.ids("sideband")  # a connection like any other: it takes a slot
+        slots = await acquire_slots(s, gw, token, limits, holder)
+        try:
+            return await _sideband(request, s, call, limits, creds)
+        finally:
+            for key in slots:
+                await s.state.release_slot(key, holder)
     config = secret.config if secret is not None else SessionConfig()
     # a client secret's session names its model (the default one when the client named none)
     named = request.query.get("model") or (config.model if secret is not None else None)
@@ -293,7 +299,8 @@ async def _sideband(
 ) -> web.StreamResponse:
     """``ws /v1/realtime?call_id=…``: a server's WebSocket on a live WebRTC call (OpenAI's
     sideband control): the call's events (no audio), and client events into the call,
-    counted against its limits. Ends (1000) when the call does."""
+    counted against its limits. It holds a connection slot of its own (the caller's);
+    ends (1000) when the call does."""
     subprotocol = "realtime" if "realtime" in creds.offered else creds.gateway_entry
     ws = await accept_client(request, s, limits, subprotocol)
     queue = call.watch()
