@@ -313,6 +313,25 @@ async def test_refusals(
     async with http.post(url, data=form, headers=AUTH) as r:
         assert r.status == 400, await r.text()
         assert "session.model" in (await r.json())["error"]["message"]
+    deep = "[" * 200 + "]" * 200
+    for session, status, words in (
+        ("[1]", 400, "session part must be a JSON object"),
+        ('{"tools": ' + deep + "}", 400, "session: "),
+        ('{"instructions": "' + "x" * 300_000 + '"}', 413, "session part"),
+    ):
+        form = aiohttp.FormData()
+        form.add_field("sdp", offer, content_type="application/sdp")
+        form.add_field("session", session, content_type="application/json")
+        async with http.post(url, data=form, headers=AUTH) as r:
+            assert r.status == status, await r.text()
+            assert words in (await r.json())["error"]["message"], session[:40]
+    status, _, text = await post_sdp(http, url, offer.encode("utf-16"), token=TOKEN)
+    assert status == 400, text
+    assert "UTF-8" in orjson.loads(text)["error"]["message"], text
+    # a call runs voxgate's agent: an upstream realtime model is relayed only by WebSocket
+    status, _, text = await post_sdp(http, f"{url}?model=openai/gpt-realtime", offer, token=TOKEN)
+    assert status == 400, text
+    assert "ws /v1/realtime" in orjson.loads(text)["error"]["message"], text
     assert not gw.services.live  # nothing started for any of them
 
     # the raw form also takes the gateway token itself

@@ -25,7 +25,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-import orjson
 from aiohttp import BodyPartReader, StreamReader, hdrs, web
 
 from voxgate.core.realtime.agent import RealtimeAgent
@@ -33,7 +32,6 @@ from voxgate.core.realtime.secrets import ClientSecret
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.engines.base import EngineError
 from voxgate.errors import BadRequest, GatewayRejection, SfuError
-from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.protocol import RealtimeProtocol
 from voxgate.protocols.realtime.session import SessionConfig, apply_update
@@ -47,6 +45,7 @@ from voxgate.server.realtime_service import (
     agent_deps,
     authenticate_realtime,
     find_call,
+    json_object,
     model_choice,
     resolve_model,
 )
@@ -110,7 +109,7 @@ async def _read_offer(request: web.Request) -> tuple[str, dict[str, Any] | None]
                 sdp = await _read_limited(part, MAX_SDP_BYTES, "the sdp part")
             elif part.name == "session":
                 raw = await _read_limited(part, MAX_SESSION_BYTES, "the session part")
-                session = _session_part(raw)
+                session = json_object(raw, "the session part", at="session: ")
             else:
                 await _read_limited(part, MAX_SESSION_BYTES, f"the part {part.name!r}")
         if not sdp:
@@ -126,19 +125,6 @@ async def _read_offer(request: web.Request) -> tuple[str, dict[str, Any] | None]
         raise BadRequest("the SDP offer is not UTF-8 text") from None
 
 
-def _session_part(raw: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise BadRequest("the session part is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the session part must be a JSON object")
-    deep = nesting_error(raw, data)
-    if deep is not None:
-        raise BadRequest(f"session: {deep} nests more than {MAX_DEPTH} levels deep")
-    return data
-
-
 def _config(
     s: Services,
     gw: GatewaySettings,
@@ -152,9 +138,9 @@ def _config(
         if session:
             config = apply_update(config, session)
     except ClientEventError as exc:
-        where = exc.param if exc.param and exc.param.startswith("session") else "session"
-        if exc.param and not exc.param.startswith("session"):
-            where = f"session.{exc.param}"
+        where = exc.param or "session"
+        if not where.startswith("session"):
+            where = f"session.{where}"
         raise BadRequest(f"{where}: {exc.public_message}") from None
     named = request.query.get("model") or (
         config.model if secret is not None or (session and "model" in session) else None

@@ -24,7 +24,6 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import orjson
 from aiohttp import WSMsgType, hdrs, web
 
 from voxgate.core.limits import CLOSE_REASONS
@@ -33,7 +32,6 @@ from voxgate.core.realtime.secrets import DEFAULT_TTL, MAX_TTL, MIN_TTL, ClientS
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.engines.base import EngineError
 from voxgate.errors import AuthenticationFailed, BadRequest
-from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.protocol import RealtimeProtocol
 from voxgate.protocols.realtime.session import (
@@ -55,6 +53,7 @@ from voxgate.server.realtime_service import (
     agent_deps,
     authenticate_realtime,
     find_call,
+    json_object,
     model_choice,
     resolve_model,
 )
@@ -226,18 +225,7 @@ async def _relay(
 
 async def _read_json(request: web.Request) -> dict[str, Any]:
     body = await request.read()
-    if not body:
-        return {}
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    deep = nesting_error(body, data)
-    if deep is not None:
-        raise BadRequest(f"{deep} nests more than {MAX_DEPTH} levels deep")
-    return data
+    return json_object(body, "the body") if body else {}
 
 
 async def _mint(request: web.Request, session: Any, ttl: Any) -> tuple[ClientSecret, str]:

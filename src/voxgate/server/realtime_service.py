@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from voxgate.core.realtime.deps import AgentDeps
@@ -13,7 +14,8 @@ from voxgate.core.realtime.secrets import ClientSecret
 from voxgate.engines.base import EngineError
 from voxgate.engines.llm import LanguageModel
 from voxgate.engines.vad import make_vad
-from voxgate.errors import AuthenticationFailed, NotFound
+from voxgate.errors import AuthenticationFailed, BadRequest, NotFound
+from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
 from voxgate.server.app import Services
 from voxgate.server.auth import authenticate
 from voxgate.server.realtime_models import ModelChoice, choose_model
@@ -24,6 +26,21 @@ from voxgate.transports.realtime_call import RealtimeCall
 #: The live WebRTC calls by id, and the tasks that run them.
 CALLS = web.AppKey("voxgate_realtime_calls", dict[str, RealtimeCall])
 CALL_TASKS = web.AppKey("voxgate_realtime_call_tasks", set[asyncio.Task[None]])
+
+
+def json_object(raw: bytes, what: str, *, at: str = "") -> dict[str, Any]:
+    """``raw`` as a JSON object, else :class:`BadRequest` naming ``what`` ("the body");
+    ``at`` prefixes the field path in the nesting refusal ("session: ")."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest(f"{what} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    deep = nesting_error(raw, data)
+    if deep is not None:
+        raise BadRequest(f"{at}{deep} nests more than {MAX_DEPTH} levels deep")
+    return data
 
 
 def find_call(app: web.Application, call_id: str) -> RealtimeCall:
