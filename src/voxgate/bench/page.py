@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from voxgate.audio import read_wav, write_wav
-from voxgate.bench.relay import Proc, _config, pct, voxgate_proc
+from voxgate.bench.relay import Proc, _config, add_baseline_option, baseline_proc, pct, voxgate_proc
 
 QUESTION = Path(__file__).resolve().parents[3] / "tests" / "data" / "arctic_a0007.wav"
 
@@ -114,9 +114,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.baseline is not None:  # the same turns against another source tree's server
         other = tmp / "baseline.toml"
         other.write_text(_config(9, tmp / "baseline.db") + preload)
-        argv = [sys.executable, "-m", "voxgate", "serve", "--config", str(other), "--port", "0"]
-        env = {"PYTHONPATH": f"{args.baseline}/src"}  # made absolute by main()
-        proc = Proc("baseline", [*argv, "--log-level", "warning"], env)
+        proc = baseline_proc(args.baseline, other)
         servers.append(("base ", proc, MODES[:2]))  # the modes every version's page has
     try:
         print(f"# voxgate bench page — {os.cpu_count()} cores, headless {chromium}")
@@ -135,15 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voxgate bench page", description=__doc__)
     p.add_argument("--turns", type=int, default=5, help="turns measured per mode")
     p.add_argument("--silence", type=float, default=7.0, help="seconds after each question")
-    p.add_argument(
-        "--baseline",
-        metavar="TREE",
-        help="also run the WebSocket and media-server modes against a server from this "
-        "source tree (a checkout of another commit), in the same run",
-    )
+    add_baseline_option(p, "the WebSocket and media-server modes")
     args = p.parse_args(argv)
-    if args.baseline is not None:
-        args.baseline = str(Path(args.baseline).resolve())
     asyncio.run(run(args))
     return 0
 

@@ -54,7 +54,7 @@ from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from voxgate.audio import resample
-from voxgate.bench.relay import Proc, _config, pct, voxgate_proc
+from voxgate.bench.relay import _config, add_baseline_option, baseline_proc, pct, voxgate_proc
 from voxgate.bench.sentences import HARVARD
 from voxgate.opus import OpusDecoder
 from voxgate.speech_client import speak
@@ -503,9 +503,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.baseline is not None:  # the same bench against another source tree's server
         other = tmp / "baseline.toml"
         other.write_text(_config(9, tmp / "baseline.db") + speech)
-        argv = [sys.executable, "-m", "voxgate", "serve", "--config", str(other), "--port", "0"]
-        env = {"PYTHONPATH": f"{args.baseline}/src"}  # made absolute by main()
-        baseline = Proc("baseline", [*argv, "--log-level", "warning"], env)
+        baseline = baseline_proc(args.baseline, other)
     base = f"ws://127.0.0.1:{gateway.port}"
     try:
         print(f"# voxgate bench realtime — {os.cpu_count()} cores, python {sys.version.split()[0]}")
@@ -546,15 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voxgate bench realtime", description=__doc__)
     p.add_argument("--turns", type=int, default=20, help="spoken turns in the one-session run")
     p.add_argument("--barge-ins", type=int, default=10)
-    p.add_argument(
-        "--baseline",
-        metavar="TREE",
-        help="also run the one-session rows against a server from this source tree (a "
-        "checkout of another commit), in the same run",
-    )
+    add_baseline_option(p, "the one-session rows")
     args = p.parse_args(argv)
-    if args.baseline is not None:
-        args.baseline = str(Path(args.baseline).resolve())
     asyncio.run(run(args))
     return 0
 

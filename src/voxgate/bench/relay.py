@@ -139,6 +139,24 @@ def voxgate_proc(cfg: Path, *, stderr: Path | None = None) -> Proc:
     return Proc("voxgate", [*argv, "--log-level", "warning"], stderr=stderr)
 
 
+def baseline_proc(tree: str, cfg: Path) -> Proc:
+    """``voxgate serve`` as :func:`voxgate_proc` does it, but the code of another source
+    tree (an absolute path; a checkout of another commit), to compare in the same run."""
+    argv = [sys.executable, "-m", "voxgate", "serve", "--config", str(cfg), "--port", "0"]
+    return Proc("baseline", [*argv, "--log-level", "warning"], {"PYTHONPATH": f"{tree}/src"})
+
+
+def add_baseline_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--baseline TREE``: ``what`` also runs against :func:`baseline_proc`'s server."""
+    p.add_argument(
+        "--baseline",
+        metavar="TREE",
+        type=lambda tree: str(Path(tree).resolve()),
+        help=f"also run {what} against a server from this source tree (a checkout of "
+        "another commit), in the same run",
+    )
+
+
 def _mode_argv(*mode: str) -> list[str]:
     return [sys.executable, "-m", "voxgate.bench.relay", *mode]
 

@@ -148,6 +148,9 @@ class RealtimeCall:
 
     async def send(self, frame: str) -> None:
         """The agent's ``send``: one event to the data channel and every sideband."""
+        self._send_now(frame)
+
+    def _send_now(self, frame: str) -> None:
         self.counters.upstream_frame(self._loop.time(), frame)
         self.deliver(frame)
 
@@ -162,8 +165,7 @@ class RealtimeCall:
             return
         frame = self.agent.protocol.render(event)
         if frame is not None:
-            self.counters.upstream_frame(self._loop.time(), frame)
-            self.deliver(frame)
+            self._send_now(frame)
 
     # -- sideband ------------------------------------------------------------------------
 
