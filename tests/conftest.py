@@ -14,6 +14,9 @@ import pytest
 from aiohttp import web
 
 from voxgate.config import load_settings
+from voxgate.core.realtime.deps import AgentDeps
+from voxgate.engines.base import VoiceActivity
+from voxgate.engines.llm import EchoModel
 from voxgate.engines.registry import EngineRegistry
 from voxgate.server.app import SERVICES, Services, create_app
 from voxgate.settings import EngineSettings, Settings, SpeechSettings
@@ -60,6 +63,22 @@ def speech_engines() -> EngineRegistry:
     piper = EngineSettings("piper", "piper", {"noise_scale": 0.0, "noise_w_scale": 0.0})
     return EngineRegistry(
         SpeechSettings(cache_dir=str(Path.home() / ".cache" / "voxgate"), engines={"piper": piper})
+    )
+
+
+def echo_deps(engines: EngineRegistry, make_vad: Callable[[], VoiceActivity]) -> AgentDeps:
+    """What a voice session with no server uses: ``engines``' piper and pocketsphinx,
+    ``make_vad``'s VAD, and the echo model."""
+    return AgentDeps(
+        workers=engines.workers,
+        get_tts=engines.tts,
+        get_stt=engines.stt,
+        make_vad=make_vad,
+        resolve_model=lambda _model: EchoModel(),
+        tts_names=("piper",),
+        stt_names=("pocketsphinx",),
+        default_tts="piper",
+        default_stt="pocketsphinx",
     )
 
 

@@ -16,14 +16,13 @@ import psutil
 import pybase64
 import pytest
 
-from conftest import Gateway, GatewayFactory, settled, wait_for
+from conftest import Gateway, GatewayFactory, echo_deps, settled, wait_for
 from test_realtime_ws import RT, connect, text_item
 from voxgate.audio import Encoding, from_pcm16
-from voxgate.core.realtime.agent import MAX_INPUT_BUFFER_SECONDS, AgentDeps, RealtimeAgent
+from voxgate.core.realtime.agent import MAX_INPUT_BUFFER_SECONDS, RealtimeAgent
 from voxgate.core.realtime.conversation import MAX_ITEMS
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.engines.base import VoiceActivity
-from voxgate.engines.llm import EchoModel
 from voxgate.engines.registry import EngineRegistry
 from voxgate.protocols.realtime.protocol import RealtimeProtocol
 from voxgate.protocols.realtime.session import SessionConfig
@@ -347,17 +346,7 @@ def _socketless_agent(
     engines: EngineRegistry, make_vad: Callable[[], VoiceActivity], send: Callable[..., Any]
 ) -> RealtimeAgent:
     """An agent with no socket: the shared engines, ``make_vad``'s VAD, the echo model."""
-    deps = AgentDeps(
-        workers=engines.workers,
-        get_tts=engines.tts,
-        get_stt=engines.stt,
-        make_vad=make_vad,
-        resolve_model=lambda _model: EchoModel(),
-        tts_names=("piper",),
-        stt_names=("pocketsphinx",),
-        default_tts="piper",
-        default_stt="pocketsphinx",
-    )
+    deps = echo_deps(engines, make_vad)
     info = SessionInfo("s", "a", "g", "voxgate", None, None, None, kind="realtime")
     ids = itertools.count()
     return RealtimeAgent(

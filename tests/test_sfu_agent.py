@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
-from tests.conftest import GatewayFactory, wait_for
+from tests.conftest import GatewayFactory, settled, wait_for
 from tests.test_sfu import rms
 
 from voxgate.audio import read_wav, resample
@@ -38,29 +39,27 @@ def speech_48k(name: str) -> bytes:
     return resample(wav.pcm, wav.sample_rate, 48000)
 
 
+async def caller_with_agent(
+    http: aiohttp.ClientSession, base: str, session: dict[str, object]
+) -> tuple[SfuPeer, PcmTrack, int, dict[str, Any]]:
+    """A caller publishing ``mic``, and the answer to an ``agents/new`` listening to it."""
+    caller = SfuPeer(http, base)
+    await caller.open()
+    mic = PcmTrack()
+    await caller.publish("mic", mic)
+    listen = [{"sessionId": caller.session_id, "trackName": "mic"}]
+    status, body = await caller.call("POST", "/agents/new", {"listen": listen, "session": session})
+    return caller, mic, status, body
+
+
 async def test_agent_in_a_call_answers_a_spoken_question(
     gateway: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:
     gw = await gateway()
     base = gw.base + APP
-    caller = SfuPeer(http, base)
-    await caller.open()
-    mic = PcmTrack()
-    await caller.publish("mic", mic)
-
-    status, body = await caller.call(
-        "POST",
-        "/agents/new",
-        {
-            "listen": [{"sessionId": caller.session_id, "trackName": "mic"}],
-            "session": {
-                "instructions": "Answer briefly.",
-                "audio": {
-                    "input": {"turn_detection": {"type": "server_vad", "silence_duration_ms": 500}}
-                },
-            },
-        },
-    )
+    td = {"type": "server_vad", "silence_duration_ms": 500}
+    session = {"instructions": "Answer briefly.", "audio": {"input": {"turn_detection": td}}}
+    caller, mic, status, body = await caller_with_agent(http, base, session)
     assert status == 201, body
     agent_id, agent_session, agent_track = body["agentId"], body["sessionId"], body["trackName"]
 
@@ -130,19 +129,9 @@ async def test_barge_in_in_a_call_truncates_the_history_to_what_was_played(
     agent's history keeps only what was played into the call."""
     gw = await gateway()
     base = gw.base + APP
-    caller = SfuPeer(http, base)
-    await caller.open()
-    mic = PcmTrack()
-    await caller.publish("mic", mic)
     td = {"type": "server_vad", "silence_duration_ms": 500}
-    status, body = await caller.call(
-        "POST",
-        "/agents/new",
-        {
-            "listen": [{"sessionId": caller.session_id, "trackName": "mic"}],
-            "session": {"audio": {"input": {"turn_detection": td}}},
-        },
-    )
+    session = {"audio": {"input": {"turn_detection": td}}}
+    caller, mic, status, body = await caller_with_agent(http, base, session)
     assert status == 201, body
     agent_id = body["agentId"]
     watched: list[dict[str, object]] = []
@@ -186,4 +175,36 @@ async def test_barge_in_in_a_call_truncates_the_history_to_what_was_played(
     assert status == 200
     async with asyncio.timeout(5):
         await watcher
+    await caller.close()
+
+
+async def test_agents_take_connection_slots_and_leave_at_the_session_limit(
+    gateway: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """An agent is a session like any other: it takes one of the gateway's connection
+    slots (the next one is refused with 429) and leaves the call at max_session_seconds,
+    leaving one record (4003) and its slot."""
+    limits = "limits = { max_connections = 1, max_session_seconds = 2 }"
+    gw = await gateway(f"[accounts.local.gateways.default]\n{limits}\n")
+    base = gw.base + APP
+    caller, _mic, status, body = await caller_with_agent(http, base, {})
+    assert status == 201, body
+    agent_id = body["agentId"]
+    listen = [{"sessionId": caller.session_id, "trackName": "mic"}]
+    status, refused = await caller.call("POST", "/agents/new", {"listen": listen})
+    assert status == 429, refused
+    assert refused["errorCode"] == "rate_limited", refused
+    await wait_for(lambda: agent_id not in gw.services.media.agents, 10)
+    status, _gone = await caller.call("GET", f"/agents/{agent_id}")
+    assert status == 404
+    status, again = await caller.call("POST", "/agents/new", {"listen": listen})
+    assert status == 201, again  # the slot came back
+    status, _closed = await caller.call("POST", f"/agents/{again['agentId']}/close")
+    assert status == 200
+    await settled(gw)
+    async with http.get(f"{gw.base}/v1/local/default/logs") as r:
+        records = {x["session_id"]: x for x in (await r.json())["records"]}
+    record = records[agent_id]
+    assert (record["kind"], record["transport"]) == ("agent", "sfu")
+    assert (record["client_close_code"], record["error"]) == (4003, "session_too_long")
     await caller.close()

@@ -7,13 +7,12 @@ import asyncio
 import itertools
 
 import pytest
+from tests.conftest import echo_deps
 
-from voxgate.core.realtime.deps import AgentDeps
 from voxgate.core.realtime.playout import Playout
 from voxgate.core.realtime.voice import VoiceSession
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.engines.base import VoiceActivity
-from voxgate.engines.llm import EchoModel
 from voxgate.engines.registry import EngineRegistry
 from voxgate.protocols.realtime import events as ev
 from voxgate.protocols.realtime.errors import ClientEventError
@@ -48,17 +47,7 @@ class Harness:
         self.events: list[ev.Event] = []
         self.arrived = asyncio.Event()
         ids = itertools.count()
-        deps = AgentDeps(
-            workers=engines.workers,
-            get_tts=engines.tts,
-            get_stt=engines.stt,
-            make_vad=_Speech,
-            resolve_model=lambda _model: EchoModel(),
-            tts_names=("piper",),
-            stt_names=("pocketsphinx",),
-            default_tts="piper",
-            default_stt="pocketsphinx",
-        )
+        deps = echo_deps(engines, _Speech)
         info = SessionInfo("s", "a", "g", "voxgate", None, None, None, kind="realtime")
         self.sink = sink or Playout()
         self.counters = RelaySession(

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from voxgate.audio import Encoding
+from voxgate.core.limits import CloseCode
 from voxgate.core.realtime.ports import AudioSink
 from voxgate.core.realtime.voice import VoiceSession
 from voxgate.core.relay import RelaySession, SessionInfo
@@ -124,15 +125,18 @@ async def new_agent(request: web.Request, s: Services, app_id: str) -> web.Respo
         deadline.cancel()
         for key in slots:
             await s.state.release_slot(key, agent_id)
-        await save_record(s, counters, ending[0], None, ending[1])
+        code, error = ending
+        await save_record(s, counters, code, None, error)
 
     agent = CallAgent(
         agent_id, app_id, s.media, listen, protocol.render, counters=counters, on_close=closed
     )
-    ending: list[Any] = [1000, None]
+    #: The close code and error its record will hold.
+    ending: tuple[int, str | None] = (CloseCode.NORMAL, None)
 
     def too_long() -> None:  # max_session_seconds: the agent leaves the call
-        ending[:] = [4003, "session_too_long"]
+        nonlocal ending
+        ending = (CloseCode.SESSION_TOO_LONG, "session_too_long")
         task = loop.create_task(agent.close())
         s.media.closing_agents.add(task)
         task.add_done_callback(s.media.closing_agents.discard)

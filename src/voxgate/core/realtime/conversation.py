@@ -128,15 +128,19 @@ class Conversation:
             self.spoken.pop(item.id, None)
             self._evicted.append(item.id)
 
+    def find(self, item_id: str) -> Item | None:
+        """The item ``item_id``, or ``None``."""
+        return next((item for item in self.items if item.id == item_id), None)
+
     def get(self, item_id: str, action: str = "") -> Item:
         """The item ``item_id``; raises :func:`not_found` with the code for ``action``."""
-        for item in self.items:
-            if item.id == item_id:
-                return item
-        raise not_found(item_id, action=action)
+        item = self.find(item_id)
+        if item is None:
+            raise not_found(item_id, action=action)
+        return item
 
     def __contains__(self, item_id: str) -> bool:
-        return any(i.id == item_id for i in self.items)
+        return self.find(item_id) is not None
 
     def last_id(self) -> str | None:
         return self.items[-1].id if self.items else None

@@ -24,7 +24,7 @@ from typing import Protocol
 
 from voxgate.audio import AudioFormat, Encoding, StreamResampler
 from voxgate.clock import IdFactory
-from voxgate.core.realtime.transcriber import Transcriber
+from voxgate.core.realtime.transcriber import VAD_RATE, Transcriber
 from voxgate.core.realtime.turns import (
     IdleTimeout,
     State,
@@ -42,7 +42,6 @@ from voxgate.protocols.realtime.session import TurnDetection
 
 log = logging.getLogger("voxgate.realtime")
 
-VAD_RATE = 16000
 #: Appends larger than this are scored by the VAD in a worker, not on the event loop.
 INLINE_VAD_BYTES = 16000 * 2
 MIN_COMMIT_MS = 100

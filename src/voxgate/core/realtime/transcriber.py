@@ -35,6 +35,7 @@ from voxgate.protocols.realtime.session import SessionConfig
 
 #: The most audio of client items that may wait for its transcription in one session.
 MAX_PENDING_ITEM_AUDIO = 16 * 2**20
+#: The rate of the audio the input pipeline hears, scores and feeds to recognition.
 VAD_RATE = 16000
 
 Emit = Callable[[ev.Event], Awaitable[None]]

@@ -88,7 +88,7 @@ class VoiceSession:
         self.transcriber = Transcriber(
             deps=deps,
             config=lambda: me.config,
-            items=lambda item_id: me._item_or_none(item_id),
+            items=lambda item_id: me.conversation.find(item_id),
             emit=lambda event: me.emit(event),
             spawn=lambda coro: me._spawn(coro),
             on_partial=lambda text: me.input.set_transcript(text),
@@ -272,9 +272,6 @@ class VoiceSession:
         return True
 
     # -- the conversation ----------------------------------------------------------------
-
-    def _item_or_none(self, item_id: str) -> Item | None:
-        return self.conversation.get(item_id) if item_id in self.conversation else None
 
     async def create_item(self, item: Item, previous_item_id: str | None) -> None:
         if item.type == "message" and item.role == "assistant":
