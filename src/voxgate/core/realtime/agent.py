@@ -192,8 +192,9 @@ class RealtimeAgent:
         return None  # the Realtime protocol has no goodbye event: the close code says it
 
     def error(self, code: str, message: str, *, retryable: bool = False) -> str:
-        kind = "server_error" if code == "internal_error" else "invalid_request_error"
-        return self.protocol.error(ClientEventError(code, message, kind=kind))
+        frame = self.protocol.render(ev.Error.of(code, message))
+        assert frame is not None  # every API version has ``error``
+        return frame
 
 
 async def _gone(_frame: str) -> None:

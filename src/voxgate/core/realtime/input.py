@@ -188,11 +188,11 @@ class InputPipeline:
         except ClientEventError as exc:
             await self._host.emit(ev.Error.refusal(exc))
         except EngineError as exc:
-            await self._host.emit(ev.Error(exc.code, exc.public_message, kind=_kind(exc.code)))
+            await self._host.emit(ev.Error.of(exc.code, exc.public_message))
         except Exception as exc:  # a bug: this step is lost, the session's input goes on
             log.exception("realtime input pipeline failed")
             message = f"input lost ({type(exc).__name__})"
-            await self._host.emit(ev.Error("internal_error", message, kind="server_error"))
+            await self._host.emit(ev.Error.of("internal_error", message))
 
     async def _command(self, c: _Command) -> None:
         if c.kind == "commit":
@@ -323,7 +323,3 @@ class InputPipeline:
         self._speech_item = None
         self._clear_buffer()
         await self._host.committed(item_id)
-
-
-def _kind(code: str) -> str:
-    return "server_error" if code == "internal_error" else "invalid_request_error"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -276,11 +277,11 @@ class Pacer:
         elif due > now:
             written = self._playout.written
             if self._idle and not written.is_set():
-                try:
-                    await asyncio.wait_for(written.wait(), due - now)
-                    self._start = loop.time() - self._frames * FRAME_SECONDS
-                except TimeoutError:
-                    pass
+                # a timeout scope, not wait_for: no task is made for each idle frame
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(due - now):
+                        await written.wait()
+                        self._start = loop.time() - self._frames * FRAME_SECONDS
             else:
                 await asyncio.sleep(due - now)
         self._playout.written.clear()

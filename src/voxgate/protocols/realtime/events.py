@@ -319,6 +319,13 @@ class Error:
     kind: str = "invalid_request_error"
 
     @classmethod
+    def of(cls, code: str, message: str) -> Error:
+        """An error the session itself raises: ``internal_error`` is ours
+        (``server_error``), any other code the client's (``invalid_request_error``)."""
+        kind = "server_error" if code == "internal_error" else "invalid_request_error"
+        return cls(code, message, kind=kind)
+
+    @classmethod
     def refusal(cls, exc: ClientEventError, event_id: str | None = None) -> Error:
         """The error event for a refused client event (``event_id`` if it has none)."""
         return cls(exc.code, exc.public_message, exc.param, exc.event_id or event_id, exc.kind)
