@@ -50,7 +50,7 @@ from voxgate.server.realtime_service import (
     resolve_model,
 )
 from voxgate.server.sessions import acquire_slots, run_live, save_record
-from voxgate.settings import GatewaySettings, Limits
+from voxgate.settings import GatewaySettings
 from voxgate.transports.realtime_call import RealtimeCall
 from voxgate.transports.speech import SpeechEnding
 
@@ -209,7 +209,7 @@ async def create_call(request: web.Request) -> web.Response:
         raise
     calls, tasks = request.app[CALLS], request.app[CALL_TASKS]
     calls[call_id] = call
-    task = asyncio.create_task(_serve(s, calls, call, agent, slots, limits), name=call_id)
+    task = asyncio.create_task(_serve(s, calls, call, agent, slots), name=call_id)
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     return web.Response(
@@ -226,7 +226,6 @@ async def _serve(
     call: RealtimeCall,
     agent: RealtimeAgent,
     slots: list[str],
-    limits: Limits,
 ) -> None:
     """Run an answered call to its end; then release its slots and write its record."""
     ending = SpeechEnding(1011, "", error="internal_error")
