@@ -507,3 +507,40 @@ async def test_a_sideband_takes_a_connection_slot(
     with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
         await http.ws_connect(gw.ws(f"/v1/realtime?call_id={call.call_id}"), headers=AUTH)
     assert exc.value.status == 429
+
+
+async def test_bad_events_on_a_call_get_errors_and_a_limit_ends_it(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, new_call: NewCall
+) -> None:
+    """What the data channel and the sideband accept is checked as on the WebSocket: a
+    bad event gets an ``error`` naming it and the call goes on; a message over
+    max_message_bytes ends the call with an error first and one record (4002)."""
+    limits = "limits = { max_message_bytes = 4096 }\n"
+    gw = await gateway(TOKENS + limits, ENV)
+    call = await dial_with_form(new_call(), gw.base, SESSION)
+    await call.until("session.created", within=15)
+    call.channel.send("{not json")
+    error = await call.until("error")
+    assert error["error"]["code"] == "invalid_json", error
+    call.events.remove(error)  # later errors are looked for among the rest
+    call.send("nope")
+    error = await call.until("error", where=lambda e: e["error"]["param"] == "type")
+    assert error["error"]["code"] == "invalid_value", error
+    side = RT(await http.ws_connect(gw.ws(f"/v1/realtime?call_id={call.call_id}"), headers=AUTH))
+    await side.ws.send_str('{"type": "response.cancel", "response_id": 7}')
+    refused = await side.until("error")
+    assert refused[-1]["error"]["param"] == "response_id", refused
+    # the call goes on: a text turn is still answered
+    call.send("conversation.item.create", item=text_item("Still here."))
+    call.send("response.create")
+    done = await call.until("response.done", within=40)
+    assert done["response"]["status"] == "completed", done
+    call.channel.send("x" * 5000)
+    too_large = await call.until("error", where=lambda e: e["error"]["param"] is None)
+    assert too_large["error"]["code"] == "message_too_large", too_large
+    async with asyncio.timeout(15):
+        await call.peer_closed.wait()
+    await settled(gw)
+    async with http.get(f"{gw.base}/v1/local/default/logs", headers=AUTH) as r:
+        [record] = [x for x in (await r.json())["records"] if x["kind"] == "realtime"]
+    assert (record["client_close_code"], record["transport"]) == (4002, "webrtc"), record
