@@ -23,6 +23,7 @@ from voxgate.settings import (
     OPENAI_NAMES,
     AccountSettings,
     AppSettings,
+    ClusterSettings,
     EngineSettings,
     GatewaySettings,
     Limits,
@@ -249,6 +250,7 @@ def _build(r: _Reader, environ: Mapping[str, str], source: str) -> Settings:
         relay=_relay(r.table("relay")),
         store=_store(r.table("store")),
         state=_state(r.table("state")),
+        cluster=_cluster(r.table("cluster"), environ),
         providers=_providers(r),
         accounts=_accounts(r, environ),
         llm=_llms(r, environ),
@@ -370,6 +372,9 @@ def _server(s: _Reader) -> ServerSettings:
         tls_cert=s.string("tls_cert", None),
         tls_key=s.string("tls_key", None),
         shutdown_timeout_seconds=s.number("shutdown_timeout_seconds", d.shutdown_timeout_seconds),
+        drain_seconds=s.number("drain_seconds", d.drain_seconds, minimum=0),
+        node=s.string("node", None),
+        advertise_url=s.string("advertise_url", None),
         default_gateway=s.string("default_gateway", None),
     )
     if (server.tls_cert is None) != (server.tls_key is None):
@@ -393,17 +398,32 @@ def _relay(rl: _Reader) -> RelaySettings:
 
 
 def _store(st: _Reader) -> StoreSettings:
-    store = StoreSettings(url=st.string("url", StoreSettings().url))
+    d = StoreSettings()
+    store = StoreSettings(
+        url=st.string("url", d.url),
+        batch_size=st.integer("batch_size", d.batch_size, minimum=1, maximum=10_000),
+        queue_max=st.integer("queue_max", d.queue_max, minimum=1),
+        spill_path=st.string("spill_path", None),
+    )
     if not store.url.startswith(("sqlite://", "postgresql://", "postgres://")):
         st.error(st.key("url"), "must start with sqlite:// or postgresql://")
     return store
 
 
 def _state(sa: _Reader) -> StateSettings:
-    state = StateSettings(url=sa.string("url", StateSettings().url))
+    d = StateSettings()
+    state = StateSettings(
+        url=sa.string("url", d.url),
+        lease_seconds=sa.number("lease_seconds", d.lease_seconds, minimum=1),
+    )
     if not state.url.startswith(("memory://", "redis://", "rediss://")):
         sa.error(sa.key("url"), "must start with memory:// or redis://")
     return state
+
+
+def _cluster(c: _Reader, environ: Mapping[str, str]) -> ClusterSettings:
+    env = c.string("secret_env", None)
+    return ClusterSettings(secret=Secret(env=env, value=environ.get(env) if env else None))
 
 
 def _providers(r: _Reader) -> dict[str, ProviderSettings]:

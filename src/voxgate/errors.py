@@ -10,7 +10,9 @@
     │   ├── NotFound                unknown account, gateway or provider (HTTP 404)
     │   ├── AuthenticationFailed    missing or wrong gateway token (HTTP 401)
     │   ├── LimitExceeded           over a limit at connect time (HTTP 429)
-    │   └── BadRequest              malformed path or parameters (HTTP 400)
+    │   ├── BadRequest              malformed path or parameters (HTTP 400)
+    │   ├── StateUnavailable        the shared state server is down (HTTP 503)
+    │   └── Draining                the node is shutting down (HTTP 503)
     ├── UpstreamError               the provider could not be reached or refused (HTTP 502)
     ├── SfuError                    a media-server request refused (spec/sfu.md error codes)
     └── StoreError                  the usage store failed
@@ -77,6 +79,20 @@ class LimitExceeded(GatewayRejection):
 class BadRequest(GatewayRejection):
     status = 400
     code = "bad_request"
+
+
+class StateUnavailable(GatewayRejection):
+    """The shared state server (Redis) did not answer: no new session can begin."""
+
+    status = 503
+    code = "state_unavailable"
+
+
+class Draining(GatewayRejection):
+    """The node is shutting down: new sessions go to another node."""
+
+    status = 503
+    code = "draining"
 
 
 class UpstreamError(VoxgateError):

@@ -104,6 +104,15 @@ class ServerSettings:
     tls_cert: str | None = None
     tls_key: str | None = None
     shutdown_timeout_seconds: float = 5.0
+    #: On SIGTERM, live sessions get this long to end by themselves before they are
+    #: closed with 1012 (service restart); a second SIGTERM ends them at once.
+    drain_seconds: float = 30.0
+    #: This node's name in the cluster (sessions API, usage records, the SFU directory).
+    #: ``None``: ``HOST:PORT`` of the address it listens on.
+    node: str | None = None
+    #: The base URL other nodes reach this one at (node-to-node SFU feeds).
+    #: ``None``: ``http://HOST:PORT`` of the address it listens on.
+    advertise_url: str | None = None
     #: ``account/gateway`` whose tokens, keys and limits apply to addresses that name
     #: no gateway (``/v1/tts``, ``/v1/stt``). ``None``: the only gateway, else local/default.
     default_gateway: str | None = None
@@ -121,11 +130,29 @@ class RelaySettings:
 @dataclass(frozen=True)
 class StoreSettings:
     url: str = "sqlite:///./voxgate.db"
+    #: Records written together in one transaction, at most.
+    batch_size: int = 500
+    #: Records held in memory while the store is down; past this they go to the spill file.
+    queue_max: int = 100_000
+    #: Where records wait, one JSON line each, while the store is down and the memory
+    #: queue is full; replayed when it returns. ``None``: ``voxgate-spill-NODE.jsonl``
+    #: beside the working directory.
+    spill_path: str | None = None
 
 
 @dataclass(frozen=True)
 class StateSettings:
     url: str = "memory://"
+    #: A node's slots, live sessions and directory entries lapse this long after it
+    #: stops renewing them (a node that died).
+    lease_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    #: Authenticates node-to-node requests (SFU feeds); the same on every node.
+    #: Named by environment variable (``secret_env``), never written in the file.
+    secret: Secret = field(default_factory=lambda: Secret(env=None, value=None))
 
 
 @dataclass(frozen=True)
@@ -199,6 +226,7 @@ class Settings:
     relay: RelaySettings = field(default_factory=RelaySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
     accounts: Mapping[str, AccountSettings] = field(
         default_factory=lambda: {DEFAULT_ACCOUNT: default_account()}
@@ -239,6 +267,8 @@ class Settings:
             out.update(t.secret.value for t in gw.tokens if t.secret.value)
             out.update(k.value for k in gw.keys.values() if k.value)
         out.update(a.secret.value for a in self.apps.values() if a.secret.value)
+        if self.cluster.secret.value:
+            out.add(self.cluster.secret.value)
         out.update(m.api_key.value for m in self.llm.values() if m.api_key and m.api_key.value)
         return out
 

@@ -1,60 +1,24 @@
-"""Shared state across nodes: connection slots (later: registry, track directory).
-
-:class:`StateBackend` is the interface; :class:`MemoryState` is the in-process
-default. A Redis implementation lets several nodes share limits.
-"""
+"""Shared state across nodes: connection slots, client secrets, live sessions, the SFU's
+directory (:mod:`voxgate.state.base`). ``memory://`` (the default) keeps it in the
+process; ``redis://HOST:PORT/DB`` shares it between nodes."""
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 from voxgate.errors import ConfigError
+from voxgate.state.base import DEFAULT_LEASE_SECONDS, Describe, StateBackend
+from voxgate.state.memory import MemoryState
+
+__all__ = ["DEFAULT_LEASE_SECONDS", "Describe", "MemoryState", "StateBackend", "open_state"]
 
 
-class StateBackend(ABC):
-    @abstractmethod
-    async def acquire_slot(self, key: str, holder: str, limit: int) -> bool:
-        """Take one of ``limit`` slots under ``key`` for ``holder``; False if all are taken."""
-
-    @abstractmethod
-    async def release_slot(self, key: str, holder: str) -> None:
-        """Give back ``holder``'s slot. Releasing a slot not held does nothing."""
-
-    @abstractmethod
-    async def slots_in_use(self, key: str) -> int: ...
-
-    async def close(self) -> None:
-        """Release resources; the backend is unusable afterwards."""
-        return None
-
-
-class MemoryState(StateBackend):
-    def __init__(self) -> None:
-        self._slots: dict[str, set[str]] = {}
-
-    async def acquire_slot(self, key: str, holder: str, limit: int) -> bool:
-        held = self._slots.setdefault(key, set())
-        if holder in held:
-            return True
-        if len(held) >= limit:
-            return False
-        held.add(holder)
-        return True
-
-    async def release_slot(self, key: str, holder: str) -> None:
-        held = self._slots.get(key)
-        if held is not None:
-            held.discard(holder)
-            if not held:
-                del self._slots[key]
-
-    async def slots_in_use(self, key: str) -> int:
-        return len(self._slots.get(key, ()))
-
-
-def open_state(url: str) -> StateBackend:
+def open_state(
+    url: str, *, node: str = "local", lease_seconds: float = DEFAULT_LEASE_SECONDS
+) -> StateBackend:
+    """The backend ``url`` names (``memory://``, ``redis://…``, ``rediss://…``)."""
     if url.startswith("memory://"):
-        return MemoryState()
-    raise ConfigError(
-        f"state.url: {url.split('://', 1)[0]}:// is not available in this version; use memory://"
-    )
+        return MemoryState(node=node, lease_seconds=lease_seconds)
+    if url.startswith(("redis://", "rediss://")):
+        from voxgate.state.redis import RedisState
+
+        return RedisState(url, node=node, lease_seconds=lease_seconds)
+    raise ConfigError(f"state.url: {url.split('://', 1)[0]}:// is not supported; use memory://")
