@@ -44,6 +44,8 @@ class UsageRecord:
     #: How the client reached the session: ``websocket``, ``webrtc`` (an OpenAI Realtime
     #: call) or ``sfu`` (an agent in a media-server call).
     transport: str = "websocket"
+    #: The node the session ran on (``server.node``): several nodes share one store.
+    node: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from voxgate.core.records import SessionCapture, UsageRecord
 from voxgate.errors import ConfigError, StoreError
 from voxgate.protocols.relay.capture import CapturedFrame
-from voxgate.store.base import UsageQuery, UsageStore
+from voxgate.store.base import BulkUsageStore, Entry, UsageQuery, query_sql, storable_text
 
 T = TypeVar("T")
 
@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS captures (
 """
 
 
-class SQLiteStore(UsageStore):
+class SQLiteStore(BulkUsageStore):
+    """Usage records in one SQLite file (one node)."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
@@ -84,49 +86,40 @@ class SQLiteStore(UsageStore):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"cannot open usage store {self.path!r}: {exc}") from exc
 
-    async def add(self, record: UsageRecord, capture: SessionCapture | None = None) -> None:
-        record = record.clamped()
-        row = [getattr(record, c) for c in _COLUMNS]
+    async def add_many(self, entries: Sequence[Entry]) -> None:
+        """Write ``entries`` in one transaction (``executemany``): all of them or, with
+        StoreError, none. A record or capture stored already is replaced."""
+        rows = []
+        heads = []
+        frames = []
+        for record, capture in entries:
+            r = record.clamped()
+            rows.append([_value(getattr(r, c)) for c in _COLUMNS])
+            if capture is not None:
+                sid = storable_text(capture.session_id)
+                heads.append((sid, capture.dropped))
+                frames += [
+                    (sid, f.seq, f.direction, f.at, f.kind, f.size, storable_text(f.payload))
+                    for f in capture.frames
+                ]
 
         def write(conn: sqlite3.Connection) -> None:
             with conn:
                 conn.execute("BEGIN")
-                conn.execute(
+                conn.executemany(
                     f"INSERT OR REPLACE INTO usage_records ({', '.join(_COLUMNS)}) "
                     f"VALUES ({', '.join('?' * len(_COLUMNS))})",
-                    row,
+                    rows,
                 )
-                if capture is not None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO captures VALUES (?, ?)",
-                        (capture.session_id, capture.dropped),
-                    )
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO captured_frames VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            (
-                                capture.session_id,
-                                f.seq,
-                                f.direction,
-                                f.at,
-                                f.kind,
-                                f.size,
-                                f.payload,
-                            )
-                            for f in capture.frames
-                        ],
-                    )
+                conn.executemany("INSERT OR REPLACE INTO captures VALUES (?, ?)", heads)
+                conn.executemany(
+                    "INSERT OR REPLACE INTO captured_frames VALUES (?, ?, ?, ?, ?, ?, ?)", frames
+                )
 
         await self._run(write)
 
     async def query(self, q: UsageQuery) -> list[UsageRecord]:
-        sql = f"SELECT {', '.join(_COLUMNS)} FROM usage_records WHERE account = ? AND gateway = ?"
-        args: list[Any] = [q.account, q.gateway]
-        if q.since is not None:
-            sql += " AND ended_at >= ?"
-            args.append(q.since)
-        sql += " ORDER BY ended_at DESC LIMIT ?"
-        args.append(q.limit)
+        sql, args = query_sql(q, _COLUMNS, "?")
         rows = await self._run(lambda c: c.execute(sql, args).fetchall())
         return [UsageRecord(*r) for r in rows]
 
@@ -167,6 +160,10 @@ class SQLiteStore(UsageStore):
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=False)
+
+
+def _value(value: object) -> object:
+    return storable_text(value) if isinstance(value, str) else value
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
