@@ -10,78 +10,19 @@ and is logged with its traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from voxgate.core.sfu.adapters import IngestAdapter, StreamAdapter
 from voxgate.core.sfu.session import TrackRequest
 from voxgate.errors import SfuError
-from voxgate.protocols.relay.auth import bearer, token_matches
-from voxgate.server.app import SERVICES, Services, json_response
+from voxgate.server.services import Services, json_response
+from voxgate.server.sfu_service import read_json, sfu_handler
 from voxgate.transports.dial import DialError
 
 log = logging.getLogger("voxgate.sfu")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MAX_BODY = 256 * 1024
-
-
-def sfu_error(status: int, code: str, description: str) -> web.Response:
-    return json_response({"errorCode": code, "errorDescription": description}, status=status)
-
-
-def sfu_handler(
-    fn: Callable[[web.Request, Services, str], Awaitable[web.StreamResponse]],
-) -> Handler:
-    """Authenticate the app, map SfuError to the spec's error body."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        s = request.app[SERVICES]
-        app_id = request.match_info["app"]
-        try:
-            _authenticate(s, app_id, request)
-            return await fn(request, s, app_id)
-        except SfuError as exc:
-            return sfu_error(exc.status, exc.code, exc.public_message)
-        except web.HTTPException:
-            raise
-        except Exception:
-            log.exception("media server: %s %s failed", request.method, request.path)
-            return sfu_error(500, "internal_error", "internal error")
-
-    return handle
-
-
-def _authenticate(s: Services, app_id: str, request: web.Request) -> None:
-    app = s.settings.apps.get(app_id)
-    if app is None:
-        raise SfuError(404, "not_found", f"no app {app_id!r}")
-    if app.open:
-        return
-    expected = app.secret.value
-    presented = bearer(request.headers.get("Authorization", ""))
-    if not expected or not presented or not token_matches(presented, expected):
-        raise SfuError(401, "unauthorized", "missing or wrong app secret")
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise SfuError(413, "payload_too_large", f"body over {MAX_BODY} bytes")
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise SfuError(413, "payload_too_large", f"body over {MAX_BODY} bytes")
-    if not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise SfuError(400, "decoding_error", f"body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise SfuError(400, "invalid_params", "body must be a JSON object")
-    return body
 
 
 def session_description(body: dict[str, Any], want: str | None = None) -> str | None:
@@ -163,7 +104,10 @@ async def new_tracks(request: web.Request, s: Services, app_id: str) -> web.Resp
         )
     if offer is not None:
         raise SfuError(400, "invalid_params", "pulling remote tracks takes no offer")
-    server_offer, results = await session.pull(remote)
+    # a session on another node: one shared feed of each track, held while pulling
+    wanted = [(r.session_id or "", r.track_name) for r in remote]
+    async with s.media.reach(app_id, wanted) as refused:
+        server_offer, results = await session.pull(remote, refused)
     out: dict[str, Any] = {
         "requiresImmediateRenegotiation": server_offer is not None,
         "tracks": [r.render() for r in results],
@@ -228,11 +172,13 @@ async def new_adapters(request: web.Request, s: Services, app_id: str) -> web.Re
     if not isinstance(items, list) or not 1 <= len(items) <= 4:
         raise SfuError(400, "invalid_params", "tracks must list 1 to 4 adapters")
     checked = [_adapter_item(i, t) for i, t in enumerate(items)]
-    # A stream adapter of a track that does not exist is the request's 404 (spec).
-    for item in checked:
-        if item["location"] == "remote":
-            s.media.track(app_id, item["sessionId"], item["trackName"])
-    results = [await _open_adapter(s, app_id, item) for item in checked]
+    streams = [(t["sessionId"], t["trackName"]) for t in checked if t["location"] == "remote"]
+    async with s.media.reach(app_id, streams) as refused:  # tracks on other nodes too
+        # A stream adapter of a track that does not exist is the request's 404 (spec).
+        for sid, name in streams:
+            if (sid, name) not in refused:
+                s.media.track(app_id, sid, name)
+        results = [await _open_adapter(s, app_id, item, refused) for item in checked]
     ok = any("errorCode" not in r for r in results)
     return json_response({"tracks": results}, status=200 if ok else 503)
 
@@ -259,10 +205,15 @@ def _adapter_item(i: int, t: object) -> dict[str, Any]:
     return t
 
 
-async def _open_adapter(s: Services, app_id: str, item: dict[str, Any]) -> dict[str, Any]:
+async def _open_adapter(
+    s: Services, app_id: str, item: dict[str, Any], refused: Mapping[tuple[str, str], SfuError]
+) -> dict[str, Any]:
     endpoint: str = item["endpoint"]
     name: str = item["trackName"]
     out: dict[str, Any] = {"trackName": name, "endpoint": endpoint}
+    no = refused.get((item["sessionId"], name)) if item["location"] == "remote" else None
+    if no is not None:  # on a node that cannot be reached, or that refused this one
+        return out | {"errorCode": no.code, "errorDescription": no.public_message}
     adapter: IngestAdapter | StreamAdapter
     try:
         if item["location"] == "local":

@@ -123,17 +123,18 @@ class CallAgent:
     _closed: bool = False
 
     async def start(self, make_voice: Callable[[Emit, AudioSink], VoiceSession]) -> None:
-        """Publish the agent's track, listen to the tracks, start the voice session.
-        Raises SfuError (a listened track is gone); then everything is closed again."""
+        """Publish the agent's track, listen to the tracks (on this node or another),
+        start the voice session. Raises SfuError (a listened track is gone, or on a node
+        that cannot be reached); then everything is closed again."""
         try:
             session = self.media.new_session(self.app_id)
             self.session_id = session.id
             self._publisher = session.publish_pcm(self.track_name)
-            for sid, name in self.listen:
-                source = self.media.track(self.app_id, sid, name)
-                ear = _Ear(self._heard)
-                source.subscribe(ear)
-                self._ears.append((source, ear))
+            async with self.media.tracks(self.app_id, self.listen) as sources:
+                for source in sources:  # here or fed from another node
+                    ear = _Ear(self._heard)
+                    source.subscribe(ear)
+                    self._ears.append((source, ear))
             self._voice = make_voice(self._on_event, self.playout)
             await self._voice.start()
         except BaseException:

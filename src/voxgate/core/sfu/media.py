@@ -7,6 +7,12 @@ lost connectivity (or never had it) and has been without for as long.
 Collection outlives its failures: a session whose tracks or close raise is logged
 (once, with its traceback) and dropped from the table, and the other sessions are
 collected all the same; the collector task itself never ends before :meth:`close`.
+
+Across nodes (:mod:`voxgate.core.sfu.cluster`, once :meth:`MediaServer.join` is
+called): every session is listed in the shared directory while it lives, and a track
+of a session on another node is reached with :meth:`MediaServer.reach` (or
+:meth:`MediaServer.tracks`) before the synchronous lookups (:meth:`find_track`,
+:meth:`track`) can give it.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from voxgate.channels import Dial
 from voxgate.clock import Clock, IdFactory
 from voxgate.core.sfu.adapters import IngestAdapter, StreamAdapter
+from voxgate.core.sfu.cluster import Cluster, Key
 from voxgate.core.sfu.loops import stop_task, surviving
 from voxgate.core.sfu.session import SfuSession
 from voxgate.core.sfu.tracks import TrackSource
@@ -64,12 +71,34 @@ class MediaServer:
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     #: Set to run a collection now (new settings), without waiting out the interval.
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The other nodes (``None``: this node alone); see :meth:`join`.
+    cluster: Cluster | None = None
+
+    def join(self, cluster: Cluster) -> None:
+        """List this node's sessions in ``cluster``'s directory and reach tracks on
+        other nodes through it; it is closed with the media server."""
+        self.cluster = cluster
+        cluster.start()
+        for sid in self.sessions:
+            cluster.listing.publish(sid)
 
     def new_session(self, app_id: str) -> SfuSession:
         sid = self.ids("sess").replace("sess_", "")
-        session = SfuSession(sid, app_id, now=self.clock.monotonic, lookup=self.find_track)
+        session = SfuSession(
+            sid,
+            app_id,
+            now=self.clock.monotonic,
+            lookup=lambda sid, name: self.find_track(sid, name, app_id=app_id),
+            on_close=self._session_closed,
+        )
         self.sessions[sid] = session
+        if self.cluster is not None:
+            self.cluster.listing.publish(sid)
         return session
+
+    def _session_closed(self, sid: str) -> None:
+        if self.cluster is not None:
+            self.cluster.listing.withdraw(sid)
 
     def session(self, app_id: str, sid: str) -> SfuSession:
         s = self.sessions.get(sid)
@@ -78,15 +107,56 @@ class MediaServer:
         return s
 
     def track(self, app_id: str, sid: str, name: str) -> TrackSource:
-        """A published track of the app's session ``sid``; raises SfuError 404."""
+        """A published track of the app's session ``sid`` (on another node: one
+        :meth:`reach` made findable); raises SfuError 404."""
+        if sid not in self.sessions and self.cluster is not None:
+            fed = self.cluster.find(sid, name, app_id)
+            if fed is not None:
+                return fed
         source = self.find_track(self.session(app_id, sid).id, name)
         if source is None:
             raise SfuError(404, "not_found", f"no track {name!r} in session {sid!r}")
         return source
 
-    def find_track(self, sid: str, name: str) -> TrackSource | None:
+    def find_track(self, sid: str, name: str, *, app_id: str | None = None) -> TrackSource | None:
+        """Track ``name`` of session ``sid``: published here, or (for ``app_id``) fed
+        from another node by a feed that :meth:`reach` opened."""
         s = self.sessions.get(sid)
-        return s.find_local(name) if s is not None and not s.closed else None
+        if s is not None:
+            return s.find_local(name) if not s.closed else None
+        return self.cluster.find(sid, name, app_id) if self.cluster is not None else None
+
+    @contextlib.asynccontextmanager
+    async def reach(
+        self, app_id: str, wanted: Iterable[Key]
+    ) -> AsyncIterator[Mapping[Key, SfuError]]:
+        """Make the wanted ``(session id, track name)`` of sessions on other nodes
+        findable while inside (one shared feed each); subscribe to them inside.
+
+        Yields the tracks that were refused for a reason other than "not found", with
+        the error to answer (see :meth:`Cluster.reach`)."""
+        remote = [(sid, name) for sid, name in wanted if sid not in self.sessions]
+        if self.cluster is None or not remote:
+            yield {}
+            return
+        async with self.cluster.reach(app_id, remote) as refused:
+            yield refused
+
+    @contextlib.asynccontextmanager
+    async def tracks(self, app_id: str, wanted: list[Key]) -> AsyncIterator[list[TrackSource]]:
+        """The sources of the wanted tracks, here or on other nodes, held while inside.
+        Raises SfuError: 404, or the refusal of a track on another node."""
+        async with self.reach(app_id, wanted) as refused:
+            for key in wanted:
+                if key in refused:
+                    raise refused[key]
+            yield [self.track(app_id, sid, name) for sid, name in wanted]
+
+    async def resolve(self, app_id: str, wanted: list[Key]) -> None:
+        """Check that the wanted tracks exist, here or on other nodes (a feed opened for
+        one stays a little while for the request's next step). Raises SfuError."""
+        async with self.tracks(app_id, wanted):
+            pass
 
     async def open_ingest(self, dial: Dial, app_id: str, name: str, endpoint: str) -> IngestAdapter:
         """Dial ``endpoint`` and publish what it sends as track ``name`` of a new session.
@@ -108,18 +178,19 @@ class MediaServer:
         self, dial: Dial, app_id: str, session_id: str, name: str, endpoint: str
     ) -> StreamAdapter:
         """Dial ``endpoint`` and send it track ``name`` of session ``session_id``.
-        Raises :class:`SfuError` (404) or :class:`DialError`."""
-        source = self.track(app_id, session_id, name)
-        channel = await dial(endpoint)
-        adapter = StreamAdapter(
-            self.ids("adapter").replace("adapter_", ""),
-            app_id,
-            source,
-            endpoint,
-            channel,
-            dial,
-            on_close=self.adapter_closed,
-        )
+        Raises :class:`SfuError` (404, or the refusal of a track on another node) or
+        :class:`DialError`."""
+        async with self.tracks(app_id, [(session_id, name)]) as (source,):
+            channel = await dial(endpoint)
+            adapter = StreamAdapter(
+                self.ids("adapter").replace("adapter_", ""),
+                app_id,
+                source,
+                endpoint,
+                channel,
+                dial,
+                on_close=self.adapter_closed,
+            )
         self.adapters[adapter.id] = adapter
         return adapter
 
@@ -166,6 +237,9 @@ class MediaServer:
             self._wake.clear()
             with surviving(log, "media collection"):
                 await self.collect()
+            if self.cluster is not None:
+                with surviving(log, "sweeping idle feeds"):
+                    self.cluster.sweep(self.clock.monotonic())
 
     async def collect(self) -> None:
         """End tracks gone quiet; close sessions without connectivity for too long.
@@ -217,3 +291,6 @@ class MediaServer:
             await self.close_session(sid)
         if self._closing:
             await asyncio.wait(list(self._closing))
+        if self.cluster is not None:
+            with surviving(log, "closing the cluster's feeds and listing"):
+                await self.cluster.close()

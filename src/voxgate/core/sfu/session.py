@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -101,12 +101,20 @@ TrackLookup = Callable[[str, str], TrackSource | None]
 
 class SfuSession:
     def __init__(
-        self, session_id: str, app_id: str, *, now: Callable[[], float], lookup: TrackLookup
+        self,
+        session_id: str,
+        app_id: str,
+        *,
+        now: Callable[[], float],
+        lookup: TrackLookup,
+        on_close: Callable[[str], None] | None = None,
     ) -> None:
         self.id = session_id
         self.app_id = app_id
         self._now = now
         self._lookup = lookup
+        #: Called once with the session's id when it closes (the directory forgets it).
+        self._on_close = on_close
         self._pc: RTCPeerConnection | None = None
         self.local: dict[str, LocalTrack] = {}  # by mid
         self.remote: dict[str, RemoteTrack] = {}  # by mid
@@ -254,14 +262,26 @@ class SfuSession:
         self._new_source(name, mid)
         return TrackResult(name, mid)
 
-    async def pull(self, tracks: list[TrackRequest]) -> tuple[str | None, list[TrackResult]]:
+    async def pull(
+        self, tracks: list[TrackRequest], refused: Mapping[tuple[str, str], SfuError] | None = None
+    ) -> tuple[str | None, list[TrackResult]]:
         """Subscribe to other sessions' tracks; returns a server offer (or ``None`` when
-        no track could be pulled) for the client to answer via :meth:`renegotiate`."""
+        no track could be pulled) for the client to answer via :meth:`renegotiate`.
+
+        ``refused``: tracks that could not be reached on another node, by (session id,
+        track name), with the error their result carries."""
         async with self._lock:
             self._check_open()
             pending: list[tuple[TrackRequest, RemoteTrack | TrackResult]] = []
             for req in tracks:
-                pending.append((req, self._subscribe(req)))
+                error = (refused or {}).get((req.session_id or "", req.track_name))
+                if error is not None:
+                    result = TrackResult(
+                        req.track_name, req.mid, req.session_id, error.code, error.public_message
+                    )
+                    pending.append((req, result))
+                else:
+                    pending.append((req, self._subscribe(req)))
             if not any(isinstance(p, RemoteTrack) for _, p in pending):
                 return None, [p for _, p in pending if isinstance(p, TrackResult)]
             offer = await self._local_description(make_offer=True)
@@ -375,6 +395,8 @@ class SfuSession:
         if self.closed:
             return
         self.closed = True
+        if self._on_close is not None:
+            self._on_close(self.id)
         try:
             for lt in list(self.local.values()):
                 lt.source.end()

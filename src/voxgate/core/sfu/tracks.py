@@ -43,6 +43,8 @@ class TrackSource:
     subscribers: set[Subscriber] = field(default_factory=set)
     #: Called once when the track ends, so its owner can forget it.
     on_end: Callable[[TrackSource], None] | None = None
+    #: Called when the last subscriber unsubscribes (a feed from another node closes).
+    on_idle: Callable[[TrackSource], None] | None = None
 
     def __post_init__(self) -> None:
         self.last_packet = self.created
@@ -61,7 +63,11 @@ class TrackSource:
             self.subscribers.add(sub)
 
     def unsubscribe(self, sub: Subscriber) -> None:
+        if sub not in self.subscribers:
+            return
         self.subscribers.discard(sub)
+        if not self.subscribers and self.on_idle is not None:
+            self.on_idle(self)
 
     def end(self) -> None:
         """Idempotent: every subscriber hears the end once."""
