@@ -18,7 +18,8 @@ from voxgate.core.realtime.deps import AgentDeps
 from voxgate.engines.base import VoiceActivity
 from voxgate.engines.llm import EchoModel
 from voxgate.engines.registry import EngineRegistry
-from voxgate.server.app import SERVICES, Services, create_app
+from voxgate.server.app import create_app
+from voxgate.server.services import SERVICES, Services
 from voxgate.settings import EngineSettings, Settings, SpeechSettings
 from voxgate.testing import RecordingUpstream
 from voxgate.testing.canary import Canary, CanaryResult
@@ -144,7 +145,10 @@ async def settled(gw: Gateway) -> None:
     await asyncio.sleep(0)
     await wait_for(
         lambda: (
-            not gw.services.live and not gw.services.live_speech and not gw.services.pending_writes
+            not gw.services.live
+            and not gw.services.live_speech
+            and not gw.services.sessions
+            and not gw.services.pending_writes
         )
     )
     # a handler between its close and its record write is in neither set for one turn

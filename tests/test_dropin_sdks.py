@@ -24,7 +24,8 @@ from tests.conftest import Gateway, GatewayFactory, make_settings, settled
 from tests.test_speech_cloud import AUDIO, FakeProviders
 
 from voxgate.engines.registry import EngineRegistry
-from voxgate.server.app import SERVICES, create_app
+from voxgate.server.app import create_app
+from voxgate.server.services import SERVICES
 
 TOKEN = "gw-token-sdk-71c2"
 STORED = "stored-provider-key"

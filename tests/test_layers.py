@@ -4,6 +4,8 @@
 - ``protocols/`` is sans-I/O: no asyncio, aiohttp or aiortc, and nothing from the layers
   that drive it (``transports``, ``core``, ``server``, ``testing``).
 - No module under ``core/realtime/`` is longer than 500 lines (STYLE.md, "Layout").
+- A server route module is a leaf: it imports no other route module and not the app
+  factory; what routes share lives in ``server/*_service.py``, ``services``, ``sessions``.
 
 Every import form counts: ``import x``, ``from x import y``, ``from voxgate import x``,
 relative imports, and imports inside functions or ``if TYPE_CHECKING:`` blocks.
@@ -122,6 +124,30 @@ def test_realtime_core_modules_stay_small() -> None:
     assert not bad, (
         f"modules under core/realtime/ are kept to {REALTIME_MAX_LINES} lines "
         "(STYLE.md, Layout: past that it is usually two ideas):\n  " + "\n  ".join(bad)
+    )
+
+
+#: The modules under server/ that add routes (``add_routes``); each is a leaf.
+def route_modules() -> list[Path]:
+    return [p for p in sources("server") if "def add_routes(" in p.read_text(encoding="utf-8")]
+
+
+def test_route_modules_are_leaves() -> None:
+    routes = {module_name(p) for p in route_modules()}
+    assert "voxgate.server.relay_routes" in routes, routes  # the finder still finds them
+    bad = []
+    for path in route_modules():
+        module = module_name(path)
+        text = path.read_text(encoding="utf-8")
+        for imp in imports(text, module, is_package=False):
+            hits = {t for t in imp.targets if t in routes | {"voxgate.server.app"}} - {module}
+            if hits:
+                where = f"{path.relative_to(SRC.parent)}:{imp.line}"
+                found = ", ".join(sorted(hits))
+                bad.append(f"{where}: {module}: `{imp.statement}` -> {found}")
+    assert not bad, (
+        "a route module imports no other route module nor the app factory (STYLE.md: a "
+        "route module is a leaf; shared code goes to a *_service module):\n  " + "\n  ".join(bad)
     )
 
 

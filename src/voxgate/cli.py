@@ -98,7 +98,8 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
 async def _serve(settings: Settings) -> None:
     from aiohttp import web
 
-    from voxgate.server.app import SERVICES, create_app
+    from voxgate.server.app import create_app, drain
+    from voxgate.server.services import SERVICES
 
     ssl_ctx = _ssl_context(settings)
     app = create_app(settings)
@@ -145,7 +146,15 @@ async def _serve(settings: Settings) -> None:
         print(f"  warning: {warning}")
     sys.stdout.flush()
     await stop.wait()
-    print("voxgate: shutting down", flush=True)
+    # Draining: /readyz says 503 at once, new sessions are refused, live ones get
+    # server.drain_seconds to end; a second signal cuts that short. Then whatever is
+    # left is closed with 1012 (service restart: clients reconnect, to another node).
+    stop.clear()
+    grace = settings.server.drain_seconds
+    live = len(app[SERVICES].sessions)
+    print(f"voxgate: draining ({live} live sessions, up to {grace:g} s)", flush=True)
+    left = await drain(app, seconds=grace, cut=stop)
+    print(f"voxgate: shutting down ({left} sessions closed with 1012)", flush=True)
     await runner.cleanup()
 
 
@@ -177,30 +186,24 @@ def _cmd_check_config(args: argparse.Namespace, environ: Mapping[str, str]) -> i
     return 0
 
 
+#: ``voxgate bench WHICH`` → the module whose ``main(argv)`` runs it.
+BENCHES = {
+    "relay": "voxgate.bench.relay",
+    "speech": "voxgate.bench.speech",
+    "realtime": "voxgate.bench.realtime",
+    "sfu": "voxgate.bench.sfu",
+    "page": "voxgate.bench.page",
+    "soak": "voxgate.bench.soak",
+    "cluster": "voxgate.bench.cluster",
+}
+
+
 def _cmd_bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    if args.which == "realtime":
-        from voxgate.bench.realtime import main as bench_realtime
+    import importlib
 
-        return bench_realtime(args.bench_args)
-    if args.which == "page":
-        from voxgate.bench.page import main as bench_page
-
-        return bench_page(args.bench_args)
-    if args.which == "sfu":
-        from voxgate.bench.sfu import main as bench_sfu
-
-        return bench_sfu(args.bench_args)
-    if args.which == "speech":
-        from voxgate.bench.speech import main as bench_speech
-
-        return bench_speech(args.bench_args)
-    if args.which == "soak":
-        from voxgate.bench.soak import main as bench_soak
-
-        return bench_soak(args.bench_args)
-    from voxgate.bench.relay import main as bench_relay
-
-    return bench_relay(args.bench_args)
+    bench = importlib.import_module(BENCHES[args.which])
+    code: int = bench.main(args.bench_args)
+    return code
 
 
 async def _with_server(args: argparse.Namespace, environ: Mapping[str, str], work: Any) -> Any:
@@ -306,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sub.add_parser("serve", help="run the server"))
     common(sub.add_parser("check-config", help="validate the configuration and print it"))
     b = sub.add_parser("bench", help="benchmarks (voxgate bench relay --help)")
-    b.add_argument("which", choices=("relay", "speech", "realtime", "sfu", "page", "soak"))
+    b.add_argument("which", choices=tuple(BENCHES))
     b.add_argument("bench_args", nargs=argparse.REMAINDER)
     say = sub.add_parser("say", help="synthesize text to a WAV file")
     say.add_argument("text")

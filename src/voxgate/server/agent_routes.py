@@ -11,6 +11,7 @@ the transcript so far, ``GET …/agents/{id}/events`` its events as they happen 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -20,10 +21,10 @@ from voxgate.audio import Encoding
 from voxgate.core.limits import CloseCode
 from voxgate.core.realtime.ports import AudioSink
 from voxgate.core.realtime.voice import VoiceSession
-from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.core.relay import SessionInfo
 from voxgate.core.sfu.agent import RATE, CallAgent, Emit
 from voxgate.engines.base import EngineError
-from voxgate.errors import LimitExceeded, SfuError
+from voxgate.errors import GatewayRejection, LimitExceeded, SfuError
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.protocol import RealtimeProtocol
 from voxgate.protocols.realtime.session import (
@@ -31,11 +32,10 @@ from voxgate.protocols.realtime.session import (
     SessionConfig,
     apply_update,
 )
-from voxgate.protocols.relay.usage import meter_for
-from voxgate.server.app import Services, json_response
 from voxgate.server.realtime_service import agent_deps, model_choice, resolve_model
-from voxgate.server.sessions import acquire_slots, save_record
-from voxgate.server.sfu_routes import read_json, sfu_handler
+from voxgate.server.services import Services, json_response
+from voxgate.server.sessions import open_session
+from voxgate.server.sfu_service import read_json, sfu_handler
 
 MAX_LISTEN = 8
 PCM48 = AudioSpec(Encoding.PCM16, RATE)
@@ -79,8 +79,7 @@ async def new_agent(request: web.Request, s: Services, app_id: str) -> web.Respo
     body = await read_json(request)
     listen = _listen(body)
     config = _config(s, body)
-    for sid, name in listen:
-        s.media.track(app_id, sid, name)
+    await s.media.resolve(app_id, listen)  # here or on another node
     gw = s.settings.speech_gateway()
     ran = model_choice(s, gw, config.model)
     agent_id = s.ids("agent").replace("agent_", "")
@@ -97,13 +96,16 @@ async def new_agent(request: web.Request, s: Services, app_id: str) -> web.Respo
     )
     limits = gw.limits
     loop = asyncio.get_running_loop()
-    counters = RelaySession(
-        info, limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
-    )
+    lifecycle = contextlib.AsyncExitStack()
     try:  # an agent takes a connection slot like every other session
-        slots = await acquire_slots(s, gw, None, limits, agent_id)
+        live = await lifecycle.enter_async_context(
+            open_session(s, info, gw=gw, token=None, limits=limits)
+        )
     except LimitExceeded as exc:
         raise SfuError(429, "rate_limited", exc.public_message) from None
+    except GatewayRejection as exc:
+        raise SfuError(exc.status, exc.code, exc.public_message) from None
+    counters = live.counters
     protocol = RealtimeProtocol(ids=s.ids, max_audio_bytes=limits.max_audio_chunk_bytes)
 
     def make_voice(emit: Emit, sink: AudioSink) -> VoiceSession:
@@ -123,26 +125,28 @@ async def new_agent(request: web.Request, s: Services, app_id: str) -> web.Respo
         s.media.agents.pop(agent.id, None)
         s.media.closed_ids.add(agent.id)
         deadline.cancel()
-        for key in slots:
-            await s.state.release_slot(key, agent_id)
-        code, error = ending
-        await save_record(s, counters, code, None, error)
+        await lifecycle.aclose()  # a second close of the stack does nothing
 
     agent = CallAgent(
         agent_id, app_id, s.media, listen, protocol.render, counters=counters, on_close=closed
     )
-    #: The close code and error its record will hold.
-    ending: tuple[int, str | None] = (CloseCode.NORMAL, None)
+    live.end.set(CloseCode.NORMAL, None, None)  # unless it meets its time limit
 
     def too_long() -> None:  # max_session_seconds: the agent leaves the call
-        nonlocal ending
-        ending = (CloseCode.SESSION_TOO_LONG, "session_too_long")
+        live.end.set(CloseCode.SESSION_TOO_LONG, None, "session_too_long")
         task = loop.create_task(agent.close())
         s.media.closing_agents.add(task)
         task.add_done_callback(s.media.closing_agents.discard)
 
     deadline = loop.call_at(counters.session_deadline(), too_long)
-    await agent.start(make_voice)
+    try:
+        await agent.start(make_voice)
+    except BaseException:
+        deadline.cancel()
+        live.end.set(CloseCode.INTERNAL_ERROR, None, "internal_error")
+        await agent.close()
+        await lifecycle.aclose()
+        raise
     s.media.agents[agent.id] = agent
     return json_response(
         {"agentId": agent.id, "sessionId": agent.session_id, "trackName": agent.track_name},

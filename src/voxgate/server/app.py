@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 
-import orjson
 from aiohttp import web
 
 from voxgate.clock import Clock, IdFactory, SystemClock, random_id
@@ -17,64 +16,29 @@ from voxgate.core.sfu.media import MediaServer
 from voxgate.engines.llm import LLMRegistry
 from voxgate.engines.registry import EngineRegistry
 from voxgate.errors import GatewayRejection, UpstreamError
-from voxgate.protocols.adapter import MAX_INGEST_MESSAGE
-from voxgate.protocols.relay.providers import Provider, build_registry
+from voxgate.protocols.relay.providers import build_registry
 from voxgate.scrub import SecretScrubber
-from voxgate.server.metrics import Metrics
+from voxgate.server import (  # route modules import services, never this factory
+    agent_routes,
+    call_routes,
+    cluster_routes,
+    deepgram_routes,
+    gateway_api,
+    logs_api,
+    ops,
+    page,
+    realtime_routes,
+    relay_routes,
+    sfu_routes,
+    speech_routes,
+)
+from voxgate.server.services import SERVICES, Services, error_response
 from voxgate.settings import Settings
 from voxgate.state import StateBackend, open_state
 from voxgate.store import UsageStore, open_store
-from voxgate.transports.dial import WebSocketDialer
-from voxgate.transports.relay import RelayConnection
-from voxgate.transports.speech import SpeechConnection
 from voxgate.transports.upstream import UpstreamConnector
 
 log = logging.getLogger("voxgate.server")
-
-
-@dataclass
-class Services:
-    """Everything a request handler may use; one per app."""
-
-    settings: Settings
-    providers: dict[str, Provider]
-    store: UsageStore
-    state: StateBackend
-    connector: UpstreamConnector
-    clock: Clock
-    ids: IdFactory
-    engines: EngineRegistry
-    llms: LLMRegistry
-    #: False when the caller passed the registry in and will close it itself.
-    owns_engines: bool = True
-    metrics: Metrics = field(default_factory=Metrics)
-    live: set[RelayConnection] = field(default_factory=set)
-    #: Unified-protocol speech sessions and realtime agent sessions.
-    live_speech: set[SpeechConnection] = field(default_factory=set)
-    client_secrets: ClientSecrets = field(default_factory=ClientSecrets)
-    media: MediaServer = field(default_factory=lambda: MediaServer(SystemClock(), random_id))
-    dial: WebSocketDialer = field(
-        default_factory=lambda: WebSocketDialer(timeout=10.0, max_message_bytes=MAX_INGEST_MESSAGE)
-    )
-    ready: bool = False
-    #: Set as the server begins to shut down, before live sessions are stopped: a handler
-    #: not yet listed in ``live`` or ``live_speech`` checks it, so it too closes with 1012.
-    draining: asyncio.Event = field(default_factory=asyncio.Event)
-    #: Usage writes still in flight, awaited at shutdown so no record is lost.
-    pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
-    #: Removes configured secrets (and auth-scheme values) from captured frames.
-    scrubber: SecretScrubber = field(default_factory=lambda: SecretScrubber(()))
-
-
-SERVICES = web.AppKey("voxgate_services", Services)
-
-
-def json_response(body: object, *, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def error_response(status: int, code: str, message: str, **extra: object) -> web.Response:
-    return json_response({"error": {"code": code, "message": message, **extra}}, status=status)
 
 
 @web.middleware
@@ -129,25 +93,17 @@ def create_app(
     engines: EngineRegistry | None = None,
 ) -> web.Application:
     """Build the aiohttp application. Raises ConfigError for unusable settings."""
-    from voxgate.server import (
-        agent_routes,
-        call_routes,
-        deepgram_routes,
-        gateway_api,
-        logs_api,
-        ops,
-        page,
-        realtime_routes,
-        relay_routes,
-        sfu_routes,
-        speech_routes,
+    node = node_name(settings)
+    state = (
+        state
+        if state is not None
+        else open_state(settings.state.url, node=node, lease_seconds=settings.state.lease_seconds)
     )
-
     services = Services(
         settings=settings,
         providers=build_registry(settings),
-        store=store if store is not None else open_store(settings.store.url),
-        state=state if state is not None else open_state(settings.state.url),
+        store=store if store is not None else open_store(settings.store, node=node),
+        state=state,
         connector=UpstreamConnector(
             connect_timeout=settings.relay.connect_timeout_seconds,
             max_message_bytes=settings.relay.max_upstream_message_bytes,
@@ -159,6 +115,7 @@ def create_app(
         engines=engines if engines is not None else EngineRegistry(settings.speech),
         owns_engines=engines is None,
         llms=LLMRegistry(settings.llm),
+        client_secrets=ClientSecrets(state),
         media=MediaServer(clock or SystemClock(), ids or random_id),
         scrubber=SecretScrubber(settings.secret_values()),
     )
@@ -172,6 +129,7 @@ def create_app(
     realtime_routes.add_routes(app)
     call_routes.add_routes(app)
     sfu_routes.add_routes(app)
+    cluster_routes.add_routes(app)
     agent_routes.add_routes(app)
     deepgram_routes.add_routes(app)  # before the relay: it serves workers-ai itself
     relay_routes.add_routes(app)  # last: its path patterns are the most general
@@ -181,8 +139,37 @@ def create_app(
     return app
 
 
+def node_name(settings: Settings) -> str:
+    """``server.node``, else ``HOST:PORT`` (a name unique per process for port 0)."""
+    server = settings.server
+    if server.node:
+        return server.node
+    if server.port:
+        return f"{server.host}:{server.port}"
+    return f"{server.host}-{secrets.token_hex(4)}"
+
+
+async def drain(app: web.Application, *, seconds: float, cut: asyncio.Event) -> int:
+    """Refuse new sessions (``/readyz`` 503 at once) and give live ones ``seconds`` to
+    end by themselves, or until ``cut`` is set (a second SIGTERM). Returns how many are
+    still live; the shutdown that follows closes those with 1012."""
+    s = app[SERVICES]
+    s.draining.set()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    cutting = asyncio.ensure_future(cut.wait())
+    try:
+        while s.sessions and not cut.is_set() and (left := deadline - loop.time()) > 0:
+            waiters = {live.closed for live in s.sessions.values()} | {cutting}
+            await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cutting.cancel()
+    return len(s.sessions)
+
+
 async def _startup(app: web.Application) -> None:
     s = app[SERVICES]
+    await s.state.start()
     await s.store.open()
     await s.connector.start()
     await s.engines.preload()
@@ -194,6 +181,7 @@ async def _shutdown(app: web.Application) -> None:
     s = app[SERVICES]
     s.ready = False
     s.draining.set()
+    s.stopping.set()
     for conn in list(s.live):
         conn.stop()
     for speech in list(s.live_speech):

@@ -18,6 +18,7 @@ requests are allowed (browsers call this from their own pages, as they call Open
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
@@ -29,16 +30,15 @@ from aiohttp import BodyPartReader, StreamReader, hdrs, web
 
 from voxgate.core.realtime.agent import RealtimeAgent
 from voxgate.core.realtime.secrets import ClientSecret
-from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.core.relay import SessionInfo
 from voxgate.engines.base import EngineError
 from voxgate.errors import BadRequest, GatewayRejection, SfuError
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.protocol import RealtimeProtocol
 from voxgate.protocols.realtime.session import SessionConfig, apply_update
 from voxgate.protocols.relay.auth import bearer
-from voxgate.protocols.relay.usage import meter_for
-from voxgate.server.app import SERVICES, Services, json_response
 from voxgate.server.auth import token_from_headers
+from voxgate.server.live import Live
 from voxgate.server.realtime_service import (
     CALL_TASKS,
     CALLS,
@@ -49,10 +49,10 @@ from voxgate.server.realtime_service import (
     model_choice,
     resolve_model,
 )
-from voxgate.server.sessions import acquire_slots, run_live, save_record
+from voxgate.server.services import SERVICES, Services, json_response
+from voxgate.server.sessions import open_session, run_live
 from voxgate.settings import GatewaySettings
 from voxgate.transports.realtime_call import RealtimeCall
-from voxgate.transports.speech import SpeechEnding
 
 log = logging.getLogger("voxgate.realtime.call")
 
@@ -161,7 +161,7 @@ def _config(
 async def create_call(request: web.Request) -> web.Response:
     s = request.app[SERVICES]
     gw = s.settings.speech_gateway()
-    token, secret = authenticate_realtime(s, gw, _presented(request))
+    token, secret = await authenticate_realtime(s, gw, _presented(request))
     limits = token.limits if token is not None and token.limits is not None else gw.limits
     offer, session = await _read_offer(request)
     config, provider, runs = _config(s, gw, request, secret, session)
@@ -177,11 +177,11 @@ async def create_call(request: web.Request) -> web.Response:
         kind="realtime",
         transport="webrtc",
     )
-    loop = asyncio.get_running_loop()
-    counters = RelaySession(
-        info, limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
+    lifecycle = contextlib.AsyncExitStack()
+    live = await lifecycle.enter_async_context(
+        open_session(s, info, gw=gw, token=token, limits=limits)
     )
-    slots = await acquire_slots(s, gw, token, limits, call_id)
+    counters = live.counters
     call = RealtimeCall(call_id, counters, close_timeout=s.settings.server.shutdown_timeout_seconds)
     if secret is not None:
         call.placed_with = secret.value
@@ -202,14 +202,15 @@ async def create_call(request: web.Request) -> web.Response:
         answer = await call.answer(offer)
     except BaseException as exc:
         await call.peer.close()
-        for key in slots:
-            await s.state.release_slot(key, call_id)
+        if isinstance(exc, SfuError):
+            live.abandon()  # the caller gets a 400; nothing ran
+        await lifecycle.aclose()
         if isinstance(exc, SfuError):
             raise BadRequest(f"sdp: {exc.public_message}") from None
         raise
     calls, tasks = request.app[CALLS], request.app[CALL_TASKS]
     calls[call_id] = call
-    task = asyncio.create_task(_serve(s, calls, call, agent, slots), name=call_id)
+    task = asyncio.create_task(_serve(s, calls, call, agent, live, lifecycle), name=call_id)
     tasks.add(task)
     task.add_done_callback(tasks.discard)
     return web.Response(
@@ -225,21 +226,20 @@ async def _serve(
     calls: dict[str, RealtimeCall],
     call: RealtimeCall,
     agent: RealtimeAgent,
-    slots: list[str],
+    live: Live,
+    lifecycle: contextlib.AsyncExitStack,
 ) -> None:
-    """Run an answered call to its end; then release its slots and write its record."""
-    ending = SpeechEnding(1011, "", error="internal_error")
+    """Run an answered call to its end; then leave its ``lifecycle`` (slots, record)."""
     try:
         async with call.running():
             start = functools.partial(agent.start, as_call=True)
             ending = await run_live(s, None, call.connection, lambda: agent, start=start)
+            live.end.set(ending.code, None, ending.error)
     except Exception:
         log.exception("call %s failed", call.id)
     finally:
         calls.pop(call.id, None)
-        for key in slots:
-            await s.state.release_slot(key, call.id)
-        await save_record(s, call.counters, ending.code, None, ending.error)
+        await lifecycle.aclose()
 
 
 async def hangup(request: web.Request) -> web.Response:
@@ -252,7 +252,7 @@ async def hangup(request: web.Request) -> web.Response:
     call = request.app[CALLS].get(request.match_info["call_id"])
     placed = call.placed_with if call is not None else None
     if presented is None or placed is None or not hmac.compare_digest(presented, placed):
-        authenticate_realtime(s, s.settings.speech_gateway(), presented)
+        await authenticate_realtime(s, s.settings.speech_gateway(), presented)
     find_call(request.app, request.match_info["call_id"]).hangup()
     return json_response({})
 

@@ -22,19 +22,17 @@ the engine and ``model`` the name the client asked for.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from aiohttp import hdrs, web
 
-from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.core.relay import SessionInfo
 from voxgate.core.speech import STTSession, TTSSession
 from voxgate.engines.base import EngineError
 from voxgate.engines.registry import BUILTIN_ALIASES, EngineRegistry
 from voxgate.errors import AuthenticationFailed, BadRequest, GatewayRejection, NotFound
 from voxgate.protocols.relay.auth import parse_subprotocols
-from voxgate.protocols.relay.usage import meter_for
 from voxgate.protocols.speech.deepgram_flux import FluxProtocol
 from voxgate.protocols.speech.deepgram_listen import ListenProtocol
 from voxgate.protocols.speech.deepgram_live import SpeakProtocol
@@ -48,17 +46,16 @@ from voxgate.protocols.speech.deepgram_query import (
     read_handshake,
     speak_options,
 )
-from voxgate.server.app import SERVICES, Services
 from voxgate.server.auth import authenticate
+from voxgate.server.services import SERVICES, Services
 from voxgate.server.sessions import (
     UpgradeRequired,
     accept_client,
-    acquire_slots,
+    open_session,
     run_live,
-    save_record,
 )
 from voxgate.settings import GatewaySettings, Limits
-from voxgate.transports.speech import SpeechConnection, SpeechEnding
+from voxgate.transports.speech import SpeechConnection
 from voxgate.transports.ws import AiohttpChannel
 
 KINDS = ("stt", "tts")
@@ -146,16 +143,12 @@ async def _serve(
         client_address=request.remote,
         kind=kind,
     )
-    loop = asyncio.get_running_loop()
-    counters = RelaySession(
-        info, limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
-    )
-    slots = await acquire_slots(s, gw, token, limits, info.session_id)
-    ending = SpeechEnding(1011, "", error="internal_error")
-    try:
+    async with open_session(s, info, gw=gw, token=token, limits=limits) as live:
         ws = await accept_client(request, s, limits, handshake.subprotocol)
         conn = SpeechConnection(
-            counters, AiohttpChannel(ws), close_timeout=s.settings.server.shutdown_timeout_seconds
+            live.counters,
+            AiohttpChannel(ws),
+            close_timeout=s.settings.server.shutdown_timeout_seconds,
         )
         session: TTSSession | STTSession
         # the name Deepgram itself would report (Workers AI's prefix is the gateway's)
@@ -166,11 +159,8 @@ async def _serve(
             flux = flux or "flux" in model_candidates(name)
             session, opening = _listen_session(s, conn, options, name, engine, limits, flux)
         ending = await run_live(s, ws, conn, lambda: session, start=opening)
+        live.end.set(ending.code, None, ending.error)
         return ws
-    finally:
-        for key in slots:
-            await s.state.release_slot(key, info.session_id)
-        await save_record(s, counters, ending.code, None, ending.error)
 
 
 def _engine_for(s: Services, kind: str | None, model: str | None) -> tuple[str, str]:

@@ -11,72 +11,48 @@ from __future__ import annotations
 from dataclasses import asdict
 from urllib.parse import urlsplit
 
+import orjson
 from aiohttp import web
 
 from voxgate import __version__
-from voxgate.core.relay import RelaySession
-from voxgate.core.sfu.agent import CallAgent
 from voxgate.engines.base import EngineError
-from voxgate.errors import NotFound
-from voxgate.server.app import SERVICES, Services, json_response
-from voxgate.server.auth import authenticate, token_from_headers
+from voxgate.errors import StateUnavailable
+from voxgate.server.auth import request_gateway
+from voxgate.server.services import SERVICES, Services, json_response
 from voxgate.server.speech_service import cloud_tts
-from voxgate.settings import GatewaySettings
-
-
-def request_gateway(request: web.Request) -> GatewaySettings:
-    """The gateway named in the path, after checking the request's token.
-
-    Raises NotFound (404) for an unknown one, AuthenticationFailed (401)."""
-    s = request.app[SERVICES]
-    account, gateway = request.match_info["account"], request.match_info["gateway"]
-    gw = s.settings.gateway(account, gateway)
-    if gw is None:
-        raise NotFound(f"unknown account or gateway {account}/{gateway}")
-    authenticate(gw, token_from_headers(request.headers, allow_authorization=True))
-    return gw
-
-
-def _session(counters: RelaySession, now: float) -> dict[str, object]:
-    info = counters.info
-    return {
-        "id": info.session_id,
-        "kind": info.kind,
-        "provider": info.provider,
-        "model": info.model,
-        "token": info.token_name,
-        "started_at": counters.started_wall,
-        "duration_seconds": round(max(0.0, now - counters.started_wall), 3),
-        "client_bytes": counters.client_bytes,
-        "upstream_bytes": counters.upstream_bytes,
-        "client_messages": counters.client_frames,
-        "upstream_messages": counters.upstream_frames,
-        "audio_seconds": round(counters.audio_seconds, 3),
-        "characters": counters.characters,
-    }
-
-
-def live_counters(s: Services) -> list[RelaySession]:
-    """The meters of every live session of every kind, oldest first."""
-    out = [c.session for c in s.live] + [c.counters for c in s.live_speech]
-    out += [a.counters for a in s.media.agents.values() if isinstance(a, CallAgent) and a.counters]
-    return sorted(out, key=lambda c: c.started_wall)
 
 
 async def list_sessions(request: web.Request) -> web.Response:
+    """This node's live sessions as they are now, and every other node's as its last
+    registry renewal saw them (each row names its ``node``). When the shared state
+    cannot be read, this node's alone, with ``"state": "unavailable"``."""
     gw = request_gateway(request)
     s = request.app[SERVICES]
     now = s.clock.wall()
-    sessions = [
-        _session(c, now)
-        for c in live_counters(s)
-        if (c.info.account, c.info.gateway) == (gw.account, gw.name)
-    ]
+    scope = f"{gw.account}/{gw.name}"
+    rows: dict[str, dict[str, object]] = {}
+    state = "ok"
+    try:
+        for entry in await s.state.list_sessions(scope):
+            row = orjson.loads(entry)
+            if isinstance(row, dict) and isinstance(row.get("id"), str):
+                started = row.get("started_at")
+                if isinstance(started, int | float):  # as of now, not of the renewal
+                    row["duration_seconds"] = round(max(0.0, now - started), 3)
+                rows[row["id"]] = row
+    except StateUnavailable:
+        state = "unavailable"
+    for live in s.sessions.values():
+        if live.scope == scope:
+            rows[live.id] = live.row(now)
+    sessions = sorted(rows.values(), key=lambda r: _started(r.get("started_at")))
     media = s.media
     return json_response(
         {
             "sessions": sessions,
             "count": len(sessions),
+            "node": s.state.node,
+            "state": state,
             "media": {
                 "sessions": len(media.sessions),
                 "adapters": len(media.adapters),
@@ -84,6 +60,10 @@ async def list_sessions(request: web.Request) -> web.Response:
             },
         }
     )
+
+
+def _started(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _address(url: str) -> str:

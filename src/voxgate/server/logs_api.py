@@ -7,8 +7,8 @@ from datetime import datetime
 from aiohttp import web
 
 from voxgate.errors import BadRequest, NotFound
-from voxgate.server.app import SERVICES, json_response
-from voxgate.server.gateway_api import request_gateway
+from voxgate.server.auth import request_gateway
+from voxgate.server.services import SERVICES, json_response
 from voxgate.store import UsageQuery
 
 MAX_LIMIT = 1000

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from voxgate import __version__
-from voxgate.server.app import SERVICES, json_response
+from voxgate.server.services import SERVICES, json_response
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 TYPES = {

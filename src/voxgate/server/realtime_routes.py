@@ -29,7 +29,7 @@ from aiohttp import WSMsgType, hdrs, web
 from voxgate.core.limits import CLOSE_REASONS
 from voxgate.core.realtime.agent import RealtimeAgent
 from voxgate.core.realtime.secrets import DEFAULT_TTL, MAX_TTL, MIN_TTL, ClientSecret
-from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.core.relay import SessionInfo
 from voxgate.engines.base import EngineError
 from voxgate.errors import AuthenticationFailed, BadRequest
 from voxgate.protocols.realtime.errors import ClientEventError
@@ -47,7 +47,6 @@ from voxgate.protocols.relay.auth import (
 )
 from voxgate.protocols.relay.providers import build_upstream_request
 from voxgate.protocols.relay.usage import meter_for
-from voxgate.server.app import SERVICES, Services, json_response
 from voxgate.server.auth import authenticate, token_from_headers
 from voxgate.server.realtime_service import (
     agent_deps,
@@ -57,17 +56,18 @@ from voxgate.server.realtime_service import (
     model_choice,
     resolve_model,
 )
-from voxgate.server.relay_service import Outcome, run_relay
+from voxgate.server.relay_service import run_relay
+from voxgate.server.services import SERVICES, Services, json_response
 from voxgate.server.sessions import (
     UpgradeRequired,
     accept_client,
-    acquire_slots,
+    hold_slots,
+    open_session,
     run_live,
-    save_record,
 )
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
 from voxgate.transports.realtime_call import RealtimeCall
-from voxgate.transports.speech import SpeechConnection, SpeechEnding
+from voxgate.transports.speech import SpeechConnection
 from voxgate.transports.ws import AiohttpChannel
 
 log = logging.getLogger("voxgate.realtime")
@@ -103,17 +103,13 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         raise UpgradeRequired()
     gw = s.settings.speech_gateway()
     creds = _credentials(request)
-    token, secret = authenticate_realtime(s, gw, creds.gateway_token)
+    token, secret = await authenticate_realtime(s, gw, creds.gateway_token)
     limits = token.limits if token is not None and token.limits is not None else gw.limits
     if "call_id" in request.query:
         call = find_call(request.app, request.query["call_id"])
-        holder = s.ids("sideband")  # a connection like any other: it takes a slot
-        slots = await acquire_slots(s, gw, token, limits, holder)
-        try:
+        # a connection like any other: it takes a slot (its usage is the call's)
+        async with hold_slots(s, gw, token, limits, s.ids("sideband")):
             return await _sideband(request, s, call, limits, creds)
-        finally:
-            for key in slots:
-                await s.state.release_slot(key, holder)
     config = secret.config if secret is not None else SessionConfig()
     # a client secret's session names its model (the default one when the client named none)
     named = request.query.get("model") or (config.model if secret is not None else None)
@@ -138,13 +134,8 @@ async def realtime(request: web.Request) -> web.StreamResponse:
         client_address=request.remote,
         kind="realtime",
     )
-    loop = asyncio.get_running_loop()
-    counters = RelaySession(
-        info, limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
-    )
-    slots = await acquire_slots(s, gw, token, limits, info.session_id)
-    ending = SpeechEnding(1011, "", error="internal_error")
-    try:
+    async with open_session(s, info, gw=gw, token=token, limits=limits) as live:
+        counters = live.counters
         subprotocol = "realtime" if "realtime" in creds.offered else creds.gateway_entry
         ws = await accept_client(request, s, limits, subprotocol)
         conn = SpeechConnection(
@@ -163,11 +154,8 @@ async def realtime(request: web.Request) -> web.StreamResponse:
             expires_at=int(s.clock.wall() + limits.max_session_seconds),
         )
         ending = await run_live(s, ws, conn, lambda: agent, start=agent.start)
+        live.end.set(ending.code, None, ending.error)
         return ws
-    finally:
-        for key in slots:
-            await s.state.release_slot(key, info.session_id)
-        await save_record(s, counters, ending.code, None, ending.error)
 
 
 async def _relay(
@@ -203,21 +191,10 @@ async def _relay(
         client_address=request.remote,
         kind="realtime",
     )
-    session = RelaySession(
-        info,
-        limits,
-        now=asyncio.get_running_loop().time(),
-        wall=s.clock.wall(),
-        meter=meter_for(provider.usage),
-    )
-    slots = await acquire_slots(s, gw, token, limits, info.session_id)
-    outcome = Outcome()
-    try:
-        return await run_relay(request, s, session, upstream_req, creds, limits, outcome)
-    finally:
-        for key in slots:
-            await s.state.release_slot(key, info.session_id)
-        await save_record(s, session, outcome.client_code, outcome.upstream_code, outcome.error)
+    async with open_session(
+        s, info, gw=gw, token=token, limits=limits, meter=meter_for(provider.usage)
+    ) as live:
+        return await run_relay(request, s, live, upstream_req, creds, limits)
 
 
 # --- client secrets ----------------------------------------------------------------------
@@ -248,8 +225,9 @@ async def _mint(request: web.Request, session: Any, ttl: Any) -> tuple[ClientSec
         ) from None
     except EngineError as exc:
         raise BadRequest(f"session.model: {exc.public_message}") from None
-    secret = s.client_secrets.mint(
-        config,
+    secret = await s.client_secrets.mint(
+        session if isinstance(session, dict) else None,
+        model=config.model,
         now=s.clock.wall(),
         ttl=ttl,
         gateway=f"{gw.account}/{gw.name}",

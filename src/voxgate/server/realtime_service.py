@@ -16,9 +16,9 @@ from voxgate.engines.llm import LanguageModel
 from voxgate.engines.vad import make_vad
 from voxgate.errors import AuthenticationFailed, BadRequest, NotFound
 from voxgate.protocols.nesting import MAX_DEPTH, nesting_error
-from voxgate.server.app import Services
 from voxgate.server.auth import authenticate
 from voxgate.server.realtime_models import ModelChoice, choose_model
+from voxgate.server.services import Services
 from voxgate.server.speech_service import stt_engine, tts_engine
 from voxgate.settings import GatewaySettings, TokenSettings
 from voxgate.transports.realtime_call import RealtimeCall
@@ -56,12 +56,12 @@ def model_choice(s: Services, gw: GatewaySettings, requested: str | None) -> Mod
     return choose_model(requested, realtime=s.settings.realtime, providers=s.providers, gateway=gw)
 
 
-def authenticate_realtime(
+async def authenticate_realtime(
     s: Services, gw: GatewaySettings, presented: str | None
 ) -> tuple[TokenSettings | None, ClientSecret | None]:
     """The token (or client secret) ``presented``; raises :class:`AuthenticationFailed`."""
     if presented is not None and presented.startswith("ek_"):
-        secret = s.client_secrets.get(presented, now=s.clock.wall())
+        secret = await s.client_secrets.get(presented, now=s.clock.wall())
         if secret is None:
             raise AuthenticationFailed("client secret unknown or expired: mint a new one")
         token = next((t for t in gw.tokens if t.name == secret.token_name), None)

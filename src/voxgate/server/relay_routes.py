@@ -8,18 +8,16 @@ upstream failure (with the upstream's status). Only then is the client's upgrade
 A session begins once those checks pass and the upstream is dialled; from then on it
 leaves exactly one usage record whatever happens: the upstream refuses, the client
 vanishes during the dial or the upgrade, the handler is cancelled (server shutdown), or
-the relay ends in any way. The record is written after the session's slots are given
-back, and the write itself retries and reports failures (:func:`voxgate.store.write_record`).
+the relay ends in any way (:func:`voxgate.server.sessions.open_session`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import hdrs, web
 
-from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.core.relay import SessionInfo
 from voxgate.errors import AuthenticationFailed, BadRequest, NotFound
 from voxgate.protocols.relay.auth import (
     Credentials,
@@ -27,13 +25,13 @@ from voxgate.protocols.relay.auth import (
     read_credentials,
 )
 from voxgate.protocols.relay.capture import Capture
-from voxgate.protocols.relay.providers import Provider, build_upstream_request
+from voxgate.protocols.relay.providers import build_upstream_request
 from voxgate.protocols.relay.usage import meter_for
-from voxgate.server.app import SERVICES, Services
 from voxgate.server.auth import authenticate, own_credential
-from voxgate.server.relay_service import Outcome, run_relay
-from voxgate.server.sessions import UpgradeRequired, acquire_slots, save_record
-from voxgate.settings import GatewaySettings, Limits, TokenSettings
+from voxgate.server.relay_service import run_relay
+from voxgate.server.services import SERVICES, Services
+from voxgate.server.sessions import UpgradeRequired, open_session
+from voxgate.settings import GatewaySettings
 
 log = logging.getLogger("voxgate.relay")
 
@@ -55,7 +53,11 @@ async def relay(request: web.Request) -> web.StreamResponse:
         raise BadRequest("not a valid WebSocket handshake (Sec-WebSocket-Key, -Version)")
     offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
     creds = read_credentials(
-        provider, request.headers, offered, request.query, is_gateway_token=own_credential(s)
+        provider,
+        request.headers,
+        offered,
+        request.query,
+        is_gateway_token=await own_credential(s, request),
     )
     try:
         token = authenticate(gw, creds.gateway_token)
@@ -74,38 +76,6 @@ async def relay(request: web.Request) -> web.StreamResponse:
         stored_key=gw.keys[provider.name].value if provider.name in gw.keys else None,
     )
     limits = token.limits if token is not None and token.limits is not None else gw.limits
-    session = _new_session(request, s, gw, provider, token, limits, creds)
-    slots = await acquire_slots(s, gw, token, limits, session.info.session_id)
-    outcome = Outcome()
-    try:
-        return await run_relay(request, s, session, upstream_req, creds, limits, outcome)
-    finally:
-        try:
-            # the slot is free as soon as the session is over, before the record is written
-            for key in slots:
-                await s.state.release_slot(key, session.info.session_id)
-        finally:
-            await save_record(s, session, outcome.client_code, outcome.upstream_code, outcome.error)
-
-
-def _new_session(
-    request: web.Request,
-    s: Services,
-    gw: GatewaySettings,
-    provider: Provider,
-    token: TokenSettings | None,
-    limits: Limits,
-    creds: Credentials,
-) -> RelaySession:
-    capture = None
-    if gw.capture_payloads:
-        relay = s.settings.relay
-        capture = Capture(
-            max_frames=relay.capture_max_frames,
-            max_bytes=relay.capture_max_bytes,
-            # besides configured secrets: the keys this client brought
-            scrub=s.scrubber.with_secrets((creds.client_key, creds.gateway_token)),
-        )
     info = SessionInfo(
         session_id=s.ids("sess"),
         account=gw.account,
@@ -115,13 +85,28 @@ def _new_session(
         token_name=token.name if token is not None else None,
         client_address=request.remote,
     )
-    return RelaySession(
+    async with open_session(
+        s,
         info,
-        limits,
-        now=asyncio.get_running_loop().time(),
-        wall=s.clock.wall(),
+        gw=gw,
+        token=token,
+        limits=limits,
         meter=meter_for(provider.usage),
-        capture=capture,
+        capture=_capture(s, gw, creds),
+    ) as live:
+        return await run_relay(request, s, live, upstream_req, creds, limits)
+
+
+def _capture(s: Services, gw: GatewaySettings, creds: Credentials) -> Capture | None:
+    """What of the session's frames the record keeps (``capture_payloads``)."""
+    if not gw.capture_payloads:
+        return None
+    relay = s.settings.relay
+    return Capture(
+        max_frames=relay.capture_max_frames,
+        max_bytes=relay.capture_max_bytes,
+        # besides configured secrets: the keys this client brought
+        scrub=s.scrubber.with_secrets((creds.client_key, creds.gateway_token)),
     )
 
 

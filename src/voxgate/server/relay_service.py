@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -15,7 +14,8 @@ from voxgate.core.relay import RelaySession
 from voxgate.errors import UpstreamError
 from voxgate.protocols.relay.auth import Credentials, select_subprotocol
 from voxgate.protocols.relay.providers import UpstreamRequest
-from voxgate.server.app import Services
+from voxgate.server.live import Live, SessionEnd
+from voxgate.server.services import Services
 from voxgate.server.sessions import accept_client
 from voxgate.settings import Limits
 from voxgate.transports.relay import SHUTDOWN, Ending, RelayConnection
@@ -24,25 +24,17 @@ from voxgate.transports.ws import AiohttpChannel
 log = logging.getLogger("voxgate.relay")
 
 
-@dataclass
-class Outcome:
-    """What the usage record says about how the session ended."""
-
-    client_code: int | None = None
-    upstream_code: int | None = None
-    error: str | None = "internal_error"
-
-
 async def run_relay(
     request: web.Request,
     s: Services,
-    session: RelaySession,
+    live: Live,
     upstream_req: UpstreamRequest,
     creds: Credentials,
     limits: Limits,
-    outcome: Outcome,
 ) -> web.StreamResponse:
-    """Dial the upstream, upgrade the client, relay; ``outcome`` says how it ended."""
+    """Dial the upstream, upgrade the client, relay; ``live.end`` says how it ended."""
+    session, outcome = live.counters, live.end
+    outcome.client_code = None
     loop = asyncio.get_running_loop()
     provider = session.info.provider
     started = loop.time()
@@ -80,7 +72,7 @@ async def run_relay(
         close_timeout=s.settings.server.shutdown_timeout_seconds,
     )
     s.live.add(conn)
-    if s.draining.is_set():  # the server began to shut down during the dial or upgrade
+    if s.stopping.is_set():  # the server began to shut down during the dial or upgrade
         conn.stop()
     s.metrics.session_opened(session)
     log.info(
@@ -114,7 +106,7 @@ async def _close_upstream(
         log.debug("upstream close did not complete: %s", type(exc).__name__)
 
 
-def _closed(s: Services, session: RelaySession, ending: Ending, outcome: Outcome) -> None:
+def _closed(s: Services, session: RelaySession, ending: Ending, outcome: SessionEnd) -> None:
     """Count and log a relayed session's end, and put it in the outcome for the record."""
     if ending.limit is not None:
         s.metrics.limit_rejections[LIMIT_NAMES[ending.limit]] += 1

@@ -1,23 +1,106 @@
-"""What every WebSocket endpoint does around a session: connection slots and its record."""
+"""One lifecycle for every session of every kind: :func:`open_session`.
+
+Relay, speech, Deepgram, realtime WebSocket, WebRTC calls and SFU agents all begin and
+end here, in this order::
+
+    refuse if draining ─ meter ─ connection slots ─ listed live (this node, and the
+    shared registry) ─ [the session runs] ─ unlisted ─ slots released ─ one usage record
+
+What runs in between binds its connection (:meth:`Live.bind`) so that a shutdown can stop
+it, and says how it ended (:attr:`Live.end`), which the record keeps.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from voxgate.core.limits import LIMIT_NAMES, CloseCode
-from voxgate.core.relay import RelaySession
-from voxgate.errors import BadRequest, LimitExceeded
-from voxgate.server.app import Services
+from voxgate.core.relay import RelaySession, SessionInfo
+from voxgate.errors import BadRequest, Draining, LimitExceeded, StateUnavailable
+from voxgate.protocols.relay.capture import Capture
+from voxgate.protocols.relay.usage import UsageMeter, meter_for
+from voxgate.server.live import Live
+from voxgate.server.services import Services
 from voxgate.settings import GatewaySettings, Limits, TokenSettings
 from voxgate.store import write_record
 from voxgate.transports.speech import SpeechConnection, SpeechEnding, SpeechSessionLike
 from voxgate.transports.ws import GatewayWebSocketResponse
 
 log = logging.getLogger("voxgate.server")
+
+
+@contextlib.asynccontextmanager
+async def open_session(
+    s: Services,
+    info: SessionInfo,
+    *,
+    gw: GatewaySettings,
+    token: TokenSettings | None,
+    limits: Limits,
+    meter: UsageMeter | None = None,
+    capture: Capture | None = None,
+) -> AsyncIterator[Live]:
+    """Begin the session ``info`` describes; on leaving, end it and write its record.
+
+    Raises, before anything is taken: :class:`Draining` (503) on a node shutting down,
+    :class:`LimitExceeded` (429) when a connection slot is full, :class:`StateUnavailable`
+    (503) when the shared state cannot be reached. Once this yields, the session leaves
+    exactly one usage record, whatever happens inside; the caller says how it ended
+    with ``live.end.set(...)``. The record is written after the slots are released
+    (a reconnecting client finds its slot free), shielded from cancellation."""
+    if s.draining.is_set():
+        s.metrics.handshake_rejections[(503, "draining")] += 1
+        raise Draining("this node is shutting down: connect again (to another node)")
+    loop = asyncio.get_running_loop()
+    counters = RelaySession(
+        info,
+        limits,
+        now=loop.time(),
+        wall=s.clock.wall(),
+        meter=meter if meter is not None else meter_for(None),
+        capture=capture,
+    )
+    live = Live(counters, node=s.state.node, wall=s.clock.wall)
+    began = False
+    try:
+        async with hold_slots(s, gw, token, limits, info.session_id):
+            try:
+                await s.state.put_session(live.scope, live.id, live.describe)
+            except StateUnavailable:
+                s.metrics.handshake_rejections[(503, "state_unavailable")] += 1
+                raise
+            s.sessions[live.id] = live
+            began = True
+            try:
+                yield live
+            finally:
+                del s.sessions[live.id]
+                await s.state.remove_session(live.scope, live.id)
+    finally:
+        if began:
+            live.closed.set_result(None)
+        if began and live.recorded:
+            end = live.end
+            await save_record(s, counters, end.client_code, end.upstream_code, end.error)
+
+
+@contextlib.asynccontextmanager
+async def hold_slots(
+    s: Services, gw: GatewaySettings, token: TokenSettings | None, limits: Limits, holder: str
+) -> AsyncIterator[None]:
+    """Hold ``holder``'s connection slots (see :func:`acquire_slots`) for the block."""
+    slots = await acquire_slots(s, gw, token, limits, holder)
+    try:
+        yield
+    finally:
+        for key in slots:
+            await s.state.release_slot(key, holder)
 
 
 async def acquire_slots(
@@ -30,9 +113,18 @@ async def acquire_slots(
         wanted.append((f"conn:{gw.account}/{gw.name}/token:{token.name}", limits.max_connections))
     taken: list[str] = []
     for key, limit in wanted:
-        if not await s.state.acquire_slot(key, holder, limit):
+        try:
+            got = await s.state.acquire_slot(key, holder, limit)
+        except StateUnavailable:
+            got = None
+        if not got:
             for k in taken:
                 await s.state.release_slot(k, holder)
+            if got is None:
+                s.metrics.handshake_rejections[(503, "state_unavailable")] += 1
+                raise StateUnavailable(
+                    "the shared state (connection limits) cannot be reached: try again"
+                )
             s.metrics.limit_rejections["max_connections"] += 1
             s.metrics.handshake_rejections[(429, "max_connections")] += 1
             raise LimitExceeded(f"too many connections (limit {limit})", limit="max_connections")
@@ -57,7 +149,7 @@ async def run_live(
     if ws is not None:
         ws.too_large_farewell = lambda: conn.limit_farewell(CloseCode.MESSAGE_TOO_LARGE)
     s.live_speech.add(conn)
-    if s.draining.is_set():  # the server began to shut down while this one was set up
+    if s.stopping.is_set():  # the server began to shut down while this one was set up
         conn.stop()
     s.metrics.speech_opened(counters)
     ending = SpeechEnding(1011, "", error="internal_error")
@@ -91,6 +183,7 @@ async def save_record(
         upstream_close_code=upstream_code,
         error=error,
     )
+    record = dataclasses.replace(record, node=s.state.node)
     task = asyncio.create_task(write_record(s.store, record, session.capture()))
     s.pending_writes.add(task)
     task.add_done_callback(s.pending_writes.discard)

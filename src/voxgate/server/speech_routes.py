@@ -41,23 +41,22 @@ from voxgate.protocols.relay.auth import (
     read_credentials,
 )
 from voxgate.protocols.relay.providers import Provider, build_upstream_request
-from voxgate.protocols.relay.usage import meter_for
 from voxgate.protocols.speech import orpheus
 from voxgate.protocols.speech.unified import STTProtocol, TTSProtocol
-from voxgate.server.app import SERVICES, Services
 from voxgate.server.auth import authenticate, own_credential
+from voxgate.server.live import Live
+from voxgate.server.services import SERVICES, Services
 from voxgate.server.sessions import (
     UpgradeRequired,
     accept_client,
-    acquire_slots,
+    open_session,
     run_live,
-    save_record,
 )
 from voxgate.server.speech_service import stt_engine, tts_engine
 from voxgate.settings import Limits, ProviderAuth
 from voxgate.transports.relay import Ending, RelayConnection
 from voxgate.transports.speech import SpeechConnection, SpeechEnding
-from voxgate.transports.ws import AiohttpChannel, Closed
+from voxgate.transports.ws import AiohttpChannel, Closed, GatewayWebSocketResponse
 
 log = logging.getLogger("voxgate.speech")
 
@@ -97,7 +96,11 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
     provider = s.providers.get(s.engines.provider_of(name)) or _LOCAL
     offered = parse_subprotocols(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
     creds = read_credentials(
-        provider, request.headers, offered, request.query, is_gateway_token=own_credential(s)
+        provider,
+        request.headers,
+        offered,
+        request.query,
+        is_gateway_token=await own_credential(s, request),
     )
     presented = creds.gateway_token
     auth_header = request.headers.get(hdrs.AUTHORIZATION, "")
@@ -119,58 +122,65 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         client_address=request.remote,
         kind=kind,
     )
-    loop = asyncio.get_running_loop()
-    counters = RelaySession(
-        info, limits, now=loop.time(), wall=s.clock.wall(), meter=meter_for(None)
-    )
     stored_key = gw.keys[provider.name].value if provider.name in gw.keys else None
     key = creds.client_key if creds.client_key is not None else stored_key
-    slots = await acquire_slots(s, gw, token, limits, info.session_id)
-    ending = SpeechEnding(1011, "", error="internal_error")
-    upstream_code: int | None = None
-    try:
+    async with open_session(s, info, gw=gw, token=token, limits=limits) as live:
         subprotocol = creds.gateway_entry or (offered[0] if offered else None)
         ws = await accept_client(request, s, limits, subprotocol)
-        client = AiohttpChannel(ws)
-        first: str | bytes | None = None
-        native = False
-        if provider is not _LOCAL or kind == "tts":
-            got = await _first_message(client, limits, s.draining)
-            if isinstance(got, SpeechEnding):  # the server shuts down: not a session yet
-                ending = got
-                return ws
-            first = got
-            # a cloud engine named as itself relays its provider's own protocol; any other
-            # TTS address takes SLNG's native form (plain text, control messages)
-            if (
-                first is not None
-                and provider is not _LOCAL
-                and requested == name
-                and not is_unified_first_message(first, kind)
-            ):
-                relayed = await _relay_native(
-                    request, s, counters, client, provider, creds, stored_key, first
-                )
-                ending = SpeechEnding(relayed.client_code, "", relayed.error, relayed.limit)
-                upstream_code = relayed.upstream_code
-                return ws
-            native = first is not None and kind == "tts" and orpheus.looks_native(first)
-        conn = SpeechConnection(
-            counters, client, close_timeout=s.settings.server.shutdown_timeout_seconds
-        )
-        query = request.query if native else None
-        ending = await run_live(
-            s,
-            ws,
-            conn,
-            lambda: _make_session(s, kind, name, counters, conn, limits, key, query),
-            first=first,
-        )
+        await _run(request, s, live, ws, kind, name, requested, provider, creds, key, stored_key)
         return ws
-    finally:
-        for key in slots:
-            await s.state.release_slot(key, info.session_id)
-        await save_record(s, counters, ending.code, upstream_code, ending.error)
+
+
+async def _run(
+    request: web.Request,
+    s: Services,
+    live: Live,
+    ws: GatewayWebSocketResponse,
+    kind: str,
+    name: str,
+    requested: str,
+    provider: Provider,
+    creds: Credentials,
+    key: str | None,
+    stored_key: str | None,
+) -> None:
+    """Run an accepted speech session: a provider's own protocol relayed, or ours."""
+    counters, limits = live.counters, live.counters.limits
+    client = AiohttpChannel(ws)
+    first: str | bytes | None = None
+    native = False
+    if provider is not _LOCAL or kind == "tts":
+        got = await _first_message(client, limits, s.stopping)
+        if isinstance(got, SpeechEnding):  # the server shuts down: not a session yet
+            live.end.set(got.code, None, got.error)
+            return
+        first = got
+        # a cloud engine named as itself relays its provider's own protocol; any other
+        # TTS address takes SLNG's native form (plain text, control messages)
+        if (
+            first is not None
+            and provider is not _LOCAL
+            and requested == name
+            and not is_unified_first_message(first, kind)
+        ):
+            relayed = await _relay_native(
+                request, s, counters, client, provider, creds, stored_key, first
+            )
+            live.end.set(relayed.client_code, relayed.upstream_code, relayed.error)
+            return
+        native = first is not None and kind == "tts" and orpheus.looks_native(first)
+    conn = SpeechConnection(
+        counters, client, close_timeout=s.settings.server.shutdown_timeout_seconds
+    )
+    query = request.query if native else None
+    ending = await run_live(
+        s,
+        ws,
+        conn,
+        lambda: _make_session(s, kind, name, counters, conn, limits, key, query),
+        first=first,
+    )
+    live.end.set(ending.code, None, ending.error)
 
 
 #: The close for a client whose first message is still awaited when the server shuts down.
@@ -250,7 +260,7 @@ async def _relay_native(
         counters, client, up, close_timeout=s.settings.server.shutdown_timeout_seconds
     )
     s.live.add(conn)
-    if s.draining.is_set():  # the server began to shut down during the dial
+    if s.stopping.is_set():  # the server began to shut down during the dial
         conn.stop()
     s.metrics.speech_opened(counters)
     try:

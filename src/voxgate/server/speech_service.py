@@ -7,7 +7,7 @@ from typing import Any
 
 from voxgate.engines.base import SpeechToText, TextToSpeech
 from voxgate.engines.cloud import CloudSTT, CloudTTS
-from voxgate.server.app import Services
+from voxgate.server.services import Services
 
 
 async def tts_engine(s: Services, name: str) -> TextToSpeech:
