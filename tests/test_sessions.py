@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -114,3 +115,31 @@ async def test_the_sessions_api_lists_every_kind_with_its_node_and_transport(
         records = (await r.json())["records"]
     assert sorted(r["kind"] for r in records) == ["realtime", "relay"]
     assert {r["node"] for r in records} == {"node-x"}
+
+
+async def test_a_node_whose_postgresql_is_down_serves_and_keeps_its_records(
+    gateway: GatewayFactory,
+    upstream: RecordingUpstream,
+    http: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    env = ENV | {
+        "VOXGATE_STORE__URL": '"postgresql://postgres@127.0.0.1:1/voxgate"',
+        "VOXGATE_STORE__SPILL_PATH": f'"{tmp_path / "spill.jsonl"}"',
+    }
+    gw = await gateway(toml(upstream), env)  # nothing listens on port 1: it starts anyway
+    ws = await http.ws_connect(gw.ws("/v1/local/default/echo"), headers=AUTH)
+    await ws.send_str("hello")
+    assert (await ws.receive()).data == "hello"
+    await ws.close()
+    await settled(gw)
+    async with http.get(gw.base + "/readyz") as r:
+        ready = await r.json()
+        assert r.status == 200  # the records wait; the node still serves
+    assert ready["store"] is False
+    assert ready["records_pending"] == 1
+    async with http.get(gw.base + "/v1/local/default/logs", headers=AUTH) as r:
+        assert r.status == 503
+        assert (await r.json())["error"]["code"] == "store_unavailable"
+    await gw.stop()  # what could not be written waits in the spill file for the next start
+    assert (tmp_path / "spill.jsonl").read_text().count("\n") == 1

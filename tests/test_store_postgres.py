@@ -277,6 +277,32 @@ async def test_unreachable_server_and_bad_urls_are_store_and_config_errors() -> 
         open_store(StoreSettings(url="mysql://x/y"), node="n")
 
 
+async def test_a_node_starts_while_postgresql_is_down_and_its_records_wait(
+    tmp_path: Path,
+) -> None:
+    # PostgreSQL down at start is an outage to wait out: the node starts, records queue
+    spill = tmp_path / "spill.jsonl"
+    settings = StoreSettings(url="postgresql://postgres@127.0.0.1:1/nope", spill_path=str(spill))
+    store = open_store(settings, node="n")
+    await store.open()
+    started = time.monotonic()
+    await store.add(rec(1))
+    assert time.monotonic() - started < 3
+    assert store.pending == 1
+    assert not await store.ping()
+    with pytest.raises(StoreError):
+        await store.query(UsageQuery("acct", "gw"))
+    await store.close()
+    assert spill.exists()  # kept for the next start
+    # a local store that cannot be opened is a configuration problem: it stops the start
+    bad = open_store(
+        StoreSettings(url=f"sqlite:///{tmp_path}/file/usage.db", spill_path=str(spill)), node="n"
+    )
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(StoreError):
+        await bad.open()
+
+
 async def test_add_many_takes_over_5000_records_a_second(pg_url: str) -> None:
     store = PostgresStore(pg_url)
     await store.open()

@@ -15,7 +15,7 @@ from voxgate.core.realtime.secrets import ClientSecrets
 from voxgate.core.sfu.media import MediaServer
 from voxgate.engines.llm import LLMRegistry
 from voxgate.engines.registry import EngineRegistry
-from voxgate.errors import GatewayRejection, UpstreamError
+from voxgate.errors import GatewayRejection, StoreError, UpstreamError
 from voxgate.protocols.relay.providers import build_registry
 from voxgate.scrub import SecretScrubber
 from voxgate.server import (  # route modules import services, never this factory
@@ -55,6 +55,10 @@ async def errors_middleware(
     except GatewayRejection as exc:
         status = exc.status
         return error_response(exc.status, exc.code, exc.public_message)
+    except StoreError:
+        status = 503
+        log.warning("usage store unavailable for %s %s", request.method, request.path)
+        return error_response(503, "store_unavailable", "the usage store cannot be read now")
     except UpstreamError as exc:
         status = 502
         return error_response(

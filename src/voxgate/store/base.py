@@ -97,6 +97,10 @@ Entry: TypeAlias = tuple[UsageRecord, SessionCapture | None]
 class BulkUsageStore(UsageStore):
     """A store that writes many records in one transaction (what batching needs)."""
 
+    #: A store on another machine (a database server): that it cannot be opened at
+    #: start is an outage to wait out, not a configuration error to stop on.
+    remote = False
+
     @abstractmethod
     async def add_many(self, entries: Sequence[Entry]) -> None:
         """Write every entry in ONE transaction: all of them, or none and StoreError.

@@ -105,6 +105,8 @@ class BatchingStore(UsageStore):
         self._closing = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._healthy = True
+        #: Whether the wrapped store is open (see :meth:`open`).
+        self._opened = True
         #: Failures of records the store seems to refuse, and those dropped for it
         #: (skipped when the spill file is read again).
         self._refusals: dict[str, int] = {}
@@ -122,9 +124,17 @@ class BatchingStore(UsageStore):
         return path if isinstance(path, str) else None
 
     async def open(self) -> None:
-        """Open the wrapped store (its StoreError propagates) and start the writer,
-        which first replays a spill file an earlier run left."""
-        await self.inner.open()
+        """Open the wrapped store and start the writer, which first replays a spill file
+        an earlier run left. A local store's StoreError propagates (a path that cannot
+        be used); a remote one that cannot be reached yet (PostgreSQL down at start) is
+        opened by the writer once it answers, records waiting meanwhile."""
+        try:
+            await self.inner.open()
+        except StoreError as exc:
+            if not self.inner.remote:
+                raise
+            self._opened = self._healthy = False
+            log.error("usage store cannot be opened (%s); records wait until it can", exc)
         async with self._spill_lock:
             try:
                 self._spilled = await asyncio.to_thread(self.spill.recover)
@@ -339,6 +349,12 @@ class BatchingStore(UsageStore):
 
     async def _commit(self, batch: _Batch) -> bool:
         """Write ``batch``; False when it must be tried again later."""
+        if not self._opened:
+            try:
+                await self.inner.open()
+            except StoreError:
+                return False
+            self._opened = True
         if batch.items:
             try:
                 await self.inner.add_many([(i.record, i.capture) for i in batch.items])

@@ -248,6 +248,8 @@ class PostgresStore(BulkUsageStore):
     longer than ``timeout`` seconds fails with :class:`StoreError`.
     """
 
+    remote = True
+
     def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 10.0) -> None:
         self.url = url
         self._pool_size = pool_size
