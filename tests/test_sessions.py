@@ -138,6 +138,10 @@ async def test_a_node_whose_postgresql_is_down_serves_and_keeps_its_records(
         assert r.status == 200  # the records wait; the node still serves
     assert ready["store"] is False
     assert ready["records_pending"] == 1
+    async with http.get(gw.base + "/metrics") as r:
+        text = await r.text()
+    assert "\nvoxgate_usage_records_pending 1\n" in text
+    assert "\nvoxgate_state_available 1\n" in text
     async with http.get(gw.base + "/v1/local/default/logs", headers=AUTH) as r:
         assert r.status == 503
         assert (await r.json())["error"]["code"] == "store_unavailable"

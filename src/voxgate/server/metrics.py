@@ -85,8 +85,12 @@ class Metrics:
             _add_counts(totals, s)
         return active, totals
 
-    def render(self) -> str:
+    def render(self, *, node: Mapping[str, int] | None = None) -> str:
+        """The Prometheus text; ``node``: gauges of the node as a whole (name → value),
+        each rendered as ``voxgate_NAME``."""
         out: list[str] = []
+        for name, value in sorted((node or {}).items()):
+            _family(out, f"voxgate_{name}", "gauge", _NODE_GAUGES.get(name, name), [("", value)])
         active, totals = self._totals()
         _family(
             out,
@@ -192,6 +196,15 @@ class Metrics:
             out.append(f'{name}_count{{provider="{p}"}} {h.n}')
 
 
+#: What the node gauges of :meth:`Metrics.render` mean.
+_NODE_GAUGES = {
+    "live_sessions": "Sessions of every kind live on this node.",
+    "state_available": "1 when the shared state (Redis) answered last, else 0.",
+    "usage_records_pending": "Usage records not yet written to the store (memory and spill file).",
+    "draining": "1 while the node drains (refuses new sessions), else 0.",
+}
+
+
 def _add_counts(totals: Counter[tuple[str, str, str]], s: RelaySession) -> None:
     p = s.info.provider
     totals[(p, "client_to_upstream", "frames")] += s.client_frames
@@ -212,4 +225,4 @@ def _family(
     out.append(f"# HELP {name} {help_}")
     out.append(f"# TYPE {name} {kind}")
     for labels, value in samples:
-        out.append(f"{name}{{{labels}}} {value}")
+        out.append(f"{name}{{{labels}}} {value}" if labels else f"{name} {value}")

@@ -41,7 +41,15 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = request.app[SERVICES].metrics.render()
+    s = request.app[SERVICES]
+    body = s.metrics.render(
+        node={
+            "live_sessions": len(s.sessions),
+            "state_available": int(s.state.available),
+            "usage_records_pending": s.store.pending,
+            "draining": int(s.draining.is_set()),
+        }
+    )
     return web.Response(
         text=body,
         content_type="text/plain",
