@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import orjson
 from aiohttp import hdrs, web
@@ -123,28 +124,37 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         kind=kind,
     )
     stored_key = gw.keys[provider.name].value if provider.name in gw.keys else None
-    key = creds.client_key if creds.client_key is not None else stored_key
+    asked = _Asked(kind, name, requested, provider, creds, stored_key)
     async with open_session(s, info, gw=gw, token=token, limits=limits) as live:
         subprotocol = creds.gateway_entry or (offered[0] if offered else None)
         ws = await accept_client(request, s, limits, subprotocol)
-        await _run(request, s, live, ws, kind, name, requested, provider, creds, key, stored_key)
+        await _run(request, s, live, ws, asked)
         return ws
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """What a speech client asked for, as its handshake said."""
+
+    kind: str  # tts or stt
+    name: str  # the engine that runs
+    requested: str  # the engine or alias the client named
+    provider: Provider
+    creds: Credentials
+    stored_key: str | None  # the gateway's key for the provider
+
+    @property
+    def key(self) -> str | None:
+        """The provider key the session uses: the client's own, else the stored one."""
+        return self.creds.client_key if self.creds.client_key is not None else self.stored_key
+
+
 async def _run(
-    request: web.Request,
-    s: Services,
-    live: Live,
-    ws: GatewayWebSocketResponse,
-    kind: str,
-    name: str,
-    requested: str,
-    provider: Provider,
-    creds: Credentials,
-    key: str | None,
-    stored_key: str | None,
+    request: web.Request, s: Services, live: Live, ws: GatewayWebSocketResponse, asked: _Asked
 ) -> None:
     """Run an accepted speech session: a provider's own protocol relayed, or ours."""
+    kind, name, requested, provider = asked.kind, asked.name, asked.requested, asked.provider
+    creds, key, stored_key = asked.creds, asked.key, asked.stored_key
     counters, limits = live.counters, live.counters.limits
     client = AiohttpChannel(ws)
     first: str | bytes | None = None
