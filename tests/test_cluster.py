@@ -147,16 +147,14 @@ async def test_limits_secrets_sessions_and_logs_are_shared(
         for n in nodes:
             await stack.enter_async_context(n)
         a, b, _ = nodes
-        # 200 handshakes at once, spread over three nodes: the limit holds across them
-        tries = [connect(http, nodes[i % 3]) for i in range(200)]
+        first = [await connect(http, n) for n in nodes]  # one on each node, then
+        # 197 handshakes at once, spread over three nodes: the limit holds across them
+        tries = [connect(http, nodes[i % 3]) for i in range(197)]
         got = await asyncio.gather(*tries, return_exceptions=True)
-        opened = [ws for ws in got if isinstance(ws, aiohttp.ClientWebSocketResponse)]
+        opened = first + [ws for ws in got if isinstance(ws, aiohttp.ClientWebSocketResponse)]
         refused = [e for e in got if isinstance(e, aiohttp.WSServerHandshakeError)]
-        assert (len(opened), len(refused)) == (40, 160), [
-            e
-            for e in got
-            if not isinstance(e, aiohttp.ClientWebSocketResponse | aiohttp.WSServerHandshakeError)
-        ][:3]
+        odd = [e for e in got if not isinstance(e, aiohttp.ClientWebSocketResponse)]
+        assert (len(opened), len(refused)) == (40, 160), odd[:3]
         assert {e.status for e in refused} == {429}
         # the sessions API on B lists every node's sessions, each with its node
         status, listed = await get_json(http, f"{b.base}/v1/local/default/sessions")
@@ -198,16 +196,17 @@ async def test_limits_secrets_sessions_and_logs_are_shared(
         assert len({rec["session_id"] for rec in logs["records"]}) == len(logs["records"])
 
 
-async def test_a_killed_node_frees_its_slots_within_the_lease(
+async def test_a_killed_node_frees_its_slots_and_its_sessions_get_their_records(
     backends: Backends, http: aiohttp.ClientSession
 ) -> None:
-    async with (
-        backends.node("node-a", max_connections=5) as a,
-        backends.node("node-b", max_connections=5) as b,
-    ):
+    a, b, c = (backends.node(n, max_connections=5) for n in ("node-a", "node-b", "node-c"))
+    async with a, b, c:
         held = [await connect(http, a) for _ in range(5)]
+        for ws in held:  # some traffic, for the records to count
+            assert await echoes(ws, "x" * 100)
         assert (await handshake_status(http, b))[0] == 429
-        await a.kill()  # kill -9: A gives nothing back
+        await asyncio.sleep(LEASE / 3 + 0.2)  # a renewal carries the counts to the state
+        await a.kill()  # kill -9: A gives nothing back and writes no record
         killed = time.monotonic()
 
         async def b_accepts() -> bool:
@@ -217,6 +216,24 @@ async def test_a_killed_node_frees_its_slots_within_the_lease(
         assert time.monotonic() - killed <= LEASE + 2
         _, listed = await get_json(http, f"{b.base}/v1/local/default/sessions")
         assert all(row["node"] != "node-a" for row in listed["sessions"])
+
+        # B and C both reap; each of A's sessions gets exactly one record, "node_lost"
+        async def a_records() -> list[Any]:
+            _, logs = await get_json(http, f"{b.base}/v1/local/default/logs?limit=100")
+            return [r for r in logs["records"] if r["node"] == "node-a"]
+
+        async def all_reaped() -> bool:
+            return len(await a_records()) >= 5
+
+        await eventually(all_reaped, within=LEASE + 5, every=0.3)
+        await asyncio.sleep(LEASE)  # more reaping rounds: still one record each
+        lost = await a_records()
+        assert len(lost) == len({r["session_id"] for r in lost}) == 5
+        for rec in lost:
+            assert rec["error"] == "node_lost"
+            assert rec["client_close_code"] is None
+            assert rec["client_frames"] == 1
+            assert rec["client_bytes"] == 100
         for ws in held:
             await ws.close()
 

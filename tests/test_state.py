@@ -278,6 +278,25 @@ async def test_what_a_node_stops_renewing_lapses(redis_nodes: Nodes) -> None:
     assert await living.get_location("loc:living") == "living"
 
 
+async def test_a_dead_nodes_sessions_are_reaped_once(redis_nodes: Nodes) -> None:
+    # the entries of a node that stopped renewing: handed out once, to one reaper
+    reapers = [await redis_nodes.node(f"living{i}", lease_seconds=0.6) for i in range(3)]
+    dead = await redis_nodes.node("dead", lease_seconds=0.6, start=False)  # never renews
+    for i in range(5):
+        await dead.put_session("acct/gw", f"s{i}", lambda i=i: b'{"id": "s%d"}' % i)
+    await reapers[0].put_session("acct/gw", "alive", lambda: b'{"id": "alive"}')
+    await reapers[1].remove_session("acct/gw", "nothing")
+    assert await reapers[0].reap_sessions("acct/gw") == []  # not lapsed yet
+    await asyncio.sleep(1.0)
+    got = await asyncio.gather(*(r.reap_sessions("acct/gw") for r in reapers * 3))
+    reaped = sorted(entry for found in got for entry in found)
+    assert reaped == [b'{"id": "s%d"}' % i for i in range(5)]
+    assert await reapers[2].list_sessions("acct/gw") == [b'{"id": "alive"}']
+    await reapers[0].remove_session("acct/gw", "alive")  # ended properly: never reaped
+    await asyncio.sleep(1.0)
+    assert await reapers[1].reap_sessions("acct/gw") == []
+
+
 async def test_close_gives_back_at_once(redis_nodes: Nodes, raw: Redis) -> None:
     a, b = await redis_nodes.node("a"), await redis_nodes.node("b")
     assert await a.acquire_slot("k", "h", 1)

@@ -33,6 +33,7 @@ from voxgate.server import (  # route modules import services, never this factor
     speech_routes,
 )
 from voxgate.server.services import SERVICES, Services, error_response
+from voxgate.server.sessions import reap_forever
 from voxgate.settings import Settings
 from voxgate.state import StateBackend, open_state
 from voxgate.store import UsageStore, open_store
@@ -178,6 +179,7 @@ async def _startup(app: web.Application) -> None:
     await s.connector.start()
     await s.engines.preload()
     s.media.start()
+    s.reaper = asyncio.create_task(reap_forever(s), name="voxgate-reaper")
     s.ready = True
 
 
@@ -186,6 +188,9 @@ async def _shutdown(app: web.Application) -> None:
     s.ready = False
     s.draining.set()
     s.stopping.set()
+    if s.reaper is not None:
+        s.reaper.cancel()
+        await asyncio.gather(s.reaper, return_exceptions=True)
     for conn in list(s.live):
         conn.stop()
     for speech in list(s.live_speech):

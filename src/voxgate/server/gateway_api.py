@@ -34,7 +34,7 @@ async def list_sessions(request: web.Request) -> web.Response:
     state = "ok"
     try:
         for entry in await s.state.list_sessions(scope):
-            row = orjson.loads(entry)
+            row = orjson.loads(entry).get("session")
             if isinstance(row, dict) and isinstance(row.get("id"), str):
                 started = row.get("started_at")
                 if isinstance(started, int | float):  # as of now, not of the renewal

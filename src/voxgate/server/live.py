@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,5 +76,21 @@ class Live:
         }
 
     def describe(self) -> bytes:
-        """The registry entry (JSON), as of now: other nodes list this."""
-        return orjson.dumps(self.row(self._wall()))
+        """The registry entry (JSON), as of now: ``session``, the row other nodes list,
+        and ``record``, the usage record that another node writes (``error:
+        "node_lost"``) should this node die with the session live (see
+        :func:`~voxgate.server.sessions.reap_lost_sessions`)."""
+        wall = self._wall()
+        record = self.counters.record(
+            now=asyncio.get_running_loop().time(),
+            wall=wall,
+            client_close_code=None,
+            upstream_close_code=None,
+            error=LOST,
+        )
+        record = dataclasses.replace(record, node=self.node)
+        return orjson.dumps({"session": self.row(wall), "record": record.to_json()})
+
+
+#: The error of the record of a session whose node died with it live.
+LOST = "node_lost"

@@ -66,6 +66,8 @@ class Services:
     #: Set as live sessions are stopped (after the drain): a handler not yet listed in
     #: ``live`` or ``live_speech`` checks it, so it too closes with 1012.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Writes the records of sessions other nodes died with (``sessions.reap_forever``).
+    reaper: asyncio.Task[None] | None = None
     #: Usage writes still in flight, awaited at shutdown so no record is lost.
     pending_writes: set[asyncio.Task[None]] = field(default_factory=set)
     #: Removes configured secrets (and auth-scheme values) from captured frames.

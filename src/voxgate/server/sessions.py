@@ -18,9 +18,11 @@ import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 from aiohttp import web
 
 from voxgate.core.limits import LIMIT_NAMES, CloseCode
+from voxgate.core.records import UsageRecord
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.errors import BadRequest, Draining, LimitExceeded, StateUnavailable
 from voxgate.protocols.relay.capture import Capture
@@ -88,6 +90,51 @@ async def open_session(
         if began and live.recorded:
             end = live.end
             await save_record(s, counters, end.client_code, end.upstream_code, end.error)
+
+
+async def reap_lost_sessions(s: Services) -> int:
+    """Write the usage records of sessions whose node died with them live (their lease
+    in the shared state lapsed): each as its node last described it, with ``error:
+    "node_lost"`` and no close codes. Every node runs this; the state hands each lost
+    session to one of them. Returns how many were written. Raises StateUnavailable."""
+    written = 0
+    for gw in s.settings.all_gateways():
+        for entry in await s.state.reap_sessions(f"{gw.account}/{gw.name}"):
+            record = _lost_record(entry)
+            if record is None:
+                log.error("a lost session's entry could not be read: %r", entry[:500])
+                continue
+            log.warning(
+                "session %s of node %s was lost with its node; its record is written",
+                record.session_id,
+                record.node,
+            )
+            await write_record(s.store, record)
+            written += 1
+    return written
+
+
+def _lost_record(entry: bytes) -> UsageRecord | None:
+    """The record in a registry entry (:meth:`Live.describe`), ``None`` if unreadable."""
+    try:
+        raw = orjson.loads(entry)["record"]
+        known = {f.name for f in dataclasses.fields(UsageRecord)}
+        return UsageRecord(**{k: v for k, v in raw.items() if k in known})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+async def reap_forever(s: Services) -> None:
+    """Every ``state.lease_seconds / 3``: :func:`reap_lost_sessions`, whatever happens,
+    until cancelled."""
+    while True:
+        await asyncio.sleep(s.state.lease_seconds / 3)
+        try:
+            await reap_lost_sessions(s)
+        except StateUnavailable:
+            pass  # the state server is down: the next round tries again
+        except Exception:  # one bad round must not end the loop: records would be lost
+            log.exception("reaping lost sessions failed; trying again")
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,8 @@ Four things live here, each keyed by strings the server composes:
 
 - **connection slots**: ``limit`` holders at most per key (a gateway, a token);
 - **client secrets** (``ek_…``): an opaque payload until it expires;
-- **live sessions** per scope (``account/gateway``), for the sessions API of every node;
+- **live sessions** per scope (``account/gateway``), for the sessions API of every node,
+  and, once a dead node's lease on one lapses, for one other node to write its record;
 - **locations**: a small directory (which node holds an SFU session).
 
 Everything a node puts, except secrets, is a *lease* held by that node: the backend
@@ -104,6 +105,13 @@ class StateBackend(ABC):
 
     @abstractmethod
     async def remove_session(self, scope: str, session_id: str) -> None: ...
+
+    async def reap_sessions(self, scope: str) -> list[bytes]:
+        """The entries of sessions under ``scope`` whose node stopped renewing them (it
+        died): each is handed to exactly one caller, once, so that one node writes its
+        usage record. In one process there is nothing to reap: a session goes with its
+        node. Raises StateUnavailable."""
+        return []
 
     @abstractmethod
     async def list_sessions(self, scope: str) -> list[bytes]:

@@ -96,19 +96,23 @@ return 0
 # KEYS[1] slot set: its members whose lease has not ended.
 _COUNT = _NOW + "return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')\n"
 
-# Writes leases: KEYS[1..n] sorted sets, KEYS[n+1..] strings; ARGV: lease ms, n, then for
-# each KEYS[i] its member (sorted set) or value (string) at ARGV[2 + i].
+# Writes leases: KEYS[1..n] sorted sets, KEYS[n+1..n+m] strings kept ``keep`` ms (session
+# entries: they outlive their lease so that a lapsed session can be reaped), the other
+# KEYS strings kept one lease; ARGV: lease ms, keep ms, n, m, then for each KEYS[i] its
+# member (sorted set) or value (string) at ARGV[4 + i].
 _LEASE = (
     _NOW
     + """
 local lease = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
+local keep = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local m = tonumber(ARGV[4])
 for i = 1, n do
-  redis.call('ZADD', KEYS[i], now + lease, ARGV[2 + i])
-  if redis.call('PTTL', KEYS[i]) < lease then redis.call('PEXPIRE', KEYS[i], lease) end
+  redis.call('ZADD', KEYS[i], now + lease, ARGV[4 + i])
+  if redis.call('PTTL', KEYS[i]) < keep then redis.call('PEXPIRE', KEYS[i], keep) end
 end
 for i = n + 1, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[2 + i], 'PX', lease)
+  redis.call('SET', KEYS[i], ARGV[4 + i], 'PX', (i <= n + m) and keep or lease)
 end
 return #KEYS
 """
@@ -118,11 +122,28 @@ return #KEYS
 _LIST = (
     _NOW
     + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local found = {}
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')) do
   local entry = redis.call('GET', ARGV[1] .. id)
   if entry then found[#found + 1] = entry end
+end
+return found
+"""
+)
+
+# KEYS[1] a scope's session set; ARGV[1] the prefix of its entries' keys. The entries of
+# sessions whose lease lapsed, each taken out as it is returned: one caller gets it.
+_REAP = (
+    _NOW
+    + """
+local found = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('ZREM', KEYS[1], id)
+  local entry = redis.call('GET', ARGV[1] .. id)
+  if entry then
+    redis.call('DEL', ARGV[1] .. id)
+    found[#found + 1] = entry
+  end
 end
 return found
 """
@@ -153,6 +174,10 @@ def _problem(exc: BaseException) -> str:
         return f"redis answered {code}" if code.isalpha() and code.isupper() else "redis error"
     return f"redis error ({type(exc).__name__})"
 
+
+#: A session entry is kept this many leases after its node last renewed it: time for a
+#: live node to reap it (and write its record) once its lease has lapsed.
+KEEP_LEASES = 3
 
 #: Connections one node keeps to Redis, at most.
 MAX_CONNECTIONS = 64
@@ -197,10 +222,12 @@ class RedisState(StateBackend):
             raise ConfigError(f"state.url: not a valid redis URL ({type(exc).__name__})") from exc
         self._prefix = prefix
         self._lease_ms = max(1, round(lease_seconds * 1000))
+        self._keep_ms = self._lease_ms * KEEP_LEASES
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._count = self._redis.register_script(_COUNT)
         self._lease = self._redis.register_script(_LEASE)
         self._list = self._redis.register_script(_LIST)
+        self._reap = self._redis.register_script(_REAP)
         self._unset = self._redis.register_script(_UNSET)
         # what this node holds, renewed by _renew_forever
         self._slots: set[tuple[str, str]] = set()
@@ -344,14 +371,16 @@ class RedisState(StateBackend):
         locations = dict(self._locations)
         sessions = list(self._sessions.items())
         zsets = [(self._slot_key(k), h) for k, h in slots]
-        strings: list[tuple[str, str | bytes]] = []
+        kept: list[tuple[str, str | bytes]] = []
         for (scope, session_id), describe in sessions:
             zsets.append((self._index_key(scope), session_id))
             entry = self._describe(scope, session_id, describe)
-            strings.append((self._entry_prefix(scope) + session_id, entry))
-        strings += [(self._location_key(k), v) for k, v in locations.items()]
+            kept.append((self._entry_prefix(scope) + session_id, entry))
+        strings: list[tuple[str, str | bytes]] = [
+            (self._location_key(k), v) for k, v in locations.items()
+        ]
         with self._exchange("renewing leases"):
-            await self._write_leases(zsets, strings)
+            await self._write_leases(zsets, kept, strings)
             # What was let go while the renewal was on its way may have been written back.
             await self._let_go_again(slots, {s for s, _ in sessions}, locations)
 
@@ -388,15 +417,21 @@ class RedisState(StateBackend):
         await pipe.execute()
 
     async def _write_leases(
-        self, zsets: Sequence[tuple[str, str]], strings: Sequence[tuple[str, str | bytes]]
+        self,
+        zsets: Sequence[tuple[str, str]],
+        kept: Sequence[tuple[str, str | bytes]],
+        strings: Sequence[tuple[str, str | bytes]] = (),
     ) -> None:
-        """Lease ``zsets``' members and ``strings``' values: one round trip (a ``PING``
-        when there is nothing to write, so the renewal still checks the server)."""
+        """Lease ``zsets``' members and ``strings``' values, and write ``kept`` values (the
+        session entries, kept ``KEEP_LEASES`` leases to be reaped): one round trip (a
+        ``PING`` when there is nothing to write, so the renewal still checks the server)."""
         calls: list[tuple[int, list[str | bytes | int]]] = []
-        for at in range(0, max(len(zsets), len(strings)), _RENEW_CHUNK):
-            z, s = zsets[at : at + _RENEW_CHUNK], strings[at : at + _RENEW_CHUNK]
-            keys = [k for k, _ in z] + [k for k, _ in s]
-            args = [self._lease_ms, len(z), *(m for _, m in z), *(v for _, v in s)]
+        for at in range(0, max(len(zsets), len(kept), len(strings)), _RENEW_CHUNK):
+            z, k = zsets[at : at + _RENEW_CHUNK], kept[at : at + _RENEW_CHUNK]
+            s = strings[at : at + _RENEW_CHUNK]
+            keys = [key for key, _ in z] + [key for key, _ in k] + [key for key, _ in s]
+            args: list[str | bytes | int] = [self._lease_ms, self._keep_ms, len(z), len(k)]
+            args += [m for _, m in z] + [v for _, v in k] + [v for _, v in s]
             calls.append((len(keys), [*keys, *args]))
         for attempt in (1, 2):
             pipe = self._redis.pipeline(transaction=False)
@@ -489,6 +524,13 @@ class RedisState(StateBackend):
                 await pipe.execute()
         except StateUnavailable as exc:
             log.warning("state: session %s not unlisted (it lapses): %s", session_id, exc)
+
+    async def reap_sessions(self, scope: str) -> list[bytes]:
+        with self._exchange("reaping sessions"):
+            found = await self._reap(
+                keys=[self._index_key(scope)], args=[self._entry_prefix(scope)]
+            )
+        return [bytes(entry) for entry in found]
 
     async def list_sessions(self, scope: str) -> list[bytes]:
         with self._exchange("listing sessions"):
