@@ -27,6 +27,7 @@ from voxgate.testing.cluster import (
     POSTGRES_STOP,
     REDIS_START,
     Node,
+    empty_redis,
     fresh_database,
     postgres_reason,
     redis_reason,
@@ -73,23 +74,13 @@ async def backends(tmp_path: Path) -> AsyncIterator[Backends]:
     if why is not None:
         pytest.skip(why)
     redis_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
-    await _flush_redis()
+    await empty_redis(REDIS_DB)
     async with (
         fresh_database(f"voxgate_cluster_{os.getpid()}") as store_url,
         RecordingUpstream() as upstream,
     ):
         yield Backends(redis_url, store_url, upstream, tmp_path)
-    await _flush_redis()
-
-
-async def _flush_redis() -> None:
-    import redis.asyncio as aioredis
-
-    r = aioredis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
-    try:
-        await r.flushdb()
-    finally:
-        await r.aclose()
+    await empty_redis(REDIS_DB)
 
 
 @pytest.fixture

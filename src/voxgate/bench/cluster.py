@@ -30,19 +30,21 @@ from pathlib import Path
 
 import aiohttp
 
+from voxgate.bench.relay import pct
 from voxgate.core.records import UsageRecord
 from voxgate.runner import run_main
 from voxgate.settings import StoreSettings
 from voxgate.store import UsageStore, open_store
-from voxgate.testing.cluster import Node, fresh_database, postgres_reason, redis_reason
+from voxgate.testing.cluster import (
+    Node,
+    empty_redis,
+    fresh_database,
+    postgres_reason,
+    redis_reason,
+)
 from voxgate.testing.upstream import RecordingUpstream
 
 REDIS_DB = 14
-
-
-def _pct(xs: Sequence[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def _node_config(state: str, upstream: str, tmp: Path, name: str) -> str:
@@ -68,7 +70,7 @@ async def handshakes(n: int, tmp: Path) -> None:
     if why is not None:
         print(f"handshake latency: skipped ({why})")
         return
-    await _flush(REDIS_DB)
+    await empty_redis(REDIS_DB)
     async with RecordingUpstream() as up:
         mem = Node("bench-memory", _node_config("memory://", up.url, tmp, "m"), tmp / "m")
         red = Node(
@@ -93,7 +95,7 @@ async def handshakes(n: int, tmp: Path) -> None:
     print(f"\nRelay handshake (upgrade through a dialled echo upstream), {n} each, interleaved")
     print(f"  {'state':<10}{'p50 ms':>10}{'p95 ms':>10}")
     for name, xs in times.items():
-        print(f"  {name:<10}{_pct(xs, 0.5) * 1e3:>10.3f}{_pct(xs, 0.95) * 1e3:>10.3f}")
+        print(f"  {name:<10}{pct(xs, 0.5) * 1e3:>10.3f}{pct(xs, 0.95) * 1e3:>10.3f}")
     added = (statistics.median(r) - statistics.median(m)) * 1e3
     print(f"  added by redis:// over memory://, p50: {added:.3f} ms (target <= 1 ms)")
     await _state_ops(n)
@@ -117,21 +119,11 @@ async def _state_ops(n: int) -> None:
             took.append(time.perf_counter() - started)
     finally:
         await state.close()
-        await _flush(REDIS_DB)
+        await empty_redis(REDIS_DB)
     print(
         f"  one session's state operations on Redis (4 round trips): "
-        f"p50 {_pct(took, 0.5) * 1e3:.3f} ms, p95 {_pct(took, 0.95) * 1e3:.3f} ms"
+        f"p50 {pct(took, 0.5) * 1e3:.3f} ms, p95 {pct(took, 0.95) * 1e3:.3f} ms"
     )
-
-
-async def _flush(db: int) -> None:
-    import redis.asyncio as aioredis
-
-    r = aioredis.Redis(host="127.0.0.1", port=6379, db=db)
-    try:
-        await r.flushdb()
-    finally:
-        await r.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -225,7 +217,7 @@ async def sfu(n: int, tmp: Path) -> None:
         return
     from voxgate.bench.cluster_sfu import cross_node_latency
 
-    await _flush(REDIS_DB)
+    await empty_redis(REDIS_DB)
     secret = os.urandom(16).hex()
     config = (
         f'[state]\nurl = "redis://127.0.0.1:6379/{REDIS_DB}"\n'
@@ -238,7 +230,7 @@ async def sfu(n: int, tmp: Path) -> None:
         async with a, b:
             added = await cross_node_latency(a.base, b.base, packets=n)
     finally:
-        await _flush(REDIS_DB)
+        await empty_redis(REDIS_DB)
     print("\nCross-node SFU pull, one track published on A, pulled on A and on B at once")
     print(f"  {added.summary()}")
     print(f"  added p50 {added.p50_ms:.3f} ms (target <= 2 ms)")

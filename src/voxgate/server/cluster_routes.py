@@ -32,7 +32,8 @@ from voxgate.core.sfu.feeds import SUBPROTOCOL, TRACK_ENDED, FeedSender
 from voxgate.core.sfu.tracks import TrackSource
 from voxgate.errors import SfuError, StateUnavailable
 from voxgate.protocols.relay.auth import bearer, token_matches
-from voxgate.server.services import SERVICES, Services, json_response
+from voxgate.server.services import SERVICES, Services
+from voxgate.server.sfu_service import sfu_error
 from voxgate.settings import Settings
 from voxgate.state import StateBackend
 from voxgate.transports.feeds import FeedDialer
@@ -102,10 +103,6 @@ class ClusterNode:
 CLUSTER = web.AppKey("voxgate_cluster", ClusterNode)
 
 
-def _refusal(status: int, code: str, description: str) -> web.Response:
-    return json_response({"errorCode": code, "errorDescription": description}, status=status)
-
-
 def _local_track(s: Services, app_id: str, sid: str, name: str) -> TrackSource | None:
     """Only a track published here: a feed is never passed on from a third node."""
     session = s.media.sessions.get(sid)
@@ -119,14 +116,14 @@ async def feed(request: web.Request) -> web.StreamResponse:
     node = request.app[CLUSTER]
     expected = s.settings.cluster.secret.value
     if not expected:
-        return _refusal(403, "cluster_secret_unset", "this node has no cluster secret set")
+        return sfu_error(403, "cluster_secret_unset", "this node has no cluster secret set")
     presented = bearer(request.headers.get("Authorization"))
     if not presented or not token_matches(presented, expected):
-        return _refusal(401, "unauthorized", "missing or wrong cluster secret")
+        return sfu_error(401, "unauthorized", "missing or wrong cluster secret")
     app_id, sid, name = (request.match_info[k] for k in ("app", "sid", "track"))
     source = _local_track(s, app_id, sid, name)
     if source is None:
-        return _refusal(404, "not_found", f"no track {name!r} in session {sid!r} here")
+        return sfu_error(404, "not_found", f"no track {name!r} in session {sid!r} here")
     ws = web.WebSocketResponse(
         protocols=(SUBPROTOCOL,), heartbeat=HEARTBEAT, max_msg_size=4096, timeout=2.0
     )

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from voxgate.core.records import UsageRecord
 from voxgate.core.relay import RelaySession
 
 
@@ -28,7 +30,7 @@ class SessionEnd:
 class Live:
     """One session between :func:`~voxgate.server.sessions.open_session` and its record."""
 
-    def __init__(self, counters: RelaySession, *, node: str, wall: Any) -> None:
+    def __init__(self, counters: RelaySession, *, node: str, wall: Callable[[], float]) -> None:
         self.counters = counters
         self.node = node
         self.end = SessionEnd()
@@ -75,21 +77,24 @@ class Live:
             "characters": c.characters,
         }
 
+    def record(self, end: SessionEnd) -> UsageRecord:
+        """The session's usage record as of now, ended as ``end`` says."""
+        record = self.counters.record(
+            now=asyncio.get_running_loop().time(),
+            wall=self._wall(),
+            client_close_code=end.client_code,
+            upstream_close_code=end.upstream_code,
+            error=end.error,
+        )
+        return dataclasses.replace(record, node=self.node)
+
     def describe(self) -> bytes:
         """The registry entry (JSON), as of now: ``session``, the row other nodes list,
         and ``record``, the usage record that another node writes (``error:
         "node_lost"``) should this node die with the session live (see
         :func:`~voxgate.server.sessions.reap_lost_sessions`)."""
-        wall = self._wall()
-        record = self.counters.record(
-            now=asyncio.get_running_loop().time(),
-            wall=wall,
-            client_close_code=None,
-            upstream_close_code=None,
-            error=LOST,
-        )
-        record = dataclasses.replace(record, node=self.node)
-        return orjson.dumps({"session": self.row(wall), "record": record.to_json()})
+        record = self.record(SessionEnd(None, None, LOST))
+        return orjson.dumps({"session": self.row(record.ended_at), "record": record.to_json()})
 
 
 #: The error of the record of a session whose node died with it live.

@@ -6,8 +6,7 @@ end here, in this order::
     refuse if draining ─ meter ─ connection slots ─ listed live (this node, and the
     shared registry) ─ [the session runs] ─ unlisted ─ slots released ─ one usage record
 
-What runs in between binds its connection (:meth:`Live.bind`) so that a shutdown can stop
-it, and says how it ended (:attr:`Live.end`), which the record keeps.
+What runs in between says how it ended (:attr:`Live.end`), which the record keeps.
 """
 
 from __future__ import annotations
@@ -88,8 +87,7 @@ async def open_session(
         if began:
             live.closed.set_result(None)
         if began and live.recorded:
-            end = live.end
-            await save_record(s, counters, end.client_code, end.upstream_code, end.error)
+            await save_record(s, live)
 
 
 async def reap_lost_sessions(s: Services) -> int:
@@ -215,23 +213,11 @@ async def run_live(
     return ending
 
 
-async def save_record(
-    s: Services,
-    session: RelaySession,
-    client_code: int | None,
-    upstream_code: int | None,
-    error: str | None,
-) -> None:
-    """Write the usage record; shielded so a cancelled handler still leaves its record."""
-    record = session.record(
-        now=asyncio.get_running_loop().time(),
-        wall=s.clock.wall(),
-        client_close_code=client_code,
-        upstream_close_code=upstream_code,
-        error=error,
-    )
-    record = dataclasses.replace(record, node=s.state.node)
-    task = asyncio.create_task(write_record(s.store, record, session.capture()))
+async def save_record(s: Services, live: Live) -> None:
+    """Write the session's usage record, ended as ``live.end`` says; shielded so a
+    cancelled handler still leaves its record."""
+    record = live.record(live.end)
+    task = asyncio.create_task(write_record(s.store, record, live.counters.capture()))
     s.pending_writes.add(task)
     task.add_done_callback(s.pending_writes.discard)
     try:

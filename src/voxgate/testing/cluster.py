@@ -53,6 +53,17 @@ def redis_reason(host: str = REDIS_HOST, port: int = REDIS_PORT) -> str | None:
     return None
 
 
+async def empty_redis(db: int, host: str = REDIS_HOST, port: int = REDIS_PORT) -> None:
+    """FLUSHDB on Redis database ``db`` (a test's or a benchmark's own)."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis(host=host, port=port, db=db, socket_connect_timeout=1)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
 async def postgres_reason(dsn: str = POSTGRES_DSN) -> str | None:
     """``None`` when PostgreSQL accepts a connection at ``dsn``, else why not."""
     try:
