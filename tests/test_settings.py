@@ -106,6 +106,13 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
         ("", {"VOXGATE_SERVER__PORT": "abc"}, r"server\.port: .* \(from VOXGATE_SERVER__PORT\)"),
         ("[server]\nlog_format = 'xml'\n", {}, r"server\.log_format: must be one of text, json"),
         ("[store]\nurl = 'mysql://x'\n", {}, r"store\.url: must start with sqlite://"),
+        ("[store]\nbatch_size = 0\n", {}, r"store\.batch_size: must be between 1 and 10000"),
+        ("[store]\nqueue_max = 0\n", {}, r"store\.queue_max: must be >= 1"),
+        ("[state]\nurl = 'http://x'\n", {}, r"state\.url: must start with memory:// or redis://"),
+        ("[state]\nlease_seconds = 0\n", {}, r"state\.lease_seconds: must be >= 1"),
+        ("[server]\ndrain_seconds = -1\n", {}, r"server\.drain_seconds: must be >= 0"),
+        ("[cluster]\nsecret_env = 3\n", {}, r"cluster\.secret_env: expected a string"),
+        ("[cluster]\nsecret = 'inline'\n", {}, r"cluster\.secret: unknown key"),
         (
             "[accounts.local.gateways.default]\nlimits = { idle_seconds = -1 }\n",
             {},

@@ -22,7 +22,7 @@ import pytest
 from redis.asyncio import Redis
 
 from conftest import wait_for
-from voxgate.errors import StateUnavailable
+from voxgate.errors import ConfigError, StateUnavailable
 from voxgate.state import MemoryState, StateBackend, open_state
 from voxgate.state.redis import RedisState
 
@@ -396,6 +396,13 @@ async def test_a_dead_redis_fails_fast_and_says_why() -> None:
     assert not await state.ping()
     await state.close()
     assert time.monotonic() - began < 3
+
+
+@pytest.mark.parametrize("url", ["redis://:hunter2@[::1/0", "redis://:hunter2@host:port/0"])
+def test_a_bad_redis_url_is_a_config_error_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"state\.url") as bad:
+        open_state(url, node="a")
+    assert "hunter2" not in str(bad.value)
 
 
 async def test_a_redis_that_never_answers_times_out() -> None:

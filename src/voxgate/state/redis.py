@@ -200,9 +200,9 @@ class RedisState(StateBackend):
         timeout_seconds: float = 1.0,
     ) -> None:
         super().__init__(node=node, lease_seconds=lease_seconds)
-        parts = urlsplit(url)
-        self._password = parts.password
         try:
+            parts = urlsplit(url)
+            self._password = parts.password
             # scheme://host:port/db, without credentials: for logs
             self._where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
             # at most MAX_CONNECTIONS to Redis whatever the burst of handshakes: past
