@@ -1,24 +1,53 @@
-"""The threads engines compute on, at a lower scheduling priority than the event loop.
+"""The threads engines compute on: a priority queue, at a lower OS priority than the loop.
 
-Model inference (onnxruntime, CTranslate2, pocketsphinx) runs in these threads and
-releases the GIL while it computes. Their threads — and the threads those libraries
-start from them, which inherit the priority — are given a higher nice value, so when
-both cores are busy synthesizing, the event loop thread still gets a core the moment a
-frame arrives: relay latency does not suffer from a model computing beside it.
+Model inference (onnxruntime, CTranslate2, pocketsphinx, llama.cpp) runs in worker
+threads and releases the GIL while it computes, so the event loop never waits on it.
+Two kinds of fairness apply:
+
+- **Against the event loop.** Worker threads — and the threads the engine libraries
+  start from them, which inherit it — get a higher nice value, so when both cores are
+  busy, the loop's thread still gets a core the moment a frame arrives: relay latency
+  does not suffer from a model computing beside it.
+- **Between sessions.** Jobs carry a :class:`Priority`. A free thread takes the most
+  urgent queued job first (in order of submission within a priority): a response's first
+  clause and a turn's final transcript (``URGENT``) go before later clauses and partial
+  transcripts of other sessions (``NORMAL``). Long loops that run beside the pool — a
+  language model decoding token by token in its own thread — call
+  :meth:`EngineWorkers.pause_for_urgent` between tokens: while urgent work is queued or
+  running they wait (at most ``max_wait``), which hands the cores to it.
+
+Work that starts as a normal job but turns urgent part-way (a recognition feed that
+reaches the end of an utterance) marks the urgent stretch with :meth:`urgent`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
+import logging
 import os
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, TypeVar
 
-P = ParamSpec("P")
 T = TypeVar("T")
+
+log = logging.getLogger("voxgate.engines")
+
+
+class Priority(IntEnum):
+    #: Someone waits for it now: a turn's final transcript, a response's first clause,
+    #: the few milliseconds of voice detection on a live input.
+    URGENT = 0
+    #: Later clauses of an answer, partial transcripts, conversions.
+    NORMAL = 1
+    #: Loading models, warming caches.
+    BACKGROUND = 2
 
 
 def _lower_priority(nice: int) -> None:
@@ -27,23 +56,152 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
+@dataclass(order=True)
+class _Job:
+    priority: int
+    seq: int
+    fn: Callable[[], Any] = field(compare=False)
+    loop: asyncio.AbstractEventLoop = field(compare=False)
+    future: asyncio.Future[Any] = field(compare=False)
+    #: Set (under the lock) when the caller stopped waiting before a thread took it.
+    dropped: bool = field(default=False, compare=False)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 class EngineWorkers:
-    """A thread pool for engine work. ``run`` is the only way engines leave the loop."""
+    """Threads for engine work. ``run`` is the only way engines leave the loop.
+
+    The threads start with the first job (a constructor starts nothing) and are daemon
+    threads: a job stuck in native code does not hold the process at exit.
+    """
 
     def __init__(self, *, threads: int, nice: int = 10) -> None:
         self.threads = threads
-        self._pool = ThreadPoolExecutor(
-            max_workers=threads,
-            thread_name_prefix="voxgate-engine",
-            initializer=_lower_priority,
-            initargs=(nice,),
-        )
+        self._nice = nice
+        self._cond = threading.Condition()
+        self._queue: list[_Job] = []
+        self._seq = itertools.count()
+        #: Urgent jobs queued or running, plus open :meth:`urgent` stretches.
+        self._urgent = 0
+        self._started: list[threading.Thread] = []
+        self._closed = False
 
-    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    async def run(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        priority: Priority = Priority.NORMAL,
+        **kwargs: Any,
+    ) -> T:
+        """``fn(*args, **kwargs)`` in a worker thread, after every more urgent job queued.
+
+        Cancelling the caller drops a job no thread has taken yet; one already running
+        finishes and its result is discarded."""
         loop = asyncio.get_running_loop()
-        if kwargs:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-        return await loop.run_in_executor(self._pool, fn, *args)
+        future: asyncio.Future[T] = loop.create_future()
+        job = _Job(int(priority), next(self._seq), lambda: fn(*args, **kwargs), loop, future)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the engine workers are shut down")
+            if len(self._started) < self.threads:
+                self._start_thread()
+            heapq.heappush(self._queue, job)
+            if job.priority == Priority.URGENT:
+                self._urgent += 1
+            self._cond.notify_all()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            with self._cond:
+                if job in self._queue and not job.dropped:
+                    job.dropped = True
+                    if job.priority == Priority.URGENT:
+                        self._urgent -= 1
+                        self._cond.notify_all()
+            raise
+
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        """Mark urgent work done inside a worker thread by a job of lower priority:
+        loops calling :meth:`pause_for_urgent` wait until it ends."""
+        with self._cond:
+            self._urgent += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._urgent -= 1
+                self._cond.notify_all()
+
+    @property
+    def urgent_pending(self) -> int:
+        """Urgent jobs queued or running, and urgent stretches open."""
+        return self._urgent
+
+    def pause_for_urgent(self, max_wait: float = 0.5) -> float:
+        """From a thread outside the pool (a model decoding token by token): wait while
+        urgent work is queued or running, at most ``max_wait`` seconds so nothing starves.
+        Returns the seconds waited."""
+        if self._urgent == 0:
+            return 0.0
+        start = time.monotonic()
+        with self._cond:
+            self._cond.wait_for(lambda: self._urgent == 0 or self._closed, timeout=max_wait)
+        return time.monotonic() - start
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the threads after the jobs they are running; queued jobs are cancelled."""
+        with self._cond:
+            self._closed = True
+            queued, self._queue = self._queue, []
+            self._cond.notify_all()
+        for job in queued:
+            if not job.dropped:
+                with contextlib.suppress(RuntimeError):  # its loop is closed already
+                    job.loop.call_soon_threadsafe(job.future.cancel)
+
+    def _start_thread(self) -> None:
+        n = len(self._started)
+        thread = threading.Thread(target=self._work, name=f"voxgate-engine_{n}", daemon=True)
+        self._started.append(thread)
+        thread.start()
+
+    def _take(self) -> _Job | None:
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                while self._queue:
+                    job = heapq.heappop(self._queue)
+                    if not job.dropped:
+                        return job
+                self._cond.wait()
+
+    def _work(self) -> None:
+        _lower_priority(self._nice)
+        while (job := self._take()) is not None:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = job.fn()
+            except StopIteration as exc:  # a future cannot hold one
+                error = RuntimeError(f"engine job raised StopIteration: {exc}")
+            except BaseException as exc:  # handed to the caller, whatever it is
+                error = exc
+            finally:
+                if job.priority == Priority.URGENT:
+                    with self._cond:
+                        self._urgent -= 1
+                        self._cond.notify_all()
+            try:
+                job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+            except RuntimeError:  # the caller's loop is closed: nobody waits for it
+                log.debug("engine job finished after its loop closed")

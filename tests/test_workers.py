@@ -1,0 +1,123 @@
+"""The engine workers: priorities between sessions, urgent stretches, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from voxgate.engines.workers import EngineWorkers, Priority
+
+
+async def test_result_and_error_reach_the_caller() -> None:
+    w = EngineWorkers(threads=2)
+    try:
+        assert await w.run(lambda a, b=0: a + b, 2, b=3) == 5
+        with pytest.raises(ZeroDivisionError):
+            await w.run(lambda: 1 / 0)
+
+        def stop() -> None:
+            raise StopIteration
+
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            await w.run(stop)
+    finally:
+        w.shutdown()
+
+
+async def test_a_free_thread_takes_the_most_urgent_job_first() -> None:
+    w = EngineWorkers(threads=1)
+    gate = threading.Event()
+    order: list[str] = []
+    try:
+        blocker = asyncio.ensure_future(w.run(gate.wait, 5))
+        await asyncio.sleep(0.05)  # the only thread is busy: the rest queue
+        jobs = [
+            asyncio.ensure_future(w.run(order.append, name, priority=p))
+            for name, p in [
+                ("later clause A", Priority.NORMAL),
+                ("warm", Priority.BACKGROUND),
+                ("later clause B", Priority.NORMAL),
+                ("first clause C", Priority.URGENT),
+                ("final transcript D", Priority.URGENT),
+            ]
+        ]
+        await asyncio.sleep(0.05)
+        assert w.urgent_pending == 2
+        gate.set()
+        await asyncio.gather(blocker, *jobs)
+        assert order == [
+            "first clause C",
+            "final transcript D",
+            "later clause A",
+            "later clause B",
+            "warm",
+        ]
+        assert w.urgent_pending == 0
+    finally:
+        gate.set()
+        w.shutdown()
+
+
+async def test_a_cancelled_queued_job_never_runs() -> None:
+    w = EngineWorkers(threads=1)
+    gate = threading.Event()
+    ran: list[int] = []
+    try:
+        blocker = asyncio.ensure_future(w.run(gate.wait, 5))
+        await asyncio.sleep(0.05)
+        job = asyncio.ensure_future(w.run(ran.append, 1, priority=Priority.URGENT))
+        await asyncio.sleep(0.05)
+        job.cancel()
+        await asyncio.gather(job, return_exceptions=True)
+        assert w.urgent_pending == 0  # a dropped urgent job no longer holds back a decoder
+        gate.set()
+        await blocker
+        await w.run(ran.append, 2)
+        assert ran == [2]
+    finally:
+        gate.set()
+        w.shutdown()
+
+
+async def test_a_decoding_loop_pauses_while_urgent_work_runs() -> None:
+    w = EngineWorkers(threads=1)
+    try:
+        assert w.pause_for_urgent() == 0.0
+        started = threading.Event()
+
+        def final_transcript() -> None:
+            with w.urgent():
+                started.set()
+                time.sleep(0.2)
+
+        job = asyncio.ensure_future(w.run(final_transcript))
+        await asyncio.to_thread(started.wait, 5)
+        waited = await asyncio.to_thread(w.pause_for_urgent, 2.0)
+        assert 0.1 < waited < 1.0
+        await job
+        # never longer than max_wait: a decoder is not starved by a stream of urgent work
+        with w.urgent():
+            t0 = time.monotonic()
+            w.pause_for_urgent(0.05)
+            assert time.monotonic() - t0 < 0.5
+    finally:
+        w.shutdown()
+
+
+async def test_shutdown_cancels_what_is_queued() -> None:
+    w = EngineWorkers(threads=1)
+    gate = threading.Event()
+    blocker = asyncio.ensure_future(w.run(gate.wait, 5))
+    await asyncio.sleep(0.05)
+    queued = asyncio.ensure_future(w.run(time.sleep, 0))
+    await asyncio.sleep(0.05)
+    w.shutdown()
+    gate.set()
+    await blocker
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    with pytest.raises(RuntimeError, match="shut down"):
+        await w.run(time.sleep, 0)
