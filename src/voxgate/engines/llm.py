@@ -4,7 +4,8 @@
 values and ends with one :class:`~voxgate.protocols.chat.ChatDone`; the caller cancels
 the iteration to stop (barge-in, ``response.cancel``). Failures raise :class:`LLMError`.
 
-A session's ``model`` is ``provider/model``: ``voxgate/echo`` is embedded; any
+A session's ``model`` is ``provider/model``: ``voxgate/local`` (a language model on
+llama.cpp, :mod:`voxgate.engines.local_llm`) and ``voxgate/echo`` are embedded; any
 ``[llm.NAME]`` entry in the config is an OpenAI-compatible chat-completions endpoint;
 ``openai/…`` without an entry uses api.openai.com with the gateway's stored OpenAI key.
 """
@@ -15,12 +16,13 @@ import asyncio
 import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
 
 import aiohttp
 import orjson
 from aiohttp.http_exceptions import LineTooLong
 
-from voxgate.engines.base import EngineError, UpstreamEngineError
+from voxgate.engines.base import EngineError, EngineUnavailable, UpstreamEngineError
 from voxgate.protocols.chat import (
     ChatDone,
     ChatEvent,
@@ -47,6 +49,10 @@ class LanguageModel(ABC):
     @abstractmethod
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         """The answer to ``request``, streamed; ends with :class:`ChatDone`."""
+
+    async def warm(self, request: ChatRequest) -> None:  # noqa: B027 - remote models: nothing
+        """Prepare for a session whose requests start like ``request`` (its instructions
+        and tools): an embedded model evaluates them ahead of the first turn."""
 
 
 def _words(text: str | None) -> int:
@@ -195,6 +201,15 @@ def _error_message(body: bytes) -> str:
         return body[:200].decode(errors="replace")
 
 
+class LocalEngine(Protocol):
+    """The embedded model's engine (:class:`voxgate.engines.local_llm.LocalLLM`)."""
+
+    def model(self) -> LanguageModel:
+        """A session's handle on the engine; raises :class:`EngineUnavailable` (with
+        what to install) when the extra or the model is missing."""
+        ...
+
+
 class UnknownModel(EngineError):
     code = "model_not_found"
 
@@ -202,8 +217,15 @@ class UnknownModel(EngineError):
 class LLMRegistry:
     """Resolves ``provider/model`` names; owns the HTTP client the endpoints share."""
 
-    def __init__(self, llms: Mapping[str, LLMSettings], *, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        llms: Mapping[str, LLMSettings],
+        *,
+        local: LocalEngine | None = None,
+        timeout: float = 60.0,
+    ) -> None:
         self._llms = dict(llms)
+        self._local = local
         self._timeout = timeout
         self._http: aiohttp.ClientSession | None = None
 
@@ -216,9 +238,13 @@ class LLMRegistry:
         provider, sep, name = model.partition("/")
         if model == "voxgate/echo":
             return EchoModel()
+        if model == "voxgate/local":
+            if self._local is None:
+                raise EngineUnavailable("voxgate/local is not configured on this server")
+            return self._local.model()
         if not sep or not name:
             raise UnknownModel(
-                f"model {model!r} is not provider/model (e.g. voxgate/echo, "
+                f"model {model!r} is not provider/model (e.g. voxgate/local, voxgate/echo, "
                 f"openai/gpt-4o-mini; providers: {', '.join(self.providers())})"
             )
         settings = self._llms.get(provider)

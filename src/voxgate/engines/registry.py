@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from voxgate.engines.base import EngineUnavailable, SpeechToText, TextToSpeech
+from voxgate.engines.llm import LocalEngine
 from voxgate.engines.options import STT_TYPES, TTS_TYPES, engine_types
 from voxgate.engines.vad import SegmenterSettings
 from voxgate.engines.workers import EngineWorkers
-from voxgate.settings import SpeechSettings
+from voxgate.settings import LocalLLMSettings, SpeechSettings
 
 #: Engine and model names from other catalogues → the kind of engine they name. Each
 #: resolves to the default engine of its kind (``speech.default_tts``/``default_stt``)
@@ -137,6 +138,20 @@ class EngineRegistry:
             engine = self._stt[name]
         return engine
 
+    def local_llm(self, settings: LocalLLMSettings) -> LocalEngine:
+        """The engine of ``voxgate/local`` with ``settings``: one per registry (and
+        settings), created now, loaded on first use, closed with the registry."""
+        from voxgate.engines.local_llm import LocalLLM
+
+        key = f"local_llm:{settings!r}"
+        engine = self._shared.get(key)
+        if not isinstance(engine, LocalLLM):
+            engine = LocalLLM(
+                settings, cache_dir=Path(self.settings.cache_dir).expanduser(), workers=self.workers
+            )
+            self._shared[key] = engine
+        return engine
+
     async def preload(self) -> None:
         for name in self.settings.preload:
             kind = self._types.get(name)
@@ -150,6 +165,11 @@ class EngineRegistry:
             await tts.close()
         for stt in self._stt.values():
             await stt.close()
+        from voxgate.engines.local_llm import LocalLLM
+
+        for shared in self._shared.values():
+            if isinstance(shared, LocalLLM):
+                await shared.close()
         self.workers.shutdown()
         processes = self._shared.get("sphinx_processes")
         if processes is not None:

