@@ -97,6 +97,8 @@ class Session:
     #: Wall time at which the audio at each position (ms, per chunk) was sent.
     sent_at: list[float] = field(default_factory=list)
     events: asyncio.Queue[tuple[float, dict[str, Any]]] = field(default_factory=asyncio.Queue)
+    #: The session object of the last ``session.updated`` :func:`open_session` awaited.
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def position_ms(self) -> float:
@@ -137,15 +139,23 @@ class Session:
 
 
 async def open_session(
-    http: aiohttp.ClientSession, base: str
+    http: aiohttp.ClientSession,
+    base: str,
+    *,
+    model: str = "voxgate/echo",
+    session: dict[str, Any] | None = None,
 ) -> tuple[Session, asyncio.Task[None]]:
-    ws = await http.ws_connect(f"{base}/v1/realtime?model=voxgate/echo", max_msg_size=0)
+    """A session of ``model`` updated with ``session`` (default: server VAD, 500 ms);
+    ``Session.config`` is the session object in force. The caller closes the socket and
+    awaits the reader task."""
+    ws = await http.ws_connect(f"{base}/v1/realtime?model={model}", max_msg_size=0)
     s = Session(ws)
     reader = asyncio.create_task(s.read())
     await s.until("session.created")
-    td = {"type": "server_vad", "silence_duration_ms": 500, "prefix_padding_ms": 300}
-    await s.send("session.update", session={"audio": {"input": {"turn_detection": td}}})
-    await s.until("session.updated")
+    update = session or {"audio": {"input": {"turn_detection": TURN_DETECTION}}}
+    await s.send("session.update", session=update)
+    _t, updated = await s.until("session.updated")
+    s.config = updated["session"]
     return s, reader
 
 
