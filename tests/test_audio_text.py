@@ -163,3 +163,20 @@ def test_segmenter_start_end_and_preroll() -> None:
     assert seg.end() is None
     # a torn frame waits for the rest of its bytes
     assert seg.push(b"\1") == []
+
+
+def test_an_answers_first_clause_is_taken_before_its_sentence_ends() -> None:
+    buf = SentenceBuffer()
+    said = []
+    for piece in ["The capital", " of France", " is Paris, a", " city of", " light."]:
+        buf.add(piece)
+        said.append(buf.take_clause(6))
+    assert said == ["", "", "The capital of France is Paris,", "", ""]
+    assert buf.take_sentences() == "a city of light."
+    many = SentenceBuffer()
+    many.add("One two three four five six seven")  # "seven" may still grow
+    assert many.take_clause(6) == "One two three four five six"
+    assert many.take_all() == "seven"
+    money = SentenceBuffer()
+    money.add("It costs 1,000 dollars")  # a comma inside a number ends no clause
+    assert money.take_clause(6) == ""

@@ -134,7 +134,7 @@ class _TestStream(SynthesisStream):
     def __init__(self, engine: _TestEngine) -> None:
         self.engine = engine
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, *, first: bool = True) -> AsyncIterator[bytes]:
         if "boom" in text:
             raise ValueError("an engine bug")
         if "wait" in text:

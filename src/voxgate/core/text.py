@@ -56,6 +56,10 @@ def sentence_ends(text: str, start: int = 0) -> list[int]:
     return out
 
 
+#: A complete word (followed by a space), group 1 set when it ends a clause or sentence.
+_CLAUSE_OR_WORD = re.compile(r"\S+?([,;:.!?])?(?=\s)")
+
+
 class SentenceBuffer:
     """Accumulates streamed text; :meth:`take_sentences` returns whole sentences only.
 
@@ -83,6 +87,20 @@ class SentenceBuffer:
         done, self._text = self._text[:cut], self._text[cut:]
         self._scanned = len(self._text)
         return done.strip()
+
+    def take_clause(self, max_words: int) -> str:
+        """The text up to the first clause boundary (``,``/``;``/``:`` then a space) or
+        the first ``max_words`` complete words, whichever comes first, once either is
+        there (``""`` before); removed from the buffer. A sentence end counts too."""
+        words = 0
+        for m in _CLAUSE_OR_WORD.finditer(self._text):
+            words += 1
+            if m.group(1) or words >= max_words:
+                cut = m.end()
+                done, self._text = self._text[:cut], self._text[cut:]
+                self._scanned = 0
+                return done.strip()
+        return ""
 
     def take_all(self) -> str:
         done, self._text = self._text, ""

@@ -107,8 +107,12 @@ class SynthesisStream(ABC):
     voice: str
 
     @abstractmethod
-    def synthesize(self, text: str) -> AsyncIterator[bytes]:
-        """Speak ``text``; yields PCM16 mono chunks. Cancel the iteration to interrupt."""
+    def synthesize(self, text: str, *, first: bool = True) -> AsyncIterator[bytes]:
+        """Speak ``text``; yields PCM16 mono chunks. Cancel the iteration to interrupt.
+
+        ``first``: the text starts an answer, so a listener waits for its first clause
+        (a local engine computes that clause ahead of other sessions' later ones); the
+        realtime speaker passes ``False`` for an answer's later clauses."""
 
     async def aclose(self) -> None:  # noqa: B027 - most streams hold nothing
         """Release what the stream holds (an upstream connection)."""

@@ -194,7 +194,7 @@ class CloudSynthesisStream(SynthesisStream):
             )
         return self._ws
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, *, first: bool = True) -> AsyncIterator[bytes]:
         self._count += 1
         context_id = f"utt-{self._count}"
         ws = await self._connection()

