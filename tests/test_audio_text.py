@@ -172,7 +172,7 @@ def test_an_answers_first_clause_is_taken_before_its_sentence_ends() -> None:
         buf.add(piece)
         said.append(buf.take_clause(6))
     assert said == ["", "", "The capital of France is Paris,", "", ""]
-    assert buf.take_sentences() == "a city of light."
+    assert buf.take_all() == "a city of light."
     many = SentenceBuffer()
     many.add("One two three four five six seven")  # "seven" may still grow
     assert many.take_clause(6) == "One two three four five six"
