@@ -161,22 +161,32 @@ async def _serve(settings: Settings) -> None:
 
 
 def _prepare_local_model(settings: Settings) -> None:
-    """Join and verify the embedded model's file before serving (once; a minute at most),
-    saying what happens: a first start is otherwise silent for that long."""
+    """Join and verify the embedded model's file before serving, saying so when it is
+    done for the first time (a minute at most, otherwise silent that long)."""
+    from voxgate.engines.base import EngineError
     from voxgate.engines.local_llm import PACKAGED, model_file
 
     cache = Path(settings.speech.cache_dir).expanduser() / "llm"
     packaged = PACKAGED.get(settings.local_llm.model)
-    joined = packaged is not None and len(packaged.packages) > 1
-    if joined and packaged is not None and not (cache / f"{packaged.file}.verified").is_file():
+    first = (
+        packaged is not None
+        and len(packaged.packages) > 1
+        and not (cache / f"{packaged.file}.verified").is_file()
+    )
+    if first and packaged is not None:
         print(
             f"voxgate/local: joining {packaged.file} ({packaged.size / 1e9:.1f} GB) from "
-            f"{len(packaged.packages)} package(s) into {cache} and checking its SHA-256 …",
+            f"{len(packaged.packages)} packages into {cache} and checking its SHA-256 …",
             flush=True,
         )
     started = time.monotonic()
-    path = model_file(settings.local_llm, cache)
-    print(f"voxgate/local: {path.name} ready ({time.monotonic() - started:.1f} s)", flush=True)
+    try:
+        path = model_file(settings.local_llm, cache)
+    except EngineError as exc:  # sessions that ask for it are told why
+        print(f"voxgate/local: unavailable: {exc}", file=sys.stderr, flush=True)
+        return
+    if first:
+        print(f"voxgate/local: {path.name} ready ({time.monotonic() - started:.1f} s)", flush=True)
 
 
 def _cmd_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
