@@ -47,7 +47,8 @@ export class TalkView {
     this.voice.value = current;
     if (!this.model.value) this.model.value = config.realtime.default_model;
     const list = this.root.querySelector("#talk-models");
-    list.replaceChildren(new Option(config.realtime.default_model));
+    const embedded = new Set([config.realtime.default_model, "voxgate/echo"]);
+    list.replaceChildren(...[...embedded].map((name) => new Option(name)));
     for (const llm of config.llm) list.append(new Option(`${llm.name}/`));
   }
 
