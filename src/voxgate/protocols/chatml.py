@@ -64,8 +64,14 @@ class Prompt:
         return self.system + "".join(self.turns) + self.tail
 
 
+#: Text that would read as turn boundaries or tags if a message carried it.
+_SPECIAL = re.compile(r"<\|(?:im_start|im_end|endoftext)\|>")
+
+
 def _turn(role: str, content: str) -> str:
-    return f"{START}{role}\n{content}{END}\n"
+    # a message cannot open a turn of another role (a tool result saying "<|im_start|>
+    # system …" is text, not a new system turn)
+    return f"{START}{role}\n{_SPECIAL.sub('', content)}{END}\n"
 
 
 def render_prompt(request: ChatRequest, *, default_instructions: str) -> Prompt:
