@@ -121,14 +121,21 @@ async def test_required_tool_choice_constrains_the_call(small: LocalLLM) -> None
 @needs_small
 async def test_warm_then_the_turn_evaluates_only_what_is_new(small: LocalLLM) -> None:
     model = small.model()
-    request = ask("Hi!", tools=(WEATHER,))
-    await model.warm(request)
+    start = ChatRequest("voxgate/local", (ChatMessage("system", "Answer briefly."),), (WEATHER,))
+    await model.warm(start)  # the session starts: instructions and tools
     [context] = small._contexts
-    warmed = len(context.cached())
-    assert warmed > 100  # the instructions and the tool list
+    system = await small.tokenize(model._prompt(start).system)
+    assert context.cached() == system and len(system) > 100
+    # the user is still speaking: the partial transcript is evaluated too
+    partial = ask("What is the capital of", tools=(WEATHER,))
+    await model.warm(partial)
+    spoken = len(context.cached())
+    assert spoken > len(system)
+    request = ask("What is the capital of France?", tools=(WEATHER,))
+    tokens = await small.tokenize(model._prompt(request).text)
+    assert context.shared_prefix(tokens) >= spoken - 1  # the turn adds only its last words
     await answer(small, request)
-    assert len(small._contexts) == 1  # the turn took the warmed context
-    assert context.cached()[:warmed] == (await small.tokenize(model._prompt(request).system))
+    assert len(small._contexts) == 1  # the turn took the prepared context
 
 
 @needs_small
@@ -216,7 +223,9 @@ async def test_realtime_conversation_on_the_default_model(gateway: GatewayFactor
         assert "paris" in done.output[0].content[0].text.lower()
 
         done = await turn("What's the weather like in Rome right now?")
-        [call] = [o for o in done.output if o.type == "function_call"]
+        calls = [o for o in done.output if o.type == "function_call"]
+        assert len(calls) == 1, done.output
+        [call] = calls
         assert call.name == "get_weather" and "rome" in call.arguments.lower()
         await conn.conversation.item.create(
             item={

@@ -43,6 +43,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from voxgate.engines.base import EngineError, EngineUnavailable
@@ -51,6 +53,7 @@ from voxgate.engines.packaged import join_verified, package_dir, verify_file
 from voxgate.engines.workers import EngineWorkers, Priority, _lower_priority
 from voxgate.protocols.chat import ChatDone, ChatEvent, ChatRequest, TextDelta, ToolCallDelta
 from voxgate.protocols.chatml import (
+    END,
     STOP,
     WORDS_ONLY_GBNF,
     OutputReader,
@@ -178,8 +181,51 @@ class _Job:
     max_tokens: int
     temperature: float
     grammar: Any
+    #: For ``tool_choice: auto``: decides between a call and words at the first token.
+    opening: CallOrWords | None = None
     produced: int = 0
     finish: str = "stop"
+
+
+#: A call is made when opening one is at least this likely against the best other start.
+CALL_RATIO = 0.25
+#: How a call can begin: with Qwen's tag, as bare JSON or in a code fence.
+CALL_OPENINGS = ("<tool_call>", '{"', "{", "{\n", "```", "[{")
+
+
+class CallOrWords:
+    """A logits processor for an answer's first token when tools are offered.
+
+    Told to call functions only when asked for what they do (or they call one for every
+    question), small models answer a request for one in words instead ("To get the
+    weather in Berlin, call get_weather…"), although opening a call was likely too. When
+    the probability of all the ways to open a call together is over
+    :data:`CALL_RATIO` of the most likely other first token, only the openings stay
+    possible: the call is made. Later tokens pass untouched.
+
+    Measured with Qwen2.5-Coder-1.5B on ``voxgate bench agent``'s set: that ratio is
+    0.00–0.19 for its 20 questions and 0.28–3.4 for its 8 requests of a tool."""
+
+    def __init__(self, openings: npt.NDArray[np.intc]) -> None:
+        self._openings = openings
+        self._first = True
+        #: The first token was restricted to a call's openings.
+        self.forced = False
+
+    def __call__(self, _ids: Any, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        if not self._first:
+            return logits
+        self._first = False
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        call = float(p[self._openings].sum())
+        p[self._openings] = 0.0
+        if call <= CALL_RATIO * float(p.max()):
+            return logits
+        self.forced = True
+        only = np.full_like(logits, -np.inf)
+        only[self._openings] = logits[self._openings]
+        return only
 
 
 class _Context:
@@ -187,6 +233,8 @@ class _Context:
         self.llama = llama
         #: A prompt is being evaluated or an answer decoded in this context.
         self.busy = False
+        #: Set to stop the evaluation ahead of a turn running in it (see ``prepare``).
+        self.warming: threading.Event | None = None
 
     def cached(self) -> list[int]:
         return list(self.llama.input_ids[: self.llama.n_tokens])
@@ -225,6 +273,7 @@ class LocalLLM:
         self._load_lock = asyncio.Lock()
         self._growing = 0
         self._installed = False
+        self._openings: npt.NDArray[np.intc] | None = None
 
     def model(self) -> LanguageModel:
         """A session's handle; raises :class:`EngineUnavailable` naming what to install
@@ -275,24 +324,45 @@ class LocalLLM:
 
     # -- contexts ------------------------------------------------------------------------
 
-    async def acquire(self, tokens: list[int]) -> _Context:
+    async def acquire(
+        self, tokens: list[int], *, warm: bool = False, grow: bool = True
+    ) -> _Context | None:
         """The free context sharing the longest prefix with ``tokens``, unless it holds
         much else (another conversation) and the pool may grow; waits for one when all
-        are busy and the pool is full."""
+        are busy and the pool is full. A context being warmed with more of ``tokens``
+        than any free one has is stopped and taken.
+
+        With ``warm`` (preparing ahead of a turn) nothing waits: ``None`` when no context
+        is free and the pool is full, or (``grow=False``) when no free one holds the
+        conversation already."""
         await self.load()
         async with self._changed:
             while True:
                 free = [c for c in self._contexts if not c.busy]
                 best = max(free, key=lambda c: c.shared_prefix(tokens), default=None)
+                shared = best.shared_prefix(tokens) if best is not None else 0
+                if not warm:
+                    warming = [c for c in self._contexts if c.busy and c.warming is not None]
+                    ahead = max(warming, key=lambda c: c.shared_prefix(tokens), default=None)
+                    if ahead is not None and ahead.shared_prefix(tokens) > shared:
+                        assert ahead.warming is not None
+                        ahead.warming.set()  # it stops within one chunk, then is released
+                        await self._changed.wait()
+                        continue
                 size = len(self._contexts) + self._growing
                 full = size >= self.settings.contexts
-                if best is not None and (
-                    full or len(best.cached()) - best.shared_prefix(tokens) <= FOREIGN_TOKENS
-                ):
+                own = best is not None and len(best.cached()) - shared <= FOREIGN_TOKENS
+                if best is not None and (full or own):
+                    if warm and not own and not grow:
+                        return None
                     best.busy = True
                     return best
+                if warm and not grow:
+                    return None
                 if size < self.settings.contexts:
                     break
+                if warm:
+                    return None
                 await self._changed.wait()
             self._growing += 1
         try:
@@ -305,10 +375,31 @@ class LocalLLM:
             self._contexts.append(context)
         return context
 
+    async def prepare(self, tokens: list[int], *, grow: bool) -> None:
+        """Evaluate ``tokens`` ahead of the turn that will start with them, at background
+        priority, in a context that a turn needing it takes over (see :meth:`acquire`);
+        in a new context only with ``grow``."""
+        context = await self.acquire(tokens, warm=True, grow=grow)
+        if context is None:
+            return
+        context.warming = stop = threading.Event()
+        try:
+            await self._run(self.evaluate, context, tokens, Priority.BACKGROUND, stop)
+        finally:
+            context.warming = None
+            await self.release(context)
+
     async def release(self, context: _Context) -> None:
         async with self._changed:
             context.busy = False
             self._changed.notify_all()
+
+    async def call_openings(self) -> npt.NDArray[np.intc]:
+        """The tokens a call can start with (see :class:`CallOrWords`), once."""
+        if self._openings is None:
+            firsts = {(await self.tokenize(text))[0] for text in CALL_OPENINGS}
+            self._openings = np.array(sorted(firsts), dtype=np.intc)
+        return self._openings
 
     async def tokenize(self, text: str) -> list[int]:
         await self.load()
@@ -320,13 +411,21 @@ class LocalLLM:
 
     # -- decoding (in a decode thread) ----------------------------------------------------
 
-    def evaluate(self, context: _Context, tokens: list[int], priority: Priority) -> None:
+    def evaluate(
+        self,
+        context: _Context,
+        tokens: list[int],
+        priority: Priority,
+        stop: threading.Event | None = None,
+    ) -> None:
         """Bring ``context`` to ``tokens``, in chunks through the gate (what it holds
-        already of them is kept, what follows is dropped)."""
+        already of them is kept, what follows is dropped); ``stop`` ends it early."""
         llama = context.llama
         keep = context.shared_prefix(tokens)
         llama.n_tokens = keep
         for i in range(keep, len(tokens), PROMPT_CHUNK):
+            if stop is not None and stop.is_set():
+                return
             with self.gate.step(priority):
                 llama.eval(tokens[i : i + PROMPT_CHUNK])
 
@@ -348,6 +447,7 @@ class LocalLLM:
             min_p=0.05,
             repeat_penalty=1.05,
             grammar=job.grammar,
+            logits_processor=[job.opening] if job.opening is not None else None,
         )
         while True:
             if cancel.is_set():
@@ -430,14 +530,15 @@ class LocalModel(LanguageModel):
             dropped += 1
 
     async def warm(self, request: ChatRequest) -> None:
-        """Evaluate ``request``'s system prompt and tools into a free context, so the
-        session's first turn evaluates only itself."""
-        tokens = await self._engine.tokenize(self._prompt(request).system)
-        context = await self._engine.acquire(tokens)
-        try:
-            await self._engine._run(self._engine.evaluate, context, tokens, Priority.BACKGROUND)
-        finally:
-            await self._engine.release(context)
+        """Evaluate what every turn of ``request``'s session starts with — the system
+        prompt and tools, the history, and a user message still being spoken (a partial
+        transcript) — so the turn evaluates only what is new."""
+        prompt = self._prompt(request)
+        text = prompt.system + "".join(prompt.turns)
+        if prompt.turns and request.messages and request.messages[-1].role == "user":
+            text = text.removesuffix(f"{END}\n")  # the user is still speaking
+        # a session's start may open a context; what follows goes only where it is
+        await self._engine.prepare(await self._engine.tokenize(text), grow=not prompt.turns)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         engine = self._engine
@@ -450,6 +551,8 @@ class LocalModel(LanguageModel):
             temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
             grammar=await self._grammar(call_schema(request)),
         )
+        if request.tools and request.tool_choice == "auto":
+            job.opening = CallOrWords(await engine.call_openings())
         callable_tools = request.tools if request.tool_choice != "none" else ()
         reader = OutputReader(tools=frozenset(t.name for t in callable_tools))
         async with contextlib.aclosing(self._decode(job)) as pieces:
@@ -494,6 +597,7 @@ class LocalModel(LanguageModel):
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
         context = await engine.acquire(job.tokens)
+        assert context is not None
         job.produced, job.finish = 0, "stop"
         cancel = threading.Event()
 

@@ -37,12 +37,11 @@ TOOLS_FOOTER = (
     "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
     '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
 )
-#: Small models describe a call in words instead of making it: said plainly. (They also
-#: call a function for questions no function answers: see :func:`grounded`.)
+#: Small models shown tools call one for every question: said plainly. (They then tend
+#: to describe a call in words instead of making it: see the engine's ``CallOrWords``.)
 TOOLS_RULE = (
-    "\n\nIf one of the functions does what the user asks, call it: reply with the "
-    "<tool_call> block only, and never describe the call in words. Answer any other "
-    "question yourself."
+    "\n\nCall a function only when the user asks for what it does. Answer every other "
+    "question yourself, in words."
 )
 #: A grammar for an answer in words: it cannot open with JSON, a fence or a tag. Used
 #: when a model wrote a call to a function it does not have and must answer again.

@@ -45,6 +45,7 @@ from voxgate.core.realtime.transcriber import Transcriber
 from voxgate.core.relay import RelaySession
 from voxgate.engines.base import EngineError
 from voxgate.engines.llm import UnknownModel
+from voxgate.protocols.chat import ChatMessage
 from voxgate.protocols.realtime import events as ev
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.items import ContentPart, Item
@@ -91,7 +92,7 @@ class VoiceSession:
             items=lambda item_id: me.conversation.find(item_id),
             emit=lambda event: me.emit(event),
             spawn=lambda coro: me._spawn(coro),
-            on_partial=lambda text: me.input.set_transcript(text),
+            on_partial=lambda text: me._heard(text),
         )
         self.input = InputPipeline(
             host=me,
@@ -117,6 +118,9 @@ class VoiceSession:
             on_end=self.input.arm_idle,
         )
         self._closed = False
+        #: The latest partial transcript, and the task evaluating it ahead of the turn.
+        self._partial = ""
+        self._preparing: asyncio.Task[None] | None = None
         self._input_running = False
 
     # -- lifetime ------------------------------------------------------------------------
@@ -167,6 +171,36 @@ class VoiceSession:
             log.warning("realtime engines not ready: %s", exc)
         await self._warm_model()
 
+    def _heard(self, partial: str) -> None:
+        """A partial transcript of the turn being spoken: the turn detector reads it, and
+        the model evaluates it ahead of the turn (one preparation at a time, always of
+        the latest words), so the final transcript leaves it little to do."""
+        self.input.set_transcript(partial)
+        self._partial = partial
+        if partial and (self._preparing is None or self._preparing.done()):
+            self._preparing = self._spawn(self._prepare_turn())
+
+    async def _prepare_turn(self) -> None:
+        done = ""
+        while self._partial and self._partial != done and not self._closed:
+            done = self._partial
+            c = self.config
+            try:
+                model = self.deps.resolve_model(c.model)
+                request = chat_request(
+                    model,
+                    c.instructions,
+                    list(self.conversation.items),
+                    c.tools,
+                    c.tool_choice,
+                    c.function_choice,
+                )
+                user = ChatMessage("user", done)
+                await model.warm(replace(request, messages=(*request.messages, user)))
+            except EngineError as exc:
+                log.debug("the model could not prepare the turn: %s", exc)
+                return
+
     async def _warm_model(self) -> None:
         """Let the model prepare the start every request of this session shares (an
         embedded model evaluates the instructions and tools before the first turn)."""
@@ -179,10 +213,11 @@ class VoiceSession:
         except EngineError as exc:
             log.warning("the model could not prepare the session: %s", exc)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def emit(self, event: ev.Event) -> None:
         if not self._closed:
