@@ -25,7 +25,7 @@ from voxgate.engines.base import (
     Transcript,
 )
 from voxgate.engines.vad import Segmenter, UtteranceAudio, UtteranceEnd, UtteranceStart
-from voxgate.engines.workers import EngineWorkers
+from voxgate.engines.workers import EngineWorkers, Priority
 
 log = logging.getLogger("voxgate.engines")
 
@@ -39,6 +39,12 @@ class UtteranceDecoder(ABC):
     @abstractmethod
     def add(self, pcm: bytes) -> str | None:
         """Take audio; returns a new partial hypothesis, or ``None`` if there is none."""
+
+    def add_last(self, pcm: bytes) -> str | None:
+        """Take the audio the utterance ends with (its end, or a finalize, follows at
+        once). A partial is hardly wanted: a decoder whose partials cost a decode of
+        their own skips it and returns ``None``; by default this is :meth:`add`."""
+        return self.add(pcm)
 
     @abstractmethod
     def end(self) -> tuple[str, float]:
@@ -66,16 +72,17 @@ class RecognitionCore:
         # close() is called from another: native decoders crash if both touch them.
         self._lock = threading.Lock()
 
-    def feed(self, pcm: bytes) -> list[RecognitionEvent]:
+    def feed(self, pcm: bytes, *, last: bool = False) -> list[RecognitionEvent]:
+        """Events for ``pcm``; ``last``: a :meth:`finalize` follows at once."""
         with self._lock:
-            return self._feed(pcm)
+            return self._feed(pcm, last)
 
     def close(self) -> None:
         """Give the decoder back, after any feed still running in another thread."""
         with self._lock:
             self.decoder.close()
 
-    def _feed(self, pcm: bytes) -> list[RecognitionEvent]:
+    def _feed(self, pcm: bytes, last: bool) -> list[RecognitionEvent]:
         self.samples += len(pcm) // 2
         out: list[RecognitionEvent] = []
         # an utterance's consecutive frames go to the decoder in one call: one partial
@@ -85,7 +92,7 @@ class RecognitionCore:
             if isinstance(seg, UtteranceAudio):
                 audio.append(seg.audio)
                 continue
-            self._add(audio, out)
+            self._add(audio, out, last=isinstance(seg, UtteranceEnd))
             if isinstance(seg, UtteranceStart):
                 self.decoder.begin()
                 self._utterance_at = seg.timestamp
@@ -94,12 +101,13 @@ class RecognitionCore:
                 audio.append(seg.audio)
             elif isinstance(seg, UtteranceEnd):
                 self._final(out)
-        self._add(audio, out)
+        self._add(audio, out, last=last)
         return out
 
-    def _add(self, audio: list[bytes], out: list[RecognitionEvent]) -> None:
+    def _add(self, audio: list[bytes], out: list[RecognitionEvent], *, last: bool) -> None:
         if audio:
-            self._partial(self.decoder.add(b"".join(audio)), out)
+            pcm = b"".join(audio)
+            self._partial(self.decoder.add_last(pcm) if last else self.decoder.add(pcm), out)
             audio.clear()
 
     def finalize(self) -> list[RecognitionEvent]:
@@ -176,9 +184,17 @@ class LocalRecognitionStream(RecognitionStream):
                     if self._input.empty():
                         break
                     item = self._input.get_nowait()
-                events = await workers.run(core.feed, b"".join(batch)) if batch else []
-                if isinstance(item, _Finalize):
-                    events += await workers.run(core.finalize)
+                # a feed's partials are NORMAL work (the final of an utterance that ends
+                # inside one marks itself urgent: ``workers.urgent()``); the client waits
+                # for a finalize's answer: it and the audio just before it go first
+                last = isinstance(item, _Finalize)
+                priority = Priority.URGENT if last else Priority.NORMAL
+                events = []
+                if batch:
+                    pcm = b"".join(batch)
+                    events = await workers.run(core.feed, pcm, last=last, priority=priority)
+                if last:
+                    events += await workers.run(core.finalize, priority=Priority.URGENT)
                 for event in events:
                     self._events.put_nowait(event)
         except EngineError as exc:

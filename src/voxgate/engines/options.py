@@ -14,6 +14,10 @@ from typing import Any
 from voxgate.settings import SpeechSettings
 
 _VAD = ("webrtc", "silero")
+#: whisper's ``window``: the audio plus a silence tail, or faster-whisper's 30 s.
+WHISPER_WINDOWS = ("short", "full")
+#: whisper's ``partials``: tiny.en re-decoding the utterance so far, pocketsphinx, none.
+WHISPER_PARTIALS = ("whisper-tiny", "pocketsphinx", "none")
 _SEGMENTER: dict[str, Any] = {"vad": _VAD, "min_silence_ms": int, "threshold": float}
 _CLOUD: dict[str, Any] = {
     "provider": str,
@@ -37,7 +41,8 @@ ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
         "model": str,
         "compute_type": str,
         "beam_size": int,
-        "partials": ("pocketsphinx", "none"),
+        "window": WHISPER_WINDOWS,
+        "partials": WHISPER_PARTIALS,
     },
     "elevenlabs": dict(_CLOUD),
     "cartesia": {**_CLOUD, "version": str},

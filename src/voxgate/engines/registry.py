@@ -205,7 +205,7 @@ class EngineRegistry:
             )
         if engine_type == "whisper":
             from voxgate.engines.sphinx import DecoderPool, sphinx_processes
-            from voxgate.engines.whisper import WhisperSTT
+            from voxgate.engines.whisper import DEFAULT_PARTIALS, DEFAULT_WINDOW, WhisperSTT
 
             pool = self._shared.get("sphinx_pool")
             if not isinstance(pool, DecoderPool):
@@ -218,7 +218,8 @@ class EngineRegistry:
                 compute_type=opts.get("compute_type", "int8"),
                 beam_size=opts.get("beam_size", 5),
                 vad=opts.get("vad", "silero"),
-                partials=opts.get("partials", "pocketsphinx"),
+                window=opts.get("window", DEFAULT_WINDOW),
+                partials=opts.get("partials", DEFAULT_PARTIALS),
                 segmenter=_segmenter(opts),
                 shared=self._shared,
                 sphinx_pool=pool,

@@ -1,0 +1,196 @@
+"""whisper on a window cut to the audio, and tiny.en partials: real models, piper's speech."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voxgate.bench.sentences import HARVARD, TWELVE_WORDS
+from voxgate.bench.speech import word_errors, words
+from voxgate.config import load_settings
+from voxgate.engines.base import EngineUnavailable, SynthesisOptions
+from voxgate.engines.registry import EngineRegistry
+from voxgate.engines.whisper import (
+    WhisperDecoder,
+    WhisperPartials,
+    WhisperSTT,
+    assemble_base_model,
+    load_window,
+    tiny_model_path,
+)
+from voxgate.engines.whisper_window import WhisperWindow, split_at_pauses
+from voxgate.engines.workers import EngineWorkers
+from voxgate.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(120)
+
+CACHE = Path.home() / ".cache" / "voxgate"
+
+
+@pytest.fixture(scope="module")
+def base() -> WhisperWindow:
+    return load_window(assemble_base_model(CACHE), threads=2)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> WhisperWindow:
+    return load_window(tiny_model_path())
+
+
+@pytest.fixture
+def workers() -> Iterator[EngineWorkers]:
+    w = EngineWorkers(threads=1)
+    yield w
+    w.shutdown()
+
+
+async def say(engines: EngineRegistry, *texts: str, gap: float = 0.3) -> bytes:
+    """``texts`` spoken by piper at 16 kHz, ``gap`` seconds of silence between them."""
+    tts = await engines.tts("piper")
+    pieces = []
+    for text in texts:
+        stream = await tts.open(SynthesisOptions(sample_rate=16000))
+        pieces.append(b"".join([chunk async for chunk in stream.synthesize(text)]))
+    return (b"\0" * int(gap * 32000)).join(pieces)
+
+
+def floats(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    errors, n = word_errors(reference, hypothesis)
+    return errors / n
+
+
+async def test_short_window_final_has_the_sentences_words(
+    speech_engines: EngineRegistry, base: WhisperWindow, workers: EngineWorkers
+) -> None:
+    text = "Rice is often served in round bowls."
+    pcm = await say(speech_engines, text)
+    decoder = WhisperDecoder(
+        base, workers, language="en", beam_size=5, window="short", partials=None
+    )
+    decoder.begin()
+    decoder.add(pcm)
+    final, confidence = decoder.end()
+    assert {"rice", "often", "served", "round"} <= set(words(final)), final
+    assert wer(text, final) <= 0.3, final
+    assert 0 < confidence <= 1
+
+
+async def test_a_35_second_utterance_is_cut_at_pauses_and_does_not_loop(
+    speech_engines: EngineRegistry, base: WhisperWindow
+) -> None:
+    texts = list(itertools.islice(itertools.cycle(HARVARD), 11))
+    pcm = await say(speech_engines, *texts)
+    samples = floats(pcm)
+    assert len(samples) > 35 * 16000
+    pieces = split_at_pauses(samples, 22.0)
+    assert len(pieces) == 2
+    assert sum(map(len, pieces)) == len(samples)
+    # each cut falls in a pause: the quietest 100 ms around it is (digital) silence
+    cut = len(pieces[0])
+    assert np.abs(samples[cut - 800 : cut + 800]).max() < 0.01
+
+    text, _confidence = base.transcribe(samples, language="en", beam_size=5, window="short")
+    reference = " ".join(texts)
+    assert len(words(text)) <= 1.2 * len(words(reference)), text
+    assert wer(reference, text) <= 0.25, text
+
+
+async def test_noise_alone_or_over_speech_makes_no_runaway_text(
+    speech_engines: EngineRegistry, base: WhisperWindow
+) -> None:
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0.0, 0.05, 8 * 16000).astype(np.float32)
+    text, _ = base.transcribe(noise, language="en", beam_size=5, window="short")
+    assert len(words(text)) <= 3, text
+
+    sentence = TWELVE_WORDS[0]
+    speech = floats(await say(speech_engines, sentence))
+    power = float(np.mean(speech**2))
+    noisy = speech + rng.normal(0.0, (power / 10).__pow__(0.5), len(speech)).astype(np.float32)
+    decoded = base.decode(noisy, language="en", beam_size=5)  # 10 dB SNR
+    assert not decoded.looped, decoded
+    assert len(words(decoded.text)) <= 1.5 * len(words(sentence)), decoded
+    assert wer(sentence, decoded.text) <= 0.5, decoded
+
+
+async def test_tiny_partials_arrive_and_the_last_is_close_to_the_final(
+    speech_engines: EngineRegistry,
+    base: WhisperWindow,
+    tiny: WhisperWindow,
+    workers: EngineWorkers,
+) -> None:
+    sentence = "He fixed the broken bicycle chain with a pair of pliers and patience."
+    pcm = await say(speech_engines, sentence)
+    decoder = WhisperDecoder(
+        base,
+        workers,
+        language="en",
+        beam_size=5,
+        window="short",
+        partials=WhisperPartials(tiny, language="en"),
+    )
+    decoder.begin()
+    partials = [p for chunk in _chunks(pcm, 0.1) if (p := decoder.add(chunk))]
+    final, _ = decoder.end()
+    assert len(partials) >= 2, partials
+    # at most one decode per 0.4 s of audio
+    assert len(partials) <= len(pcm) / 32000 / 0.4
+    # tiny.en is less exact than base ("players" for "pliers"), but not far off
+    assert wer(final, partials[-1]) <= 0.4, (partials, final)
+    assert wer(sentence, partials[-1]) <= 0.4, partials
+    assert wer(sentence, final) <= 0.25, final
+
+
+async def test_tiny_partials_cost_and_window_stay_bounded_on_a_long_utterance(
+    speech_engines: EngineRegistry, tiny: WhisperWindow
+) -> None:
+    texts = HARVARD[10:14]
+    pcm = await say(speech_engines, *texts)
+    ticks = itertools.count(step=0.6)  # every decode "costs" 0.6 s of CPU
+    partials = WhisperPartials(tiny, language="en", clock=lambda: next(ticks), window_seconds=6.0)
+    partials.begin()
+    got = [p for chunk in _chunks(pcm, 0.1) if (p := partials.add(chunk))]
+    seconds = len(pcm) / 32000
+    # a 0.6 s decode waits for 0.6 / 0.3 = 2 s of new audio
+    assert 2 <= len(got) <= seconds / 2 + 1, got
+    # past 6 s the head is decoded once and kept: the last partial still has all of it
+    reference = " ".join(texts)
+    assert wer(reference, got[-1]) <= 0.5, got[-1]
+    assert len(words(got[-1])) <= 1.3 * len(words(reference)), got[-1]
+    assert partials.end() == ("", 0.0)
+
+
+def test_window_and_partials_options_are_validated(tmp_path: Path) -> None:
+    def load(options: str) -> dict[str, object]:
+        cfg = tmp_path / "voxgate.toml"
+        cfg.write_text(f'[speech.engines.w]\ntype = "whisper"\n{options}\n')
+        return dict(load_settings(cfg, {}).speech.engines["w"].options)
+
+    assert load('window = "full"\npartials = "whisper-tiny"') == {
+        "window": "full",
+        "partials": "whisper-tiny",
+    }
+    with pytest.raises(ConfigError, match=r"speech\.engines\.w\.window"):
+        load('window = "medium"')
+    with pytest.raises(ConfigError, match=r"speech\.engines\.w\.partials"):
+        load('partials = "whisper-base"')
+    with pytest.raises(ConfigError, match=r"speech\.engines\.w\.window"):
+        load("window = 8")
+    workers = EngineWorkers(threads=1)
+    with pytest.raises(EngineUnavailable, match="window"):
+        WhisperSTT(workers, cache_dir=tmp_path, window="long", sphinx_pool=None)
+    with pytest.raises(EngineUnavailable, match="partials"):
+        WhisperSTT(workers, cache_dir=tmp_path, partials="tiny")
+
+
+def _chunks(pcm: bytes, seconds: float) -> Iterator[bytes]:
+    size = int(seconds * 32000)
+    return (pcm[i : i + size] for i in range(0, len(pcm), size))
