@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--toml",
         action="append",
         default=[],
-        help="TOML put before the generated config (repeatable), e.g. 'llm.local.size = \"0.5b\"'",
+        help="TOML put before the generated config (repeatable), e.g. 'local_llm.model = \"0.5b\"'",
     )
     p.add_argument("--fresh", action="store_true", help="delete each turn's items after it")
     p.add_argument("--no-warm-up", dest="warm_up", action="store_false")

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from voxgate.bench.sentences import edit_distance
+
 
 @dataclass(frozen=True)
 class Question:
@@ -230,10 +232,5 @@ def call_matches(prompt: ToolPrompt, name: str, arguments: Mapping[str, Any]) ->
 
 def word_errors(heard: str, said: str) -> tuple[int, int]:
     """(word-level edit distance from ``said`` to ``heard``, words in ``said``)."""
-    a, b = words(said), words(heard)
-    row = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, y in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
-    return row[-1], len(a)
+    a = words(said)
+    return edit_distance(a, words(heard)), len(a)

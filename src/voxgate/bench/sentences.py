@@ -40,3 +40,13 @@ TWELVE_WORDS = (
     "He fixed the broken bicycle chain with a pair of pliers and patience.",
     "The museum opens late on Fridays so visitors can come after work.",
 )
+
+
+def edit_distance(reference: list[str], hypothesis: list[str]) -> int:
+    """Word-level edit distance (substitutions + deletions + insertions)."""
+    row = list(range(len(hypothesis) + 1))
+    for i, r in enumerate(reference, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hypothesis, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]

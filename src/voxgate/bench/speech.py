@@ -42,7 +42,7 @@ import orjson
 from voxgate.audio import AudioFormat, chunks
 from voxgate.bench.deepgram import listen_final, speak_first_audio
 from voxgate.bench.relay import Proc, _config, _mode_argv, latency, pct, voxgate_proc
-from voxgate.bench.sentences import HARVARD, TWELVE_WORDS
+from voxgate.bench.sentences import HARVARD, TWELVE_WORDS, edit_distance
 from voxgate.engines.whisper import DEFAULT_PARTIALS
 from voxgate.speech_client import speak
 
@@ -65,14 +65,8 @@ def words(text: str) -> list[str]:
 
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     """(substitutions + deletions + insertions, reference words)."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            cur = min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-            prev, row[j] = row[j], cur
-    return row[-1], len(ref)
+    ref = words(reference)
+    return edit_distance(ref, words(hypothesis)), len(ref)
 
 
 def ms(seconds: float) -> str:

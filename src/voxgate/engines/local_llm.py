@@ -74,6 +74,8 @@ HINT = (
 #: Prompt tokens evaluated per decode step: small enough that a first clause waiting
 #: behind a long prompt waits at most about a tenth of a second.
 PROMPT_CHUNK = 48
+#: Prompt tokens per step when evaluating ahead of a turn (a partial transcript).
+PREPARE_CHUNK = 8
 #: A free context holding more than this many tokens that a prompt does not share is
 #: another conversation's: a new context is opened instead while the pool may grow.
 FOREIGN_TOKENS = 64
@@ -384,7 +386,10 @@ class LocalLLM:
             return
         context.warming = stop = threading.Event()
         try:
-            await self._run(self.evaluate, context, tokens, Priority.BACKGROUND, stop)
+            # a partial transcript in small chunks: a turn taking the context over waits
+            # for the chunk under way
+            chunk = PROMPT_CHUNK if grow else PREPARE_CHUNK
+            await self._run(self.evaluate, context, tokens, Priority.BACKGROUND, stop, chunk)
         finally:
             context.warming = None
             await self.release(context)
@@ -417,17 +422,18 @@ class LocalLLM:
         tokens: list[int],
         priority: Priority,
         stop: threading.Event | None = None,
+        chunk: int = PROMPT_CHUNK,
     ) -> None:
         """Bring ``context`` to ``tokens``, in chunks through the gate (what it holds
         already of them is kept, what follows is dropped); ``stop`` ends it early."""
         llama = context.llama
         keep = context.shared_prefix(tokens)
         llama.n_tokens = keep
-        for i in range(keep, len(tokens), PROMPT_CHUNK):
+        for i in range(keep, len(tokens), chunk):
             if stop is not None and stop.is_set():
                 return
             with self.gate.step(priority):
-                llama.eval(tokens[i : i + PROMPT_CHUNK])
+                llama.eval(tokens[i : i + chunk])
 
     def decode(
         self, context: _Context, job: _Job, cancel: threading.Event, emit: Callable[[str], None]
@@ -435,8 +441,11 @@ class LocalLLM:
         """Decode ``job`` in ``context``, handing text to ``emit`` as it comes; stops at
         the next token once ``cancel`` is set."""
         llama = context.llama
+        started = time.perf_counter()
+        cached = context.shared_prefix(job.tokens)
         # all but the last token: generate() evaluates that one and samples the answer
         self.evaluate(context, job.tokens[:-1], Priority.URGENT)
+        evaluated = time.perf_counter()
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         held = ""
         generator = llama.generate(
@@ -460,6 +469,8 @@ class LocalLLM:
             if token is None or llama_eog(llama, token):
                 break
             job.produced += 1
+            if job.produced == 1:
+                first = time.perf_counter()
             held += text.decode(llama.detokenize([token], special=True))
             stop = min((i for s in STOP if (i := held.find(s)) >= 0), default=-1)
             if stop >= 0:
@@ -476,6 +487,34 @@ class LocalLLM:
         held += text.decode(b"", final=True)
         if held:
             emit(held)
+        if job.produced:
+            end = time.perf_counter()
+            log.debug(
+                "decode: %d prompt tokens (%d cached) in %.0f ms, first token after %.0f ms, "
+                "%d tokens in %.0f ms",
+                len(job.tokens),
+                cached,
+                1000 * (evaluated - started),
+                1000 * (first - started),
+                job.produced,
+                1000 * (end - started),
+            )
+
+
+def _answered_calls(request: ChatRequest) -> set[tuple[str, str]]:
+    """The calls (name, arguments) already made since the user last spoke, whose results
+    the model has: making one again would loop."""
+    out: set[tuple[str, str]] = set()
+    for m in reversed(request.messages):
+        if m.role == "user":
+            break
+        for c in m.tool_calls:
+            try:
+                arguments = orjson.dumps(orjson.loads(c.arguments or "{}")).decode()
+            except orjson.JSONDecodeError:
+                arguments = c.arguments
+            out.add((c.name, arguments))
+    return out
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[str], None], text: str) -> None:
@@ -562,7 +601,8 @@ class LocalModel(LanguageModel):
         rest, calls = reader.end()
         produced = job.produced
         if calls and request.tool_choice == "auto":
-            calls = [c for c in calls if grounded(c, request)]
+            done = _answered_calls(request)
+            calls = [c for c in calls if grounded(c, request) and (c.name, c.arguments) not in done]
             made_up = not calls
         else:
             made_up = False
