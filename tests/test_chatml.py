@@ -43,7 +43,7 @@ def test_prompt_turns_tools_and_results() -> None:
     assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools")
     assert '"name":"get_weather"' in text
     assert "never describe the call in words" in text
-    assert '<|im_start|>user\nWeather in Paris?<|im_end|>' in text
+    assert "<|im_start|>user\nWeather in Paris?<|im_end|>" in text
     assert '<tool_call>\n{"name":"get_weather","arguments":{"city":"Paris"}}\n</tool_call>' in text
     assert '<|im_start|>user\n<tool_response>\n{"sky":"clear"}\n</tool_response><|im_end|>' in text
     assert text.endswith("<|im_start|>assistant\n")
@@ -143,19 +143,26 @@ def test_hostile_output_never_raises(text: str) -> None:
 def test_call_schema_for_required_and_named_choices() -> None:
     timer = FunctionSpec("set_timer", "", {"type": "object", "properties": {}})
     assert call_schema(request(ChatMessage("user", "x"), tools=(WEATHER, timer))) is None
-    required = call_schema(request(ChatMessage("user", "x"), tools=(WEATHER, timer), tool_choice="required"))
-    assert required is not None and len(required["oneOf"]) == 2
-    named = call_schema(
-        request(ChatMessage("user", "x"), tools=(WEATHER, timer), tool_choice="set_timer", named=True)
+    required = call_schema(
+        request(ChatMessage("user", "x"), tools=(WEATHER, timer), tool_choice="required")
     )
-    assert named is not None and named["properties"]["name"] == {"const": "set_timer"}
+    assert required is not None
+    assert len(required["oneOf"]) == 2
+    named = call_schema(
+        request(
+            ChatMessage("user", "x"), tools=(WEATHER, timer), tool_choice="set_timer", named=True
+        )
+    )
+    assert named is not None
+    assert named["properties"]["name"] == {"const": "set_timer"}
     # a schema too deep or with references is not used to constrain: any object will do
     deep: dict[str, object] = {"type": "object"}
     for _ in range(6):
         deep = {"type": "object", "properties": {"x": deep}}
     odd = FunctionSpec("odd", "", deep)
     schema = call_schema(request(ChatMessage("user", "x"), tools=(odd,), tool_choice="required"))
-    assert schema is not None and schema["properties"]["arguments"] == {"type": "object"}
+    assert schema is not None
+    assert schema["properties"]["arguments"] == {"type": "object"}
 
 
 def test_a_call_with_made_up_arguments_is_not_grounded() -> None:

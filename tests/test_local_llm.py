@@ -92,8 +92,10 @@ def test_missing_model_or_runtime_is_engine_unavailable(monkeypatch: pytest.Monk
 async def test_streams_an_answer_with_usage(small: LocalLLM) -> None:
     events = await answer(small, ask("What is the capital of France?"))
     done = events[-1]
-    assert isinstance(done, ChatDone) and done.finish_reason == "stop"
-    assert done.input_tokens > 10 and done.output_tokens >= 1
+    assert isinstance(done, ChatDone)
+    assert done.finish_reason == "stop"
+    assert done.input_tokens > 10
+    assert done.output_tokens >= 1
     assert text_of(events).strip()
     assert "<|im_end|>" not in text_of(events)
 
@@ -103,7 +105,8 @@ async def test_max_output_tokens_cuts_the_answer(small: LocalLLM) -> None:
     events = await answer(small, ask("Tell me a long story about a dragon.", max_tokens=3))
     done = events[-1]
     assert isinstance(done, ChatDone)
-    assert done.finish_reason == "length" and done.output_tokens == 3
+    assert done.finish_reason == "length"
+    assert done.output_tokens == 3
 
 
 @needs_small
@@ -112,10 +115,12 @@ async def test_required_tool_choice_constrains_the_call(small: LocalLLM) -> None
         small, ask("What is the weather in Berlin?", tools=(WEATHER,), tool_choice="required")
     )
     calls = [e for e in events if isinstance(e, ToolCallDelta)]
-    assert len(calls) == 1 and calls[0].name == "get_weather"
+    assert len(calls) == 1
+    assert calls[0].name == "get_weather"
     assert '"city"' in calls[0].arguments
     done = events[-1]
-    assert isinstance(done, ChatDone) and done.finish_reason == "tool_calls"
+    assert isinstance(done, ChatDone)
+    assert done.finish_reason == "tool_calls"
 
 
 @needs_small
@@ -125,7 +130,8 @@ async def test_warm_then_the_turn_evaluates_only_what_is_new(small: LocalLLM) ->
     await model.warm(start)  # the session starts: instructions and tools
     [context] = small._contexts
     system = await small.tokenize(model._prompt(start).system)
-    assert context.cached() == system and len(system) > 100
+    assert context.cached() == system
+    assert len(system) > 100
     # the user is still speaking: the partial transcript is evaluated too
     partial = ask("What is the capital of", tools=(WEATHER,))
     await model.warm(partial)
@@ -168,7 +174,8 @@ async def test_a_long_conversation_loses_its_oldest_turns(small: LocalLLM) -> No
     history.append(ChatMessage("user", "Say yes."))
     events = await answer(small, ChatRequest("voxgate/local", tuple(history), max_tokens=8))
     done = events[-1]
-    assert isinstance(done, ChatDone) and done.input_tokens <= SMALL.context_tokens
+    assert isinstance(done, ChatDone)
+    assert done.input_tokens <= SMALL.context_tokens
 
 
 @needs_small
@@ -226,7 +233,8 @@ async def test_realtime_conversation_on_the_default_model(gateway: GatewayFactor
         calls = [o for o in done.output if o.type == "function_call"]
         assert len(calls) == 1, done.output
         [call] = calls
-        assert call.name == "get_weather" and "rome" in call.arguments.lower()
+        assert call.name == "get_weather"
+        assert "rome" in call.arguments.lower()
         await conn.conversation.item.create(
             item={
                 "type": "function_call_output",

@@ -92,9 +92,7 @@ class SentenceBuffer:
         """The text up to the first clause boundary (``,``/``;``/``:`` then a space) or
         the first ``max_words`` complete words, whichever comes first, once either is
         there (``""`` before); removed from the buffer. A sentence end counts too."""
-        words = 0
-        for m in _CLAUSE_OR_WORD.finditer(self._text):
-            words += 1
+        for words, m in enumerate(_CLAUSE_OR_WORD.finditer(self._text), 1):
             if m.group(1) or words >= max_words:
                 cut = m.end()
                 done, self._text = self._text[:cut], self._text[cut:]
