@@ -42,7 +42,7 @@ def test_prompt_turns_tools_and_results() -> None:
     text = prompt.text
     assert text.startswith("<|im_start|>system\nBe brief.\n\n# Tools")
     assert '"name":"get_weather"' in text
-    assert "never describe the call in words" in text
+    assert "Call a function only when the user asks for what it does" in text
     assert "<|im_start|>user\nWeather in Paris?<|im_end|>" in text
     assert '<tool_call>\n{"name":"get_weather","arguments":{"city":"Paris"}}\n</tool_call>' in text
     assert '<|im_start|>user\n<tool_response>\n{"sky":"clear"}\n</tool_response><|im_end|>' in text
