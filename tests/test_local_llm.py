@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,8 @@ from openai import AsyncOpenAI
 from conftest import GatewayFactory
 from voxgate.engines.base import EngineUnavailable
 from voxgate.engines.llm import LLMError
-from voxgate.engines.local_llm import LocalLLM, installed
-from voxgate.engines.workers import EngineWorkers
+from voxgate.engines.local_llm import DecodeGate, LocalLLM, installed
+from voxgate.engines.workers import EngineWorkers, Priority
 from voxgate.protocols.chat import (
     ChatDone,
     ChatEvent,
@@ -247,3 +249,28 @@ async def test_realtime_conversation_on_the_default_model(gateway: GatewayFactor
         done = await turn("What is the capital of France?")
         assert done.status == "completed"
         assert "paris" in done.output[0].content[0].text.lower()
+
+
+def test_a_background_step_gives_up_when_stopped_while_waiting() -> None:
+    """A turn taking over a context being prepared must not wait behind other sessions'
+    decoding: the preparation's waiting step ends as soon as it is stopped."""
+    gate = DecodeGate()
+    stop = threading.Event()
+    outcome: list[bool] = []
+    with gate.step(Priority.URGENT) as granted:  # another session is decoding
+        assert granted
+
+        def prepare() -> None:
+            with gate.step(Priority.BACKGROUND, stop) as ok:
+                outcome.append(ok)
+
+        waiter = threading.Thread(target=prepare)
+        waiter.start()
+        time.sleep(0.05)
+        assert outcome == []
+        stop.set()
+        gate.wake()
+        waiter.join(2)
+        assert outcome == [False]
+    with gate.step(Priority.NORMAL) as granted:  # the gate is free again
+        assert granted

@@ -160,19 +160,39 @@ class DecodeGate:
         self._busy = False
 
     @contextlib.contextmanager
-    def step(self, priority: Priority) -> Iterator[None]:
+    def step(self, priority: Priority, stop: threading.Event | None = None) -> Iterator[bool]:
+        """Wait for this step's turn; yields ``True`` then, or ``False`` at once when
+        ``stop`` is set while waiting (a background step would otherwise wait as long as
+        more urgent ones keep coming). Whoever sets ``stop`` calls :meth:`wake`."""
         ticket = (int(priority), next(self._seq))
         with self._cond:
             heapq.heappush(self._waiting, ticket)
-            self._cond.wait_for(lambda: not self._busy and self._waiting[0] == ticket)
-            heapq.heappop(self._waiting)
-            self._busy = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._busy = False
+            self._cond.wait_for(
+                lambda: (
+                    (not self._busy and self._waiting[0] == ticket)
+                    or (stop is not None and stop.is_set())
+                )
+            )
+            granted = not self._busy and self._waiting[0] == ticket
+            if granted:
+                heapq.heappop(self._waiting)
+                self._busy = True
+            else:
+                self._waiting.remove(ticket)
+                heapq.heapify(self._waiting)
                 self._cond.notify_all()
+        try:
+            yield granted
+        finally:
+            if granted:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let waiting steps look at their ``stop`` events again."""
+        with self._cond:
+            self._cond.notify_all()
 
 
 @dataclass
@@ -349,6 +369,7 @@ class LocalLLM:
                     if ahead is not None and ahead.shared_prefix(tokens) > shared:
                         assert ahead.warming is not None
                         ahead.warming.set()  # it stops within one chunk, then is released
+                        self.gate.wake()
                         await self._changed.wait()
                         continue
                 size = len(self._contexts) + self._growing
@@ -432,7 +453,9 @@ class LocalLLM:
         for i in range(keep, len(tokens), chunk):
             if stop is not None and stop.is_set():
                 return
-            with self.gate.step(priority):
+            with self.gate.step(priority, stop) as granted:
+                if not granted:
+                    return
                 llama.eval(tokens[i : i + chunk])
 
     def decode(
