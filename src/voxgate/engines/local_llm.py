@@ -463,6 +463,23 @@ class LocalLLM:
     ) -> None:
         """Decode ``job`` in ``context``, handing text to ``emit`` as it comes; stops at
         the next token once ``cancel`` is set."""
+        # Until its first clause, the answer is urgent work: partial transcripts and
+        # other sessions' later tokens and clauses wait for it.
+        first_clause = contextlib.ExitStack()
+        first_clause.enter_context(self._workers.urgent())
+        try:
+            self._decode(context, job, cancel, emit, first_clause)
+        finally:
+            first_clause.close()
+
+    def _decode(
+        self,
+        context: _Context,
+        job: _Job,
+        cancel: threading.Event,
+        emit: Callable[[str], None],
+        first_clause: contextlib.ExitStack,
+    ) -> None:
         llama = context.llama
         started = time.perf_counter()
         cached = context.shared_prefix(job.tokens)
@@ -486,6 +503,7 @@ class LocalLLM:
                 return
             urgent = job.produced < FIRST_CLAUSE_TOKENS
             if not urgent:
+                first_clause.close()
                 self._workers.pause_for_urgent(MAX_YIELD_SECONDS)
             with self.gate.step(Priority.URGENT if urgent else Priority.NORMAL):
                 token = next(generator, None)

@@ -208,8 +208,12 @@ class WhisperPartials(UtteranceDecoder):
         step_seconds: float = PARTIAL_STEP_SECONDS,
         window_seconds: float = PARTIAL_WINDOW_SECONDS,
         cost_share: float = PARTIAL_COST_SHARE,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._model = model
+        #: Urgent work (a final transcript, an answer's first clause) is running: a
+        #: partial waits for the next step rather than take a core from it.
+        self._busy = busy
         self._language = language
         self._clock = clock
         self._step = int(step_seconds * SAMPLE_RATE)
@@ -231,6 +235,9 @@ class WhisperPartials(UtteranceDecoder):
         self._audio.append(pcm)
         self._samples += len(pcm) // 2
         if self._samples < self._next:
+            return None
+        if self._busy():
+            self._next = self._samples + self._step
             return None
         began = self._clock()
         pcm16 = np.frombuffer(b"".join(self._audio), dtype="<i2")[self._start :]
@@ -338,7 +345,9 @@ class WhisperSTT(SpeechToText):
             if kind == "pocketsphinx":
                 partials = SphinxDecoder(self._sphinx_pool)
             elif kind == "whisper-tiny" and tiny is not None:
-                partials = WhisperPartials(tiny, language=language)
+                partials = WhisperPartials(
+                    tiny, language=language, busy=lambda: self._workers.urgent_pending > 0
+                )
             decoder = WhisperDecoder(
                 model,
                 self._workers,
