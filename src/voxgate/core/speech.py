@@ -45,7 +45,7 @@ from voxgate.engines.base import (
     TextToSpeech,
     Transcript,
 )
-from voxgate.engines.workers import EngineWorkers
+from voxgate.engines.workers import EngineWorkers, Priority
 from voxgate.protocols.speech.unified import (
     Audio,
     Clear,
@@ -64,6 +64,9 @@ from voxgate.protocols.speech.unified import (
     TTSConfig,
     TTSEvent,
 )
+
+#: Engine audio up to this size (~2 s at 22 kHz) is converted on the event loop.
+INLINE_CONVERT_BYTES = 96_000
 
 log = logging.getLogger("voxgate.speech")
 
@@ -319,7 +322,12 @@ class TTSSession:
     async def _speak(self, job: _Speak) -> None:
         p = self.protocol
         async for pcm in job.stream.synthesize(job.text):
-            out = await self._workers.run(job.converter.convert, pcm)
+            # a clause's conversion takes well under a millisecond: done here, it never
+            # waits in the engine queue behind other sessions' synthesis
+            if len(pcm) <= INLINE_CONVERT_BYTES:
+                out = job.converter.convert(pcm)
+            else:
+                out = await self._workers.run(job.converter.convert, pcm, priority=Priority.URGENT)
             if not out:
                 continue
             ms = job.converter.fmt.duration_ms(len(out))
