@@ -258,7 +258,10 @@ async def test_speak_and_listen(gateway: GatewayFactory, launch: Launch) -> None
     await until(
         page, "() => document.querySelector('#stt-status').textContent.startsWith('Done')", 60
     )
-    assert (await page.inner_text("#stt-result")).lower().count("superlative") == 1
+    # whisper base hears the last word as "superlative" or, with the short window (and
+    # on this file decoded whole, either window), "separative": the page's part is the rest
+    heard = (await page.inner_text("#stt-result")).lower()
+    assert heard.count("you always want to see it in the") == 1, heard
     await screenshot(page, "speak-listen")
 
     # not audio at all: said in words, nothing sent
