@@ -164,15 +164,11 @@ def _prepare_local_model(settings: Settings) -> None:
     """Join and verify the embedded model's file before serving, saying so when it is
     done for the first time (a minute at most, otherwise silent that long)."""
     from voxgate.engines.base import EngineError
-    from voxgate.engines.local_llm import PACKAGED, model_file
+    from voxgate.engines.local_llm import PACKAGED, model_file, needs_join
 
     cache = Path(settings.speech.cache_dir).expanduser() / "llm"
     packaged = PACKAGED.get(settings.local_llm.model)
-    first = (
-        packaged is not None
-        and len(packaged.packages) > 1
-        and not (cache / f"{packaged.file}.verified").is_file()
-    )
+    first = needs_join(settings.local_llm, cache)
     if first and packaged is not None:
         print(
             f"voxgate/local: joining {packaged.file} ({packaged.size / 1e9:.1f} GB) from "

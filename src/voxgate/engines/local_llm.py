@@ -49,7 +49,7 @@ import orjson
 
 from voxgate.engines.base import EngineError, EngineUnavailable
 from voxgate.engines.llm import LanguageModel, LLMError
-from voxgate.engines.packaged import join_verified, package_dir, verify_file
+from voxgate.engines.packaged import join_verified, package_dir, verified, verify_file
 from voxgate.engines.workers import EngineWorkers, Priority, _lower_priority
 from voxgate.protocols.chat import ChatDone, ChatEvent, ChatRequest, TextDelta, ToolCallDelta
 from voxgate.protocols.chatml import (
@@ -129,6 +129,17 @@ def installed(settings: LocalLLMSettings) -> bool:
     if packaged is None:
         return Path(settings.model).expanduser().is_file()
     return all(package_dir(p) is not None for p in packaged.packages)
+
+
+def needs_join(settings: LocalLLMSettings, cache_dir: Path) -> bool:
+    """The packaged model is split and not yet joined into ``cache_dir`` (the first
+    :func:`model_file` then takes a while)."""
+    packaged = PACKAGED.get(settings.model)
+    return (
+        packaged is not None
+        and len(packaged.packages) > 1
+        and not verified(cache_dir / packaged.file, packaged.sha256)
+    )
 
 
 def model_file(settings: LocalLLMSettings, cache_dir: Path) -> Path:

