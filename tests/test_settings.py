@@ -113,6 +113,21 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
         ("[server]\ndrain_seconds = -1\n", {}, r"server\.drain_seconds: must be >= 0"),
         ("[cluster]\nsecret_env = 3\n", {}, r"cluster\.secret_env: expected a string"),
         ("[cluster]\nsecret = 'inline'\n", {}, r"cluster\.secret: unknown key"),
+        ("[local_llm]\nmodel = '7b'\n", {}, r"local_llm\.model: must be one of 1\.5b, 0\.5b"),
+        ("[local_llm]\nthreads = 0\n", {}, r"local_llm\.threads: must be between 1 and 256"),
+        ("[local_llm]\ncontexts = 100\n", {}, r"local_llm\.contexts: must be between 1 and 64"),
+        ("[local_llm]\ncontext_tokens = 100\n", {}, r"local_llm\.context_tokens: must be between"),
+        ("[local_llm]\nsize = '1.5b'\n", {}, r"local_llm\.size: unknown key"),
+        (
+            "[speech.engines.w]\ntype = 'whisper'\nwindow = 'tiny'\n",
+            {},
+            r"speech\.engines\.w\.window",
+        ),
+        (
+            "[speech.engines.w]\ntype = 'whisper'\npartials = 'x'\n",
+            {},
+            r"speech\.engines\.w\.partials",
+        ),
         (
             "[accounts.local.gateways.default]\nlimits = { idle_seconds = -1 }\n",
             {},
