@@ -24,7 +24,13 @@ from voxgate.audio import (
 )
 from voxgate.core.text import SentenceBuffer, split_clauses
 from voxgate.engines.base import VoiceActivity
-from voxgate.engines.vad import Segmenter, SegmenterSettings, UtteranceEnd, UtteranceStart
+from voxgate.engines.vad import (
+    Segmenter,
+    SegmenterSettings,
+    UtteranceEnd,
+    UtterancePause,
+    UtteranceStart,
+)
 
 
 def pcm(*samples: int) -> bytes:
@@ -163,6 +169,34 @@ def test_segmenter_start_end_and_preroll() -> None:
     assert seg.end() is None
     # a torn frame waits for the rest of its bytes
     assert seg.push(b"\1") == []
+
+
+def test_segmenter_says_when_an_utterance_pauses_and_resumes() -> None:
+    seg = Segmenter(
+        ScriptedVad(),
+        SegmenterSettings(min_speech_ms=20, min_silence_ms=60, pause_ms=30, preroll_ms=0),
+    )
+    kinds = [type(o).__name__ for o in seg.push(frames("ss...s......ss......"))]
+    marks = [k for k in kinds if k != "UtteranceAudio"]
+    assert marks == [
+        "UtteranceStart",
+        "UtterancePause",  # 3 silent frames (30 ms)
+        "UtteranceResumed",
+        "UtterancePause",
+        "UtteranceEnd",  # 6 silent frames
+        "UtteranceStart",
+        "UtterancePause",
+        "UtteranceEnd",
+    ]
+    # the pause comes after the frame that made it, the resumption before the speech
+    assert kinds[kinds.index("UtterancePause") - 1] == "UtteranceAudio"
+    i = kinds.index("UtteranceResumed")
+    assert kinds[i + 1] == "UtteranceAudio"
+    # a pause as long as the end is no pause
+    late = Segmenter(
+        ScriptedVad(), SegmenterSettings(min_speech_ms=20, min_silence_ms=60, pause_ms=60)
+    )
+    assert not any(isinstance(o, UtterancePause) for o in late.push(frames("ss......")))
 
 
 def test_an_answers_first_clause_is_taken_before_its_sentence_ends() -> None:

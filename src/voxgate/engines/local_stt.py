@@ -24,7 +24,14 @@ from voxgate.engines.base import (
     SpeechStarted,
     Transcript,
 )
-from voxgate.engines.vad import Segmenter, UtteranceAudio, UtteranceEnd, UtteranceStart
+from voxgate.engines.vad import (
+    Segmenter,
+    UtteranceAudio,
+    UtteranceEnd,
+    UtterancePause,
+    UtteranceResumed,
+    UtteranceStart,
+)
 from voxgate.engines.workers import EngineWorkers, Priority
 
 log = logging.getLogger("voxgate.engines")
@@ -41,10 +48,20 @@ class UtteranceDecoder(ABC):
         """Take audio; returns a new partial hypothesis, or ``None`` if there is none."""
 
     def add_last(self, pcm: bytes) -> str | None:
-        """Take the audio the utterance ends with (its end, or a finalize, follows at
-        once). A partial is hardly wanted: a decoder whose partials cost a decode of
-        their own skips it and returns ``None``; by default this is :meth:`add`."""
+        """Take the audio the utterance ends with (its end, a finalize or a :meth:`pause`
+        follows at once). A partial is hardly wanted: a decoder whose partials cost a
+        decode of their own skips it and returns ``None``; by default this is :meth:`add`."""
         return self.add(pcm)
+
+    def pause(self) -> str | None:
+        """The utterance has fallen silent and may end here. A decoder whose :meth:`end`
+        costs a decode of the whole utterance may decode it now (while the silence that
+        ends it comes in), return that text as a partial, and give it again at
+        :meth:`end` unless :meth:`resume` came between. By default nothing."""
+        return None
+
+    def resume(self) -> None:  # noqa: B027 - most decoders hold nothing
+        """Speech again after :meth:`pause`: what it decoded is not the utterance."""
 
     @abstractmethod
     def end(self) -> tuple[str, float]:
@@ -91,6 +108,13 @@ class RecognitionCore:
         for seg in self.segmenter.push(pcm):
             if isinstance(seg, UtteranceAudio):
                 audio.append(seg.audio)
+                continue
+            if isinstance(seg, UtterancePause):
+                self._add(audio, out, last=True)  # the pause's decode reads it all
+                self._partial(self.decoder.pause(), out)
+                continue
+            if isinstance(seg, UtteranceResumed):
+                self.decoder.resume()
                 continue
             self._add(audio, out, last=isinstance(seg, UtteranceEnd))
             if isinstance(seg, UtteranceStart):

@@ -43,6 +43,7 @@ ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
         "beam_size": int,
         "window": WHISPER_WINDOWS,
         "partials": WHISPER_PARTIALS,
+        "pause_ms": int,
     },
     "elevenlabs": dict(_CLOUD),
     "cartesia": {**_CLOUD, "version": str},

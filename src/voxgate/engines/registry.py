@@ -233,5 +233,6 @@ def _segmenter(opts: Mapping[str, Any]) -> SegmenterSettings:
         threshold=opts.get("threshold", d.threshold),
         min_speech_ms=d.min_speech_ms,
         min_silence_ms=opts.get("min_silence_ms", d.min_silence_ms),
+        pause_ms=opts.get("pause_ms", d.pause_ms),
         preroll_ms=d.preroll_ms,
     )

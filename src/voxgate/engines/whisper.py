@@ -2,7 +2,10 @@
 
 Whisper is not streaming: the stream segments audio with a VAD (silero by default) and
 decodes each utterance when it ends, or when the client finalizes, inside
-``workers.urgent()`` (a language model decoding beside it pauses meanwhile).
+``workers.urgent()`` (a language model decoding beside it pauses meanwhile). When the
+speech pauses (``pause_ms``, 224 ms of silence by default) the utterance is decoded at
+once: if no speech follows, that is its final (whose wait then overlaps the silence
+that ends the turn), and meanwhile it is the newest partial.
 
 **Window** (``window``, :mod:`voxgate.engines.whisper_window`). ``"short"`` (the default)
 encodes the utterance plus 8 s of silence instead of faster-whisper's 30 s, with the
@@ -137,15 +140,31 @@ class WhisperDecoder(UtteranceDecoder):
         self._window = window
         self._partials = partials
         self._audio: list[bytes] = []
+        #: The utterance decoded at its last pause, while no speech has come since.
+        self._early: tuple[str, float] | None = None
 
     def begin(self) -> None:
         self._audio.clear()
+        self._early = None
         if self._partials is not None:
             self._partials.begin()
 
+    def pause(self) -> str | None:
+        """Decode the utterance now: if the silence lasts, this is its final, ready
+        before the silence that ends the turn is over (and the best partial meanwhile)."""
+        self._early = self._decode(b"".join(self._audio))
+        return self._early[0] or None
+
+    def resume(self) -> None:
+        self._early = None
+
     def add(self, pcm: bytes) -> str | None:
         self._audio.append(pcm)
-        return self._partials.add(pcm) if self._partials is not None else None
+        if self._partials is None:
+            return None
+        if self._early is not None:  # silence after a pause: the pause's text is better
+            return self._partials.add_last(pcm)
+        return self._partials.add(pcm)
 
     def add_last(self, pcm: bytes) -> str | None:
         self._audio.append(pcm)
@@ -156,6 +175,11 @@ class WhisperDecoder(UtteranceDecoder):
             self._partials.end()
         pcm = b"".join(self._audio)
         self._audio.clear()
+        early, self._early = self._early, None
+        # since the pause only silence came: its trailing frames change nothing whisper reads
+        return early if early is not None else self._decode(pcm)
+
+    def _decode(self, pcm: bytes) -> tuple[str, float]:
         if len(pcm) < 3200:  # under 0.1 s: nothing whisper can read
             return "", 0.0
         samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
