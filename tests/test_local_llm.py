@@ -147,6 +147,41 @@ async def test_warm_then_the_turn_evaluates_only_what_is_new(small: LocalLLM) ->
 
 
 @needs_small
+async def test_sessions_with_the_same_start_evaluate_it_once(
+    small: LocalLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llama_cpp import Llama
+
+    evaluated: list[int] = []
+    real_eval = Llama.eval
+
+    def counted(self: Any, tokens: list[int]) -> None:
+        evaluated.append(len(tokens))
+        real_eval(self, tokens)
+
+    monkeypatch.setattr(Llama, "eval", counted)
+    model = small.model()
+    start = ChatRequest("voxgate/local", (ChatMessage("system", "Answer briefly."),), (WEATHER,))
+    system = await small.tokenize(model._prompt(start).system)
+    # two sessions start together: one evaluates the start, the other waits for it
+    await asyncio.gather(model.warm(start), model.warm(start))
+    assert sum(evaluated) == len(system)
+    assert len(small.prefixes) == 1
+    # two turns at once need two contexts: the second copies the start in, evaluating
+    # only the question; with the same arithmetic in both, both answer alike
+    evaluated.clear()
+    question = ask("What is the capital of France?", tools=(WEATHER,), temperature=0.0)
+    tokens = await small.tokenize(model._prompt(question).text)
+    first, second = await asyncio.gather(answer(small, question), answer(small, question))
+    assert len(small._contexts) == 2
+    assert all(c.cached()[: len(system)] == system for c in small._contexts)
+    produced = sum(e.output_tokens for e in (first[-1], second[-1]) if isinstance(e, ChatDone))
+    new = len(tokens) - len(system)
+    assert sum(evaluated) <= 2 * new + produced, (evaluated, new, produced)
+    assert text_of(first) == text_of(second)
+
+
+@needs_small
 async def test_a_cancelled_answer_frees_its_context(small: LocalLLM) -> None:
     model = small.model()
     stream = model.stream(ask("Count from one to one hundred, in words."))

@@ -22,7 +22,10 @@ How it shares two cores (see also :mod:`voxgate.engines.workers`):
   at a higher nice value, like the engine workers.
 
 ``warm`` evaluates a session's system prompt and tools ahead of its first turn (the
-first prompt with tools costs about a second to evaluate on two cores).
+~470 tokens of instructions and six tools take 10–13 s to evaluate on two cores). That
+start is evaluated once per process: its KV cache is kept (:class:`Prefixes`) and copied
+into any context whose prompt begins with it, in milliseconds. Sessions that start
+together with the same instructions wait for one evaluation instead of each doing it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import ctypes
 import heapq
 import importlib.util
 import itertools
@@ -37,6 +41,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -84,6 +89,9 @@ FIRST_CLAUSE_TOKENS = 12
 #: The longest a decode waits for urgent speech work before it takes its step anyway.
 MAX_YIELD_SECONDS = 0.3
 DEFAULT_TEMPERATURE = 0.2
+#: Prompt starts whose KV cache is kept (each ~28 KiB a token for the 1.5B model: a
+#: system prompt with six tools is ~13 MiB).
+MAX_PREFIXES = 4
 
 
 @dataclass(frozen=True)
@@ -261,6 +269,78 @@ class CallOrWords:
         return only
 
 
+class Prefixes:
+    """The KV cache of prompt starts that many sessions share (a system prompt and its
+    tools), kept to be copied into another context instead of evaluated again.
+
+    Touched from decode threads, each on the context it holds; a lock guards the table.
+    """
+
+    def __init__(self, limit: int = MAX_PREFIXES) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def keep(self, context: _Context, n: int) -> None:
+        """Keep the first ``n`` tokens ``context`` holds (the oldest kept start goes when
+        there are too many)."""
+        import llama_cpp
+
+        llama = context.llama
+        key = tuple(int(t) for t in llama.input_ids[:n])
+        with self._lock:
+            if key in self._kept:
+                self._kept.move_to_end(key)
+                return
+        llama._ctx.kv_cache_seq_rm(0, n, -1)  # what lies past them (nothing after an eval)
+        llama.n_tokens = n
+        ctx = llama._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        data = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(ctx, data, size, 0) != size:
+            return  # not kept: the start is evaluated again where needed
+        with self._lock:
+            self._kept[key] = data
+            while len(self._kept) > self._limit:
+                self._kept.popitem(last=False)
+
+    def longest(self, tokens: list[int]) -> int:
+        """How many of ``tokens`` the longest kept start that begins them has (0: none)."""
+        with self._lock:
+            starts = [len(k) for k in self._kept if list(k) == tokens[: len(k)]]
+        return max(starts, default=0)
+
+    def restore(self, context: _Context, tokens: list[int]) -> int:
+        """Copy the longest kept start of ``tokens`` into ``context`` when it holds less of
+        them; returns how many of ``tokens`` the context then holds."""
+        import llama_cpp
+
+        held = context.shared_prefix(tokens)
+        with self._lock:
+            best = max(
+                (k for k in self._kept if len(k) > held and list(k) == tokens[: len(k)]),
+                key=len,
+                default=None,
+            )
+            data = self._kept[best] if best is not None else None
+            if best is not None:
+                self._kept.move_to_end(best)
+        if best is None or data is None:
+            return held
+        llama = context.llama
+        llama._ctx.kv_cache_seq_rm(0, 0, -1)
+        if llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, data, len(data), 0) != len(data):
+            llama._ctx.kv_cache_seq_rm(0, 0, -1)
+            llama.n_tokens = 0
+            return 0
+        llama.input_ids[: len(best)] = best
+        llama.n_tokens = len(best)
+        return len(best)
+
+
 class _Context:
     def __init__(self, llama: Any) -> None:
         self.llama = llama
@@ -307,6 +387,9 @@ class LocalLLM:
         self._growing = 0
         self._installed = False
         self._openings: npt.NDArray[np.intc] | None = None
+        self.prefixes = Prefixes()
+        #: Session starts being evaluated, and when each is done (see :meth:`prepare`).
+        self._starting: dict[tuple[int, ...], asyncio.Event] = {}
 
     def model(self) -> LanguageModel:
         """A session's handle; raises :class:`EngineUnavailable` naming what to install
@@ -381,6 +464,7 @@ class LocalLLM:
                         assert ahead.warming is not None
                         ahead.warming.set()  # it stops within one chunk, then is released
                         self.gate.wake()
+                        self._workers.wake()
                         await self._changed.wait()
                         continue
                 size = len(self._contexts) + self._growing
@@ -412,19 +496,37 @@ class LocalLLM:
     async def prepare(self, tokens: list[int], *, grow: bool) -> None:
         """Evaluate ``tokens`` ahead of the turn that will start with them, at background
         priority, in a context that a turn needing it takes over (see :meth:`acquire`);
-        in a new context only with ``grow``."""
-        context = await self.acquire(tokens, warm=True, grow=grow)
-        if context is None:
-            return
-        context.warming = stop = threading.Event()
+        in a new context only with ``grow``.
+
+        With ``grow`` (a session's start: its instructions and tools) the evaluated start
+        is kept for other sessions (:class:`Prefixes`); a session starting while the same
+        start is being evaluated waits for that instead of evaluating it too."""
+        key = tuple(tokens)
+        if grow:
+            while (other := self._starting.get(key)) is not None:
+                await other.wait()
+        done = asyncio.Event()
+        if grow and self.prefixes.longest(tokens) < len(tokens):
+            self._starting[key] = done
         try:
-            # a partial transcript in small chunks: a turn taking the context over waits
-            # for the chunk under way
-            chunk = PROMPT_CHUNK if grow else PREPARE_CHUNK
-            await self._run(self.evaluate, context, tokens, Priority.BACKGROUND, stop, chunk)
+            context = await self.acquire(tokens, warm=True, grow=grow)
+            if context is None:
+                return
+            context.warming = stop = threading.Event()
+            try:
+                # a partial transcript in small chunks: a turn taking the context over
+                # waits for the chunk under way
+                chunk = PROMPT_CHUNK if grow else PREPARE_CHUNK
+                await self._run(self.evaluate, context, tokens, Priority.BACKGROUND, stop, chunk)
+                if grow and not stop.is_set() and context.shared_prefix(tokens) == len(tokens):
+                    await self._run(self.prefixes.keep, context, len(tokens))
+            finally:
+                context.warming = None
+                await self.release(context)
         finally:
-            context.warming = None
-            await self.release(context)
+            if self._starting.get(key) is done:
+                del self._starting[key]
+            done.set()
 
     async def release(self, context: _Context) -> None:
         async with self._changed:
@@ -457,11 +559,14 @@ class LocalLLM:
         chunk: int = PROMPT_CHUNK,
     ) -> None:
         """Bring ``context`` to ``tokens``, in chunks through the gate (what it holds
-        already of them is kept, what follows is dropped); ``stop`` ends it early."""
+        already of them is kept, what follows is dropped); ``stop`` ends it early. Work
+        ahead of a turn (``BACKGROUND``) also waits while urgent speech work runs."""
         llama = context.llama
-        keep = context.shared_prefix(tokens)
+        keep = self.prefixes.restore(context, tokens)
         llama.n_tokens = keep
         for i in range(keep, len(tokens), chunk):
+            if priority is Priority.BACKGROUND:
+                self._workers.pause_for_urgent(MAX_YIELD_SECONDS, stop)
             if stop is not None and stop.is_set():
                 return
             with self.gate.step(priority, stop) as granted:

@@ -146,16 +146,25 @@ class EngineWorkers:
         """Urgent jobs queued or running, and urgent stretches open."""
         return self._urgent
 
-    def pause_for_urgent(self, max_wait: float = 0.5) -> float:
+    def pause_for_urgent(self, max_wait: float = 0.5, stop: threading.Event | None = None) -> float:
         """From a thread outside the pool (a model decoding token by token): wait while
-        urgent work is queued or running, at most ``max_wait`` seconds so nothing starves.
-        Returns the seconds waited."""
+        urgent work is queued or running, at most ``max_wait`` seconds so nothing starves,
+        or until ``stop`` is set (whoever sets it calls :meth:`wake`). Returns the seconds
+        waited."""
         if self._urgent == 0:
             return 0.0
         start = time.monotonic()
         with self._cond:
-            self._cond.wait_for(lambda: self._urgent == 0 or self._closed, timeout=max_wait)
+            self._cond.wait_for(
+                lambda: self._urgent == 0 or self._closed or (stop is not None and stop.is_set()),
+                timeout=max_wait,
+            )
         return time.monotonic() - start
+
+    def wake(self) -> None:
+        """Let threads in :meth:`pause_for_urgent` look at their ``stop`` events again."""
+        with self._cond:
+            self._cond.notify_all()
 
     def shutdown(self) -> None:
         """Stop the threads after the jobs they are running; queued jobs are cancelled."""
