@@ -182,6 +182,31 @@ async def test_sessions_with_the_same_start_evaluate_it_once(
 
 
 @needs_small
+async def test_a_cancelled_preparation_frees_its_context_only_when_it_stops(
+    small: LocalLLM,
+) -> None:
+    """A session that closes while its partial transcript is being evaluated: the
+    context must not go to another turn while the evaluating thread still writes it."""
+    model = small.model()
+    start = ChatRequest("voxgate/local", (ChatMessage("system", "Answer briefly."),))
+    await model.warm(start)
+    spoken = " ".join(f"word{i}" for i in range(150))
+    preparing = asyncio.ensure_future(model.warm(ask(spoken)))
+    await asyncio.sleep(0.05)
+    preparing.cancel()
+    await asyncio.gather(preparing, return_exceptions=True)
+    free = {id(c): c.llama.n_tokens for c in small._contexts if not c.busy}
+    assert free  # the context was given back...
+    await asyncio.sleep(0.2)
+    # ...once nothing writes to it any more
+    assert free == {id(c): c.llama.n_tokens for c in small._contexts if id(c) in free}
+    # the next turn starts with what was being prepared: it takes that context
+    events = await answer(small, ask(spoken + " Say yes.", max_tokens=4))
+    assert isinstance(events[-1], ChatDone)
+    assert not any(c.busy for c in small._contexts)
+
+
+@needs_small
 async def test_a_cancelled_answer_frees_its_context(small: LocalLLM) -> None:
     model = small.model()
     stream = model.stream(ask("Count from one to one hundred, in words."))

@@ -400,8 +400,10 @@ class LocalLLM:
                 raise EngineUnavailable(f"{NAME} is not installed: {HINT}")
         return LocalModel(self)
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    def _run(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """``fn(*args)`` in a decode thread. Cancelling the future does not stop a thread
+        that has started: a caller whose call touches a context waits for it."""
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def load(self) -> None:
         """Join and verify the model, and open the first context (seconds, once)."""
@@ -513,20 +515,35 @@ class LocalLLM:
             if context is None:
                 return
             context.warming = stop = threading.Event()
+            # a partial transcript in small chunks: a turn taking the context over waits
+            # for the chunk under way
+            chunk = PROMPT_CHUNK if grow else PREPARE_CHUNK
+            running = self._run(self._evaluate_ahead, context, tokens, stop, chunk, grow)
             try:
-                # a partial transcript in small chunks: a turn taking the context over
-                # waits for the chunk under way
-                chunk = PROMPT_CHUNK if grow else PREPARE_CHUNK
-                await self._run(self.evaluate, context, tokens, Priority.BACKGROUND, stop, chunk)
-                if grow and not stop.is_set() and context.shared_prefix(tokens) == len(tokens):
-                    await self._run(self.prefixes.keep, context, len(tokens))
+                await asyncio.shield(running)  # a cancellation must not cancel ``running``
             finally:
+                # cancelled (the session closed): the thread may still be writing to the
+                # context; it is given back only once that thread has stopped
+                stop.set()
+                self.gate.wake()
+                self._workers.wake()
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(running)
                 context.warming = None
                 await self.release(context)
         finally:
             if self._starting.get(key) is done:
                 del self._starting[key]
             done.set()
+
+    def _evaluate_ahead(
+        self, context: _Context, tokens: list[int], stop: threading.Event, chunk: int, keep: bool
+    ) -> None:
+        """:meth:`evaluate` at background priority; with ``keep``, the evaluated start is
+        kept for other contexts (:class:`Prefixes`)."""
+        self.evaluate(context, tokens, Priority.BACKGROUND, stop, chunk)
+        if keep and not stop.is_set() and context.shared_prefix(tokens) == len(tokens):
+            self.prefixes.keep(context, len(tokens))
 
     async def release(self, context: _Context) -> None:
         async with self._changed:
@@ -810,7 +827,7 @@ class LocalModel(LanguageModel):
         try:
             while (piece := await pieces.get()) is not None:
                 yield piece
-            await done
+            await asyncio.shield(done)
         except (ValueError, RuntimeError) as exc:
             raise LLMError(f"{NAME}: decoding failed: {exc}") from exc
         finally:
