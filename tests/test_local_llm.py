@@ -334,3 +334,31 @@ def test_a_background_step_gives_up_when_stopped_while_waiting() -> None:
         assert outcome == [False]
     with gate.step(Priority.NORMAL) as granted:  # the gate is free again
         assert granted
+
+
+def test_the_gate_runs_a_token_step_per_core_and_a_prompt_chunk_alone() -> None:
+    gate = DecodeGate(2)
+    order: list[str] = []
+    with gate.step(Priority.NORMAL) as a, gate.step(Priority.NORMAL) as b:
+        assert a and b  # two sessions' tokens side by side, a core each
+
+        def chunk() -> None:
+            with gate.step(Priority.URGENT, weight=2) as ok:
+                assert ok
+                order.append("chunk")
+
+        def token() -> None:
+            with gate.step(Priority.NORMAL) as ok:
+                assert ok
+                order.append("token")
+
+        waiting = threading.Thread(target=chunk)
+        waiting.start()
+        time.sleep(0.05)
+        behind = threading.Thread(target=token)
+        behind.start()
+        time.sleep(0.05)
+        assert order == []  # the chunk needs both cores; the token waits behind it
+    waiting.join(2)
+    behind.join(2)
+    assert order == ["chunk", "token"]
