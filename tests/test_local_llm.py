@@ -12,6 +12,7 @@ import importlib.util
 import threading
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,42 @@ async def test_sessions_with_the_same_start_evaluate_it_once(
     new = len(tokens) - len(system)
     assert sum(evaluated) <= 2 * new + produced, (evaluated, new, produced)
     assert text_of(first) == text_of(second)
+
+
+@needs_small
+async def test_each_conversation_keeps_its_context(small: LocalLLM) -> None:
+    """Two sessions' short conversations share all but a few tokens: without knowing
+    whose each is, one session's turn would take the other's context (and the other
+    would evaluate its history again)."""
+    model = small.model()
+    histories: dict[str, list[ChatMessage]] = {
+        name: [ChatMessage("system", "Answer briefly.")] for name in ("a", "b")
+    }
+
+    async def turn(name: str, text: str) -> None:
+        history = histories[name]
+        history.append(ChatMessage("user", text))
+        request = ChatRequest(
+            "voxgate/local", tuple(history), max_tokens=6, temperature=0.0, conversation=name
+        )
+        # the user is still speaking: the words so far are prepared in its context
+        partial = replace(request, messages=(*history[:-1], ChatMessage("user", text[:12])))
+        await model.warm(partial)
+        history.append(ChatMessage("assistant", text_of(await answer(small, request))))
+
+    await turn("a", "What is the capital of France?")
+    await turn("b", "What is two plus two?")
+    assert len(small._contexts) == 2
+    await turn("a", "And of Italy?")
+    await turn("b", "And three plus three?")
+    assert len(small._contexts) == 2
+    for context in small._contexts:
+        name = context.owner
+        assert name in histories
+        request = ChatRequest("voxgate/local", tuple(histories[name]))
+        tokens = await small.tokenize(model._prompt(request).text)
+        # it holds its whole conversation but the last answer's end
+        assert context.shared_prefix(tokens) >= len(tokens) - 8, name
 
 
 @needs_small

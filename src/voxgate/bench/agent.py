@@ -413,7 +413,7 @@ async def run(args: argparse.Namespace) -> int:
     cfg = tmp / "voxgate.toml"
     cfg.write_text(server_config(args, tmp))
     log = tmp / "voxgate.log"
-    gateway = voxgate_proc(cfg, stderr=log)
+    gateway = voxgate_proc(cfg, stderr=log, log_level=args.server_log)
     try:
         print(f"# voxgate bench agent — {os.cpu_count()} cores, python {sys.version.split()[0]}")
         async with aiohttp.ClientSession() as http:
@@ -430,6 +430,8 @@ async def run(args: argparse.Namespace) -> int:
         raise
     finally:
         gateway.stop()
+    if args.server_log != "warning":
+        print(f"(the server's log: {log})", file=sys.stderr)
     return 0
 
 
@@ -440,6 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--questions", type=int, default=len(QUESTIONS), help="the first N questions")
     p.add_argument("--tool-prompts", type=int, default=len(TOOL_PROMPTS), metavar="N")
     p.add_argument("--silence-ms", type=int, default=500, help="server VAD silence_duration_ms")
+    p.add_argument(
+        "--server-log",
+        default="warning",
+        choices=("debug", "info", "warning"),
+        help="the server's log level (its log file is named at the end)",
+    )
     p.add_argument("--tool-choice", default="auto", help="auto, required or none")
     p.add_argument("--stt", help="the server's default STT engine (default: the built-in one)")
     p.add_argument(

@@ -132,11 +132,11 @@ class Proc:
             self._stderr.close()
 
 
-def voxgate_proc(cfg: Path, *, stderr: Path | None = None) -> Proc:
+def voxgate_proc(cfg: Path, *, stderr: Path | None = None, log_level: str = "warning") -> Proc:
     """``voxgate serve`` with ``cfg`` on a free port, as its own process (its log, at
-    level warning, to the file ``stderr`` if given)."""
+    ``log_level``, to the file ``stderr`` if given)."""
     argv = [sys.executable, "-m", "voxgate", "serve", "--config", str(cfg), "--port", "0"]
-    return Proc("voxgate", [*argv, "--log-level", "warning"], stderr=stderr)
+    return Proc("voxgate", [*argv, "--log-level", log_level], stderr=stderr)
 
 
 def baseline_proc(tree: str, cfg: Path) -> Proc:

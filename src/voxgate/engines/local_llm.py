@@ -82,6 +82,9 @@ HINT = (
 PROMPT_CHUNK = 48
 #: Prompt tokens per step when evaluating ahead of a turn (a partial transcript).
 PREPARE_CHUNK = 8
+#: A chunk of prompt this small is evaluated on one thread: with other sessions' steps
+#: and speech work on the other core, two threads wait on each other.
+SMALL_CHUNK = 16
 #: A free context holding more than this many tokens that a prompt does not share is
 #: another conversation's: a new context is opened instead while the pool may grow.
 FOREIGN_TOKENS = 64
@@ -236,6 +239,10 @@ class _Job:
     grammar: Any
     #: For ``tool_choice: auto``: decides between a call and words at the first token.
     opening: CallOrWords | None = None
+    #: The conversation it continues (``ChatRequest.conversation``).
+    owner: str | None = None
+    #: How many of ``tokens`` are the session's start (instructions and tools).
+    start: int = 0
     produced: int = 0
     finish: str = "stop"
 
@@ -342,6 +349,7 @@ class Prefixes:
                 self._kept.move_to_end(best)
         if best is None or data is None:
             return held
+        started = time.perf_counter()
         llama = context.llama
         llama._ctx.kv_cache_seq_rm(0, 0, -1)
         if llama_cpp.llama_state_seq_set_data(llama._ctx.ctx, data, len(data), 0) != len(data):
@@ -350,19 +358,49 @@ class Prefixes:
             return 0
         llama.input_ids[: len(best)] = best
         llama.n_tokens = len(best)
+        log.debug(
+            "prefix: %d tokens copied in (the context held %d) in %.0f ms",
+            len(best),
+            held,
+            1000 * (time.perf_counter() - started),
+        )
         return len(best)
+
+
+@dataclass
+class _Start:
+    """A session's start being evaluated: who waits for it, and how to hurry it."""
+
+    done: asyncio.Event
+    boost: threading.Event
 
 
 class _Context:
     def __init__(self, llama: Any) -> None:
         self.llama = llama
+        self._threads = 0
+        #: The conversation whose tokens it holds (``ChatRequest.conversation``).
+        self.owner: str | None = None
+        #: When it was last taken (``time.monotonic``).
+        self.used = 0.0
         #: A prompt is being evaluated or an answer decoded in this context.
         self.busy = False
         #: Set to stop the evaluation ahead of a turn running in it (see ``prepare``).
         self.warming: threading.Event | None = None
+        #: Set to make the evaluation of a session's start under way in it urgent: a
+        #: turn needs that start and waits for it rather than stop it.
+        self.boost: threading.Event | None = None
 
     def cached(self) -> list[int]:
         return list(self.llama.input_ids[: self.llama.n_tokens])
+
+    def use_threads(self, threads: int) -> None:
+        """Evaluate chunks of prompt on ``threads`` threads (one token always takes one)."""
+        if threads != self._threads:
+            import llama_cpp
+
+            llama_cpp.llama_set_n_threads(self.llama._ctx.ctx, 1, threads)
+            self._threads = threads
 
     def shared_prefix(self, tokens: list[int]) -> int:
         n = 0
@@ -401,7 +439,7 @@ class LocalLLM:
         self._openings: npt.NDArray[np.intc] | None = None
         self.prefixes = Prefixes()
         #: Session starts being evaluated, and when each is done (see :meth:`prepare`).
-        self._starting: dict[tuple[int, ...], asyncio.Event] = {}
+        self._starting: dict[tuple[int, ...], _Start] = {}
 
     def model(self) -> LanguageModel:
         """A session's handle; raises :class:`EngineUnavailable` naming what to install
@@ -456,46 +494,50 @@ class LocalLLM:
     # -- contexts ------------------------------------------------------------------------
 
     async def acquire(
-        self, tokens: list[int], *, warm: bool = False, grow: bool = True
+        self,
+        tokens: list[int],
+        *,
+        owner: str | None = None,
+        warm: bool = False,
+        grow: bool = True,
     ) -> _Context | None:
-        """The free context sharing the longest prefix with ``tokens``, unless it holds
-        much else (another conversation) and the pool may grow; waits for one when all
-        are busy and the pool is full. A context being warmed with more of ``tokens``
-        than any free one has is stopped and taken.
+        """A free context for ``tokens``, marked busy; waits for one when all are busy
+        and the pool is full.
 
-        With ``warm`` (preparing ahead of a turn) nothing waits: ``None`` when no context
-        is free and the pool is full, or (``grow=False``) when no free one holds the
-        conversation already."""
+        A conversation (``owner``) keeps a context of its own: it takes it when it is
+        free, and stops its own preparation under way to take it. Without one it opens
+        a new context while the pool may grow, else takes the free context that no one
+        owns or that the conversation using one least recently had. Requests of no
+        conversation take the free context sharing the longest prefix with ``tokens``,
+        unless it holds much else and the pool may grow (a preparation with more of
+        ``tokens`` is stopped and taken).
+
+        With ``warm`` (preparing ahead of a turn) nothing waits and nothing is taken from
+        another conversation: ``None`` when no free context is the conversation's own
+        and (``grow=False``) it may not open one, or the pool is full."""
         await self.load()
         async with self._changed:
             while True:
                 free = [c for c in self._contexts if not c.busy]
-                best = max(free, key=lambda c: c.shared_prefix(tokens), default=None)
-                shared = best.shared_prefix(tokens) if best is not None else 0
-                if not warm:
-                    warming = [c for c in self._contexts if c.busy and c.warming is not None]
-                    ahead = max(warming, key=lambda c: c.shared_prefix(tokens), default=None)
-                    if ahead is not None and ahead.shared_prefix(tokens) > shared:
-                        assert ahead.warming is not None
-                        ahead.warming.set()  # it stops within one chunk, then is released
-                        self.gate.wake()
-                        self._workers.wake()
-                        await self._changed.wait()
-                        continue
+                if not warm and self._stop_preparation(tokens, owner, free):
+                    await self._changed.wait()
+                    continue
                 size = len(self._contexts) + self._growing
-                full = size >= self.settings.contexts
-                own = best is not None and len(best.cached()) - shared <= FOREIGN_TOKENS
-                if best is not None and (full or own):
-                    if warm and not own and not grow:
-                        return None
-                    best.busy = True
-                    return best
-                if warm and not grow:
+                room = size < self.settings.contexts
+                chosen = (
+                    self._choose_owned(tokens, owner, free, warm=warm, grow=grow, room=room)
+                    if owner is not None
+                    else self._choose_shared(tokens, free, warm=warm, grow=grow, room=room)
+                )
+                if isinstance(chosen, _Context):
+                    chosen.busy = True
+                    chosen.owner = owner
+                    chosen.used = time.monotonic()
+                    return chosen
+                if chosen == "none":
                     return None
-                if size < self.settings.contexts:
+                if chosen == "grow":
                     break
-                if warm:
-                    return None
                 await self._changed.wait()
             self._growing += 1
         try:
@@ -504,11 +546,79 @@ class LocalLLM:
             async with self._changed:
                 self._growing -= 1
         context.busy = True
+        context.owner = owner
+        context.used = time.monotonic()
         async with self._changed:
             self._contexts.append(context)
         return context
 
-    async def prepare(self, tokens: list[int], *, grow: bool) -> None:
+    def _stop_preparation(self, tokens: list[int], owner: str | None, free: list[_Context]) -> bool:
+        """Stop the preparation that a turn for ``tokens`` should take over: its own
+        conversation's when it has no free context of its own, else one holding more of
+        ``tokens`` than any free context. Whether one was stopped (wait for its release)."""
+        warming = [c for c in self._contexts if c.busy and c.warming is not None]
+        if owner is not None:
+            if any(c.owner == owner for c in free):
+                return False
+            ahead = next((c for c in warming if c.owner == owner), None)
+        else:
+            shared = max((c.shared_prefix(tokens) for c in free), default=0)
+            ahead = max(warming, key=lambda c: c.shared_prefix(tokens), default=None)
+            if ahead is not None and ahead.shared_prefix(tokens) <= shared:
+                ahead = None
+        if ahead is None or ahead.warming is None:
+            return False
+        if ahead.boost is not None:
+            ahead.boost.set()  # a session's start: the turn needs it; made urgent
+        else:
+            ahead.warming.set()  # it stops within one chunk, then is released
+        self.gate.wake()
+        self._workers.wake()
+        return True
+
+    @staticmethod
+    def _choose_owned(
+        tokens: list[int],
+        owner: str,
+        free: list[_Context],
+        *,
+        warm: bool,
+        grow: bool,
+        room: bool,
+    ) -> _Context | str:
+        """A conversation's choice: a context, or ``grow``, ``none`` or ``wait``."""
+        mine = [c for c in free if c.owner == owner]
+        if mine:
+            return max(mine, key=lambda c: c.shared_prefix(tokens))
+        if warm and not grow:
+            return "none"
+        if room:
+            return "grow"
+        if warm:
+            return "none"
+        if not free:
+            return "wait"
+        # no one's first, then the conversation idle longest
+        return min(free, key=lambda c: (c.owner is not None, c.used))
+
+    @staticmethod
+    def _choose_shared(
+        tokens: list[int], free: list[_Context], *, warm: bool, grow: bool, room: bool
+    ) -> _Context | str:
+        """The choice for a request of no conversation: by the prefix it shares."""
+        best = max(free, key=lambda c: c.shared_prefix(tokens), default=None)
+        if best is not None:
+            shared = best.shared_prefix(tokens)
+            own = len(best.cached()) - shared <= FOREIGN_TOKENS
+            if not room or own:
+                return "none" if warm and not own and not grow else best
+        if warm and not grow:
+            return "none"
+        if room:
+            return "grow"
+        return "none" if warm else "wait"
+
+    async def prepare(self, tokens: list[int], *, grow: bool, owner: str | None = None) -> None:
         """Evaluate ``tokens`` ahead of the turn that will start with them, at background
         priority, in a context that a turn needing it takes over (see :meth:`acquire`);
         in a new context only with ``grow``.
@@ -518,20 +628,22 @@ class LocalLLM:
         start is being evaluated waits for that instead of evaluating it too."""
         key = tuple(tokens)
         if grow:
-            while (other := self._starting.get(key)) is not None:
-                await other.wait()
-        done = asyncio.Event()
+            await self.started(key)
+        start = _Start(asyncio.Event(), threading.Event())
         if grow and self.prefixes.longest(tokens) < len(tokens):
-            self._starting[key] = done
+            self._starting[key] = start
         try:
-            context = await self.acquire(tokens, warm=True, grow=grow)
+            context = await self.acquire(tokens, owner=owner, warm=True, grow=grow)
             if context is None:
                 return
             context.warming = stop = threading.Event()
+            context.boost = start.boost if grow else None
             # a partial transcript in small chunks: a turn taking the context over waits
             # for the chunk under way
             chunk = PROMPT_CHUNK if grow else PREPARE_CHUNK
-            running = self._run(self._evaluate_ahead, context, tokens, stop, chunk, grow)
+            running = self._run(
+                self._evaluate_ahead, context, tokens, stop, chunk, grow, start.boost
+            )
             try:
                 await asyncio.shield(running)  # a cancellation must not cancel ``running``
             finally:
@@ -542,19 +654,34 @@ class LocalLLM:
                 self._workers.wake()
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(running)
-                context.warming = None
+                context.warming = context.boost = None
                 await self.release(context)
         finally:
-            if self._starting.get(key) is done:
+            if self._starting.get(key) is start:
                 del self._starting[key]
-            done.set()
+            start.done.set()
+
+    async def started(self, key: tuple[int, ...]) -> None:
+        """Wait until no session's start ``key`` is being evaluated (a turn that needs
+        it hurries it: it becomes urgent)."""
+        while (start := self._starting.get(key)) is not None:
+            start.boost.set()
+            self.gate.wake()
+            self._workers.wake()
+            await start.done.wait()
 
     def _evaluate_ahead(
-        self, context: _Context, tokens: list[int], stop: threading.Event, chunk: int, keep: bool
+        self,
+        context: _Context,
+        tokens: list[int],
+        stop: threading.Event,
+        chunk: int,
+        keep: bool,
+        boost: threading.Event,
     ) -> None:
-        """:meth:`evaluate` at background priority; with ``keep``, the evaluated start is
-        kept for other contexts (:class:`Prefixes`)."""
-        self.evaluate(context, tokens, Priority.BACKGROUND, stop, chunk)
+        """:meth:`evaluate` at background priority (urgent once ``boost`` is set); with
+        ``keep``, the evaluated start is kept for other contexts (:class:`Prefixes`)."""
+        self.evaluate(context, tokens, Priority.BACKGROUND, stop, chunk, boost=boost)
         if keep and not stop.is_set() and context.shared_prefix(tokens) == len(tokens):
             self.prefixes.keep(context, len(tokens))
 
@@ -587,22 +714,37 @@ class LocalLLM:
         priority: Priority,
         stop: threading.Event | None = None,
         chunk: int = PROMPT_CHUNK,
-    ) -> None:
+        *,
+        last: bool = False,
+        boost: threading.Event | None = None,
+    ) -> int:
         """Bring ``context`` to ``tokens``, in chunks through the gate (what it holds
         already of them is kept, what follows is dropped); ``stop`` ends it early. Work
-        ahead of a turn (``BACKGROUND``) also waits while urgent speech work runs."""
+        ahead of a turn (``BACKGROUND``) also waits while urgent speech work runs.
+        ``last``: the last token is evaluated even if the context holds it, so that the
+        logits to sample from are its own.
+
+        A chunk of up to :data:`SMALL_CHUNK` tokens (a turn's new words) runs on one
+        thread beside another session's step; a larger one takes every core. Returns how
+        many of ``tokens`` the context held (or took from a kept start)."""
         llama = context.llama
-        keep = self.prefixes.restore(context, tokens)
+        held = self.prefixes.restore(context, tokens)
+        keep = min(held, len(tokens) - 1) if last else held
         llama.n_tokens = keep
         for i in range(keep, len(tokens), chunk):
-            if priority is Priority.BACKGROUND:
+            now = Priority.URGENT if boost is not None and boost.is_set() else priority
+            if now is Priority.BACKGROUND:
                 self._workers.pause_for_urgent(MAX_YIELD_SECONDS, stop)
             if stop is not None and stop.is_set():
-                return
-            with self.gate.step(priority, stop, self.settings.threads) as granted:
+                return held
+            piece = tokens[i : i + chunk]
+            threads = 1 if len(piece) <= SMALL_CHUNK else self.settings.threads
+            with self.gate.step(now, stop, threads) as granted:
                 if not granted:
-                    return
-                llama.eval(tokens[i : i + chunk])
+                    return held
+                context.use_threads(threads)
+                llama.eval(piece)
+        return held
 
     def decode(
         self, context: _Context, job: _Job, cancel: threading.Event, emit: Callable[[str], None]
@@ -628,9 +770,13 @@ class LocalLLM:
     ) -> None:
         llama = context.llama
         started = time.perf_counter()
-        cached = context.shared_prefix(job.tokens)
-        # all but the last token: generate() evaluates that one and samples the answer
-        self.evaluate(context, job.tokens[:-1], Priority.URGENT)
+        start = job.tokens[: job.start]
+        if start and max(context.shared_prefix(start), self.prefixes.longest(start)) < len(start):
+            # a start no one has kept: evaluated on its own first, and kept for others
+            self.evaluate(context, start, Priority.URGENT)
+            self.prefixes.keep(context, len(start))
+        # the whole prompt: generate() then samples at once from its last token's logits
+        cached = self.evaluate(context, job.tokens, Priority.URGENT, last=True)
         evaluated = time.perf_counter()
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         held = ""
@@ -677,8 +823,9 @@ class LocalLLM:
         if job.produced:
             end = time.perf_counter()
             log.debug(
-                "decode: %d prompt tokens (%d cached) in %.0f ms, first token after %.0f ms, "
-                "%d tokens in %.0f ms",
+                "decode: context %d, %d prompt tokens (%d cached) in %.0f ms, first token "
+                "after %.0f ms, %d tokens in %.0f ms",
+                self._contexts.index(context) if context in self._contexts else -1,
                 len(job.tokens),
                 cached,
                 1000 * (evaluated - started),
@@ -755,6 +902,11 @@ class LocalModel(LanguageModel):
             turns.pop(0)
             dropped += 1
 
+    async def _start(self, request: ChatRequest, tokens: list[int]) -> int:
+        """How many of ``tokens`` are the session's start (its system prompt)."""
+        system = await self._engine.tokenize(self._prompt(request).system)
+        return len(system) if tokens[: len(system)] == system else 0
+
     async def warm(self, request: ChatRequest) -> None:
         """Evaluate what every turn of ``request``'s session starts with — the system
         prompt and tools, the history, and a user message still being spoken (a partial
@@ -764,7 +916,9 @@ class LocalModel(LanguageModel):
         if prompt.turns and request.messages and request.messages[-1].role == "user":
             text = text.removesuffix(f"{END}\n")  # the user is still speaking
         # a session's start may open a context; what follows goes only where it is
-        await self._engine.prepare(await self._engine.tokenize(text), grow=not prompt.turns)
+        await self._engine.prepare(
+            await self._engine.tokenize(text), grow=not prompt.turns, owner=request.conversation
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         engine = self._engine
@@ -776,6 +930,8 @@ class LocalModel(LanguageModel):
             max_tokens=min(max_tokens, engine.settings.context_tokens - len(tokens)),
             temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
             grammar=await self._grammar(call_schema(request)),
+            owner=request.conversation,
+            start=await self._start(request, tokens),
         )
         if request.tools and request.tool_choice == "auto":
             job.opening = CallOrWords(await engine.call_openings())
@@ -803,6 +959,7 @@ class LocalModel(LanguageModel):
                 tokens=tokens,
                 max_tokens=min(max_tokens, engine.settings.context_tokens - len(tokens)),
                 grammar=await self._grammar(None, WORDS_ONLY_GBNF),
+                start=await self._start(plain, tokens),
             )
             rest = ""
             async with contextlib.aclosing(self._decode(job)) as pieces:
@@ -823,7 +980,8 @@ class LocalModel(LanguageModel):
         engine = self._engine
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        context = await engine.acquire(job.tokens)
+        await engine.started(tuple(job.tokens[: job.start]))
+        context = await engine.acquire(job.tokens, owner=job.owner)
         assert context is not None
         job.produced, job.finish = 0, "stop"
         cancel = threading.Event()

@@ -52,6 +52,10 @@ class ChatRequest:
     named: bool = False
     max_tokens: int | None = None
     temperature: float | None = None
+    #: Whose conversation this is (a realtime session's id): an embedded model keeps a
+    #: context for each, so its next request evaluates only what is new. ``None``: no
+    #: one's; engines that keep nothing ignore it.
+    conversation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

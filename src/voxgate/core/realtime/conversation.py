@@ -99,7 +99,11 @@ def item_size(item: Item) -> int:
 
 
 class Conversation:
-    def __init__(self, *, max_items: int = MAX_ITEMS, max_chars: int = MAX_CHARS) -> None:
+    def __init__(
+        self, *, key: str | None = None, max_items: int = MAX_ITEMS, max_chars: int = MAX_CHARS
+    ) -> None:
+        #: Names the conversation to the model (``ChatRequest.conversation``).
+        self.key = key
         self.items: list[Item] = []
         #: What was spoken of each assistant audio item, by item id.
         self.spoken: dict[str, SpokenText] = {}

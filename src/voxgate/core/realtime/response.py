@@ -161,6 +161,8 @@ class Response:
             p.named_choice,
             max_tokens=p.max_output_tokens,
             temperature=p.temperature,
+            # a response on its own input is not the conversation's next turn
+            conversation=self.conversation.key if p.input is None else None,
         )
         audio = "audio" in p.modalities and self.open_voice is not None
         speaker = Speaker(self) if audio else None
@@ -295,6 +297,7 @@ def chat_request(
     *,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    conversation: str | None = None,
 ) -> ChatRequest:
     """What the model is asked for a response (or, with no items, what every request of
     the session starts with: :meth:`LanguageModel.warm`)."""
@@ -306,6 +309,7 @@ def chat_request(
         named=named,
         max_tokens=max_tokens,
         temperature=temperature,
+        conversation=conversation,
     )
 
 

@@ -81,7 +81,7 @@ class VoiceSession:
         self.session_id = session_id
         self.expires_at = expires_at
         self._fixed_rate = input_rate
-        self.conversation = Conversation()
+        self.conversation = Conversation(key=session_id)
         self._tasks: set[asyncio.Task[None]] = set()
         # the parts reach the session through a weak proxy: no part keeps it alive, so a
         # closed session is freed by reference counting, without a garbage collection
@@ -194,6 +194,7 @@ class VoiceSession:
                     c.tools,
                     c.tool_choice,
                     c.function_choice,
+                    conversation=self.conversation.key,
                 )
                 user = ChatMessage("user", done)
                 await model.warm(replace(request, messages=(*request.messages, user)))
@@ -208,7 +209,15 @@ class VoiceSession:
         try:
             model = self.deps.resolve_model(c.model)
             await model.warm(
-                chat_request(model, c.instructions, [], c.tools, c.tool_choice, c.function_choice)
+                chat_request(
+                    model,
+                    c.instructions,
+                    [],
+                    c.tools,
+                    c.tool_choice,
+                    c.function_choice,
+                    conversation=self.conversation.key,
+                )
             )
         except EngineError as exc:
             log.warning("the model could not prepare the session: %s", exc)
