@@ -519,7 +519,7 @@ class LocalLLM:
         async with self._changed:
             while True:
                 free = [c for c in self._contexts if not c.busy]
-                if not warm and self._stop_preparation(tokens, owner, free):
+                if (not warm or grow) and self._stop_preparation(tokens, owner, free, warm):
                     await self._changed.wait()
                     continue
                 size = len(self._contexts) + self._growing
@@ -552,23 +552,26 @@ class LocalLLM:
             self._contexts.append(context)
         return context
 
-    def _stop_preparation(self, tokens: list[int], owner: str | None, free: list[_Context]) -> bool:
-        """Stop the preparation that a turn for ``tokens`` should take over: its own
-        conversation's when it has no free context of its own, else one holding more of
-        ``tokens`` than any free context. Whether one was stopped (wait for its release)."""
+    def _stop_preparation(
+        self, tokens: list[int], owner: str | None, free: list[_Context], warm: bool
+    ) -> bool:
+        """Stop the preparation whose context a request for ``tokens`` should take: one
+        holding more of them than any free context (of the conversation, for one). A
+        turn hurries a session's start instead (it needs it); a session's new start
+        stops the one it replaces. Whether one was stopped (wait for its release)."""
         warming = [c for c in self._contexts if c.busy and c.warming is not None]
         if owner is not None:
-            if any(c.owner == owner for c in free):
-                return False
-            ahead = next((c for c in warming if c.owner == owner), None)
-        else:
-            shared = max((c.shared_prefix(tokens) for c in free), default=0)
-            ahead = max(warming, key=lambda c: c.shared_prefix(tokens), default=None)
-            if ahead is not None and ahead.shared_prefix(tokens) <= shared:
-                ahead = None
+            warming = [c for c in warming if c.owner == owner]
+            free = [c for c in free if c.owner == owner]
+        # with no free context, a conversation takes its own preparation's whatever it
+        # holds; a request of no one's only one sharing some of its tokens
+        shared = max((c.shared_prefix(tokens) for c in free), default=-1 if owner else 0)
+        ahead = max(warming, key=lambda c: c.shared_prefix(tokens), default=None)
         if ahead is None or ahead.warming is None:
             return False
-        if ahead.boost is not None:
+        if ahead.shared_prefix(tokens) <= shared and (owner is None or free):
+            return False
+        if ahead.boost is not None and not warm:
             ahead.boost.set()  # a session's start: the turn needs it; made urgent
         else:
             ahead.warming.set()  # it stops within one chunk, then is released
