@@ -377,7 +377,9 @@ def test_the_gate_runs_a_token_step_per_core_and_a_prompt_chunk_alone() -> None:
     gate = DecodeGate(2)
     order: list[str] = []
     with gate.step(Priority.NORMAL) as a, gate.step(Priority.NORMAL) as b:
-        assert a and b  # two sessions' tokens side by side, a core each
+        # two sessions' tokens side by side, a core each
+        assert a
+        assert b
 
         def chunk() -> None:
             with gate.step(Priority.URGENT, weight=2) as ok:
