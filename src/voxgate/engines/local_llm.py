@@ -326,11 +326,16 @@ class Prefixes:
             while len(self._kept) > self._limit:
                 self._kept.popitem(last=False)
 
+    def _longest_key(self, tokens: list[int], over: int = 0) -> tuple[int, ...] | None:
+        """The longest kept start that begins ``tokens`` and is longer than ``over``.
+        Call with the lock held."""
+        starts = (k for k in self._kept if len(k) > over and list(k) == tokens[: len(k)])
+        return max(starts, key=len, default=None)
+
     def longest(self, tokens: list[int]) -> int:
         """How many of ``tokens`` the longest kept start that begins them has (0: none)."""
         with self._lock:
-            starts = [len(k) for k in self._kept if list(k) == tokens[: len(k)]]
-        return max(starts, default=0)
+            return len(self._longest_key(tokens) or ())
 
     def restore(self, context: _Context, tokens: list[int]) -> int:
         """Copy the longest kept start of ``tokens`` into ``context`` when it holds less of
@@ -339,16 +344,11 @@ class Prefixes:
 
         held = context.shared_prefix(tokens)
         with self._lock:
-            best = max(
-                (k for k in self._kept if len(k) > held and list(k) == tokens[: len(k)]),
-                key=len,
-                default=None,
-            )
-            data = self._kept[best] if best is not None else None
-            if best is not None:
-                self._kept.move_to_end(best)
-        if best is None or data is None:
-            return held
+            best = self._longest_key(tokens, over=held)
+            if best is None:
+                return held
+            data = self._kept[best]
+            self._kept.move_to_end(best)
         started = time.perf_counter()
         llama = context.llama
         llama._ctx.kv_cache_seq_rm(0, 0, -1)
@@ -575,9 +575,13 @@ class LocalLLM:
             ahead.boost.set()  # a session's start: the turn needs it; made urgent
         else:
             ahead.warming.set()  # it stops within one chunk, then is released
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
+        """Let steps waiting in the gate or for urgent work look at their events again."""
         self.gate.wake()
         self._workers.wake()
-        return True
 
     @staticmethod
     def _choose_owned(
@@ -653,8 +657,7 @@ class LocalLLM:
                 # cancelled (the session closed): the thread may still be writing to the
                 # context; it is given back only once that thread has stopped
                 stop.set()
-                self.gate.wake()
-                self._workers.wake()
+                self._wake()
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(running)
                 context.warming = context.boost = None
@@ -669,8 +672,7 @@ class LocalLLM:
         it hurries it: it becomes urgent)."""
         while (start := self._starting.get(key)) is not None:
             start.boost.set()
-            self.gate.wake()
-            self._workers.wake()
+            self._wake()
             await start.done.wait()
 
     def _evaluate_ahead(

@@ -44,8 +44,8 @@ from voxgate.core.realtime.response import Response, announce_evicted, chat_requ
 from voxgate.core.realtime.transcriber import Transcriber
 from voxgate.core.relay import RelaySession
 from voxgate.engines.base import EngineError
-from voxgate.engines.llm import UnknownModel
-from voxgate.protocols.chat import ChatMessage
+from voxgate.engines.llm import LanguageModel, UnknownModel
+from voxgate.protocols.chat import ChatMessage, ChatRequest
 from voxgate.protocols.realtime import events as ev
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.items import ContentPart, Item
@@ -184,18 +184,9 @@ class VoiceSession:
         done = ""
         while self._partial and self._partial != done and not self._closed:
             done = self._partial
-            c = self.config
             try:
-                model = self.deps.resolve_model(c.model)
-                request = chat_request(
-                    model,
-                    c.instructions,
-                    list(self.conversation.items),
-                    c.tools,
-                    c.tool_choice,
-                    c.function_choice,
-                    conversation=self.conversation.key,
-                )
+                model = self.deps.resolve_model(self.config.model)
+                request = self._chat_request(model, list(self.conversation.items))
                 user = ChatMessage("user", done)
                 await model.warm(replace(request, messages=(*request.messages, user)))
             except EngineError as exc:
@@ -205,22 +196,24 @@ class VoiceSession:
     async def _warm_model(self) -> None:
         """Let the model prepare the start every request of this session shares (an
         embedded model evaluates the instructions and tools before the first turn)."""
-        c = self.config
         try:
-            model = self.deps.resolve_model(c.model)
-            await model.warm(
-                chat_request(
-                    model,
-                    c.instructions,
-                    [],
-                    c.tools,
-                    c.tool_choice,
-                    c.function_choice,
-                    conversation=self.conversation.key,
-                )
-            )
+            model = self.deps.resolve_model(self.config.model)
+            await model.warm(self._chat_request(model, []))
         except EngineError as exc:
             log.warning("the model could not prepare the session: %s", exc)
+
+    def _chat_request(self, model: LanguageModel, items: list[Item]) -> ChatRequest:
+        """What the model would be asked now with ``items`` (to prepare it ahead)."""
+        c = self.config
+        return chat_request(
+            model,
+            c.instructions,
+            items,
+            c.tools,
+            c.tool_choice,
+            c.function_choice,
+            conversation=self.conversation.key,
+        )
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
