@@ -268,6 +268,10 @@ def test_window_and_partials_options_are_validated(tmp_path: Path) -> None:
         load('partials = "whisper-base"')
     with pytest.raises(ConfigError, match=r"speech\.engines\.w\.window"):
         load("window = 8")
+    assert load("pause_ms = 300") == {"pause_ms": 300}
+    for bad in ("pause_ms = 0", 'pause_ms = "soon"', "pause_ms = 0.2"):
+        with pytest.raises(ConfigError, match=r"speech\.engines\.w\.pause_ms"):
+            load(bad)
     workers = EngineWorkers(threads=1)
     with pytest.raises(EngineUnavailable, match="window"):
         WhisperSTT(workers, cache_dir=tmp_path, window="long", sphinx_pool=None)
