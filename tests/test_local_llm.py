@@ -16,10 +16,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from openai import AsyncOpenAI
 
 from conftest import GatewayFactory
+from voxgate.bench.agent_questions import INSTRUCTIONS, QUESTIONS, TOOL_PROMPTS, TOOLS, call_matches
 from voxgate.engines.base import EngineUnavailable
 from voxgate.engines.llm import LLMError
 from voxgate.engines.local_llm import DecodeGate, LocalLLM, installed
@@ -145,6 +147,76 @@ async def test_warm_then_the_turn_evaluates_only_what_is_new(small: LocalLLM) ->
     assert context.shared_prefix(tokens) >= spoken - 1  # the turn adds only its last words
     await answer(small, request)
     assert len(small._contexts) == 1  # the turn took the prepared context
+
+
+def conversation_of(asked: int, last: str, *, tools: tuple[FunctionSpec, ...]) -> ChatRequest:
+    """A conversation of ``asked`` questions answered in words, then ``last``."""
+    history: list[ChatMessage] = []
+    for q in QUESTIONS[:asked]:
+        history += [
+            ChatMessage("user", q.text),
+            ChatMessage("assistant", f"It is {q.keywords[0]}."),
+        ]
+    return ChatRequest(
+        "voxgate/local",
+        (ChatMessage("system", INSTRUCTIONS), *history, ChatMessage("user", last)),
+        tools,
+        conversation="c1",
+    )
+
+
+@needs_small
+async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: LocalLLM) -> None:
+    """While the user speaks, the turn is also evaluated after the session's start alone
+    (in a small context of the conversation's); the turn then evaluates only its end."""
+    model = small.model()
+    first = conversation_of(0, "Hello.", tools=(WEATHER,))
+    await model.warm(replace(first, messages=first.messages[:1]))  # the session's start
+    await answer(small, first)
+    assert not small._alone  # the first turn is alone already
+    partial = conversation_of(3, "What is the weather like in", tools=(WEATHER,))
+    await model.warm(partial)
+    [alone] = small._alone
+    assert alone.owner == "c1"
+    assert not alone.busy
+    prompt = model._prompt(partial)
+    spoken = await small.tokenize(prompt.system + prompt.turns[-1].removesuffix("<|im_end|>\n"))
+    assert alone.cached() == spoken
+    request = conversation_of(3, "What is the weather like in London?", tools=(WEATHER,))
+    await answer(small, request)
+    prompt = model._prompt(request)
+    asked = await small.tokenize(prompt.system + prompt.turns[-1] + prompt.tail)
+    assert alone.cached() == asked
+    assert len(small._alone) == 1
+    # without tools (or with tool_choice none) nothing is judged
+    assert await model._alone(replace(request, tools=()), prompt) is None
+    assert await model._alone(replace(request, tool_choice="none"), prompt) is None
+
+
+@needs_default
+async def test_a_request_for_a_tool_deep_in_a_conversation_still_calls_it() -> None:
+    """After 20 questions answered in words, Qwen2.5-Coder-1.5B answers "what is the
+    weather like in London?" in words (first-token call ratio 0.003); judged alone, the
+    request calls the tool. A question at the same depth is still answered in words."""
+    workers = EngineWorkers(threads=2)
+    engine = LocalLLM(LocalLLMSettings(contexts=1), cache_dir=CACHE, workers=workers)
+    tools = tuple(FunctionSpec(t["name"], t["description"], t["parameters"]) for t in TOOLS)
+    try:
+        model = engine.model()
+        start = conversation_of(0, "", tools=tools)
+        await model.warm(replace(start, messages=start.messages[:1]))
+        for prompt in (TOOL_PROMPTS[0], TOOL_PROMPTS[7]):
+            events = await answer(engine, conversation_of(20, prompt.text, tools=tools))
+            calls = [e for e in events if isinstance(e, ToolCallDelta)]
+            assert [c.name for c in calls] == [prompt.function], events
+            assert call_matches(prompt, calls[0].name or "", orjson.loads(calls[0].arguments))
+        question = conversation_of(20, "Which ocean is the largest?", tools=tools)
+        events = await answer(engine, question)
+        assert not [e for e in events if isinstance(e, ToolCallDelta)]
+        assert "pacific" in text_of(events).lower()
+    finally:
+        await engine.close()
+        workers.shutdown()
 
 
 @needs_small

@@ -93,6 +93,11 @@ FIRST_CLAUSE_TOKENS = 12
 #: The longest a decode waits for urgent speech work before it takes its step anyway.
 MAX_YIELD_SECONDS = 0.3
 DEFAULT_TEMPERATURE = 0.2
+#: Tokens a context that judges a request alone holds (a session's start, ~470 tokens
+#: with six tools, and the user's last turn: see :meth:`LocalLLM.judge_alone`).
+ALONE_TOKENS = 1024
+#: The longest an answer's first token waits for the judgment of its request alone.
+ALONE_WAIT_SECONDS = 1.0
 #: Prompt starts whose KV cache is kept (each ~28 KiB a token for the 1.5B model: a
 #: system prompt with six tools is ~13 MiB).
 MAX_PREFIXES = 4
@@ -253,6 +258,16 @@ CALL_RATIO = 0.25
 CALL_OPENINGS = ("<tool_call>", '{"', "{", "{\n", "```", "[{")
 
 
+def call_ratio(logits: npt.NDArray[np.single], openings: npt.NDArray[np.intc]) -> float:
+    """How likely an answer whose first token has ``logits`` opens a call: the summed
+    probability of ``openings`` over that of the most likely other first token."""
+    p = np.exp(logits.astype(np.float64) - float(logits.max()))
+    p /= p.sum()
+    call = float(p[openings].sum())
+    p[openings] = 0.0
+    return call / max(float(p.max()), 1e-30)
+
+
 class CallOrWords:
     """A logits processor for an answer's first token when tools are offered.
 
@@ -260,27 +275,46 @@ class CallOrWords:
     question), small models answer a request for one in words instead ("To get the
     weather in Berlin, call get_weather…"), although opening a call was likely too. When
     the probability of all the ways to open a call together is over
-    :data:`CALL_RATIO` of the most likely other first token, only the openings stay
-    possible: the call is made. Later tokens pass untouched.
+    :data:`CALL_RATIO` of the most likely other first token (:func:`call_ratio`), only
+    the openings stay possible: the call is made. Later tokens pass untouched.
 
-    Measured with Qwen2.5-Coder-1.5B on ``voxgate bench agent``'s set: that ratio is
-    0.00–0.19 for its 20 questions and 0.28–3.4 for its 8 requests of a tool."""
+    Deep in a conversation the history outweighs the request: after 20 questions
+    answered in words, Qwen2.5-Coder-1.5B gives "what is the weather like in London?"
+    a ratio of 0.003 (0.39 when it is asked alone). So the same ratio taken on the
+    session's start and the user's last turn alone (:meth:`LocalLLM.judge_alone`) is
+    told to the processor (:meth:`tell`), and the larger of the two decides.
 
-    def __init__(self, openings: npt.NDArray[np.intc]) -> None:
+    Measured on ``voxgate bench agent``'s set: asked alone, 0.00–0.22 for its 20
+    questions and 0.29–3.2 for its 8 requests of a tool; in the conversation, the
+    questions fall to 0.00 and three of the requests to 0.00–0.01."""
+
+    def __init__(self, openings: npt.NDArray[np.intc], *, alone: bool = False) -> None:
         self._openings = openings
         self._first = True
         #: The first token was restricted to a call's openings.
         self.forced = False
+        #: The ratio of the request asked alone (see :meth:`tell`).
+        self.alone: float | None = None
+        self._told = threading.Event()
+        if not alone:
+            self._told.set()
+
+    def tell(self, ratio: float | None) -> None:
+        """The ratio of the request asked alone (``None``: it could not be judged)."""
+        self.alone = ratio
+        self._told.set()
+
+    def wait(self, timeout: float) -> None:
+        """Wait (in the decode thread, before the first token) until :meth:`tell` was
+        called, at most ``timeout`` seconds, when the processor was made ``alone``."""
+        self._told.wait(timeout)
 
     def __call__(self, _ids: Any, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
         if not self._first:
             return logits
         self._first = False
-        p = np.exp(logits - logits.max())
-        p /= p.sum()
-        call = float(p[self._openings].sum())
-        p[self._openings] = 0.0
-        if call <= CALL_RATIO * float(p.max()):
+        ratio = max(call_ratio(logits, self._openings), self.alone or 0.0)
+        if ratio <= CALL_RATIO:
             return logits
         self.forced = True
         only = np.full_like(logits, -np.inf)
@@ -431,6 +465,9 @@ class LocalLLM:
             initargs=(10,),
         )
         self._contexts: list[_Context] = []
+        #: Small contexts judging requests alone (:meth:`judge_alone`), one a conversation.
+        self._alone: list[_Context] = []
+        self._alone_growing = 0
         self._changed = asyncio.Condition()
         self._path: Path | None = None
         self._load_lock = asyncio.Lock()
@@ -465,7 +502,8 @@ class LocalLLM:
             self._path = await self._run(model_file, self.settings, self._cache_dir / "llm")
             self._contexts.append(_Context(await self._run(self._open)))
 
-    def _open(self) -> Any:
+    def _open(self, tokens: int | None = None) -> Any:
+        """A new llama.cpp context of ``tokens`` (``context_tokens`` by default)."""
         # llama.cpp's OpenMP threads must sleep, not spin, while they wait: with two
         # cores shared by synthesis and recognition a spinning thread holds the core the
         # other needs (measured: 1.7 tokens/s instead of 10 beside a busy core).
@@ -477,7 +515,7 @@ class LocalLLM:
         try:
             return Llama(
                 model_path=str(self._path),
-                n_ctx=self.settings.context_tokens,
+                n_ctx=tokens or self.settings.context_tokens,
                 n_batch=PROMPT_CHUNK * 4,
                 # one token on one thread, a prompt chunk on all (see DecodeGate)
                 n_threads=1,
@@ -490,6 +528,7 @@ class LocalLLM:
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._contexts.clear()
+        self._alone.clear()
 
     # -- contexts ------------------------------------------------------------------------
 
@@ -601,8 +640,8 @@ class LocalLLM:
             return "none"
         if room:
             return "grow"
-        if warm:
-            return "none"
+        if warm:  # a session's start may take a context no one owns (the first one)
+            return next((c for c in free if c.owner is None and grow), "none")
         if not free:
             return "wait"
         # no one's first, then the conversation idle longest
@@ -710,6 +749,103 @@ class LocalLLM:
         )
         return out
 
+    # -- a request judged alone -----------------------------------------------------------
+
+    async def judge_alone(
+        self, tokens: list[int], start: int, *, owner: str | None, ahead: bool = False
+    ) -> float | None:
+        """:func:`call_ratio` at the end of ``tokens``: a request asked alone, its
+        session's start (the first ``start`` tokens, a kept one: :class:`Prefixes`) and
+        the user's last turn without the conversation between (see
+        :class:`CallOrWords`). It is evaluated in a small context of the conversation's
+        own, so the next judgment evaluates only what is new.
+
+        ``ahead``: a turn still being spoken is evaluated at background priority and
+        nothing is judged; a judgment of the conversation's turn stops it. ``None`` when
+        the request cannot be judged cheaply: its start is not kept (evaluating it would
+        take seconds), it is over :data:`ALONE_TOKENS`, or no small context is free."""
+        size = min(ALONE_TOKENS, self.settings.context_tokens)
+        if not 0 < start < len(tokens) < size:
+            return None
+        openings = await self.call_openings()
+        await self.started(tuple(tokens[:start]))
+        context = await self._take_alone(owner, ahead, size)
+        if context is None:
+            return None
+        stop = threading.Event()
+        context.warming = stop if ahead else None
+        running = self._run(self._judge_alone, context, tokens, start, openings, stop, ahead)
+        try:
+            result: float | None = await asyncio.shield(running)
+            return result
+        finally:
+            # cancelled: the thread may still be evaluating; the context goes back once
+            # it has stopped
+            stop.set()
+            self._wake()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(running)
+            context.warming = None
+            await self.release(context)
+
+    async def _take_alone(self, owner: str | None, ahead: bool, size: int) -> _Context | None:
+        """The conversation's small context, marked busy (its evaluation ahead is
+        stopped for a turn); a new one while there are fewer than ``contexts``, else the
+        free one used least recently; ``None`` when it would have to wait."""
+        await self.load()
+        async with self._changed:
+            while True:
+                mine = next((c for c in self._alone if owner and c.owner == owner), None)
+                if mine is not None and mine.busy:
+                    if ahead or mine.warming is None:
+                        return None
+                    mine.warming.set()
+                    self._wake()
+                    await self._changed.wait()
+                    continue
+                full = len(self._alone) + self._alone_growing >= self.settings.contexts
+                if mine is None and full:
+                    free = [c for c in self._alone if not c.busy]
+                    mine = min(free, key=lambda c: c.used, default=None)
+                    if mine is None:
+                        return None
+                if mine is not None:
+                    mine.busy, mine.owner, mine.used = True, owner, time.monotonic()
+                    return mine
+                self._alone_growing += 1
+                break
+        try:
+            context = _Context(await self._run(self._open, size))
+        finally:
+            async with self._changed:
+                self._alone_growing -= 1
+        context.busy, context.owner, context.used = True, owner, time.monotonic()
+        async with self._changed:
+            self._alone.append(context)
+        return context
+
+    def _judge_alone(
+        self,
+        context: _Context,
+        tokens: list[int],
+        start: int,
+        openings: npt.NDArray[np.intc],
+        stop: threading.Event,
+        ahead: bool,
+    ) -> float | None:
+        head = tokens[:start]
+        if max(context.shared_prefix(head), self.prefixes.longest(head)) < start:
+            return None
+        if ahead:
+            self.evaluate(context, tokens, Priority.BACKGROUND, stop, PREPARE_CHUNK)
+            return None
+        self.evaluate(context, tokens, Priority.URGENT, stop, last=True)
+        if stop.is_set() or context.shared_prefix(tokens) < len(tokens):
+            return None
+        llama = context.llama
+        logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),))
+        return call_ratio(logits, openings)
+
     # -- decoding (in a decode thread) ----------------------------------------------------
 
     def evaluate(
@@ -783,6 +919,8 @@ class LocalLLM:
         # the whole prompt: generate() then samples at once from its last token's logits
         cached = self.evaluate(context, job.tokens, Priority.URGENT, last=True)
         evaluated = time.perf_counter()
+        if job.opening is not None:
+            job.opening.wait(ALONE_WAIT_SECONDS)  # outside the gate: the judgment needs it
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         held = ""
         generator = llama.generate(
@@ -907,39 +1045,101 @@ class LocalModel(LanguageModel):
             turns.pop(0)
             dropped += 1
 
-    async def _start(self, request: ChatRequest, tokens: list[int]) -> int:
-        """How many of ``tokens`` are the session's start (its system prompt)."""
-        system = await self._engine.tokenize(self._prompt(request).system)
+    async def _start(self, prompt: Prompt, tokens: list[int]) -> int:
+        """How many of ``tokens`` are the session's start (``prompt``'s system turn)."""
+        system = await self._engine.tokenize(prompt.system)
         return len(system) if tokens[: len(system)] == system else 0
+
+    async def _alone(
+        self, request: ChatRequest, prompt: Prompt, *, speaking: bool = False
+    ) -> tuple[list[int], int] | None:
+        """``request`` asked alone — its start and the user's last turn — as tokens, and
+        how many are the start, when a call is judged on them (:class:`CallOrWords`):
+        tools offered with ``tool_choice`` ``auto``, the user spoke last, and there is
+        conversation before. ``speaking``: the user's turn is still open."""
+        if (
+            not request.tools
+            or request.tool_choice != "auto"
+            or not request.messages
+            or request.messages[-1].role != "user"
+            or len(prompt.turns) < 2
+        ):
+            return None
+        alone = Prompt(prompt.system, prompt.turns[-1:], "" if speaking else prompt.tail).text
+        if speaking:
+            alone = alone.removesuffix(f"{END}\n")
+        tokens = await self._engine.tokenize(alone)
+        start = await self._start(prompt, tokens)
+        return (tokens, start) if start else None
 
     async def warm(self, request: ChatRequest) -> None:
         """Evaluate what every turn of ``request``'s session starts with — the system
         prompt and tools, the history, and a user message still being spoken (a partial
-        transcript) — so the turn evaluates only what is new."""
+        transcript) — so the turn evaluates only what is new. A user message is also
+        evaluated alone after the start, where its call is judged (:meth:`_alone`)."""
         prompt = self._prompt(request)
         text = prompt.system + "".join(prompt.turns)
-        if prompt.turns and request.messages and request.messages[-1].role == "user":
-            text = text.removesuffix(f"{END}\n")  # the user is still speaking
-        # a session's start may open a context; what follows goes only where it is
-        await self._engine.prepare(
-            await self._engine.tokenize(text), grow=not prompt.turns, owner=request.conversation
-        )
+        speaking = bool(prompt.turns and request.messages and request.messages[-1].role == "user")
+        if speaking:
+            text = text.removesuffix(f"{END}\n")
+        engine, owner = self._engine, request.conversation
+        alone = await self._alone(request, prompt, speaking=True) if speaking else None
+        async with asyncio.TaskGroup() as both:
+            # a session's start may open a context; what follows goes only where it is
+            both.create_task(
+                engine.prepare(await engine.tokenize(text), grow=not prompt.turns, owner=owner)
+            )
+            if alone is not None:
+                both.create_task(engine.judge_alone(*alone, owner=owner, ahead=True))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         engine = self._engine
         max_tokens = request.max_tokens or 512
         room = min(max_tokens, engine.settings.context_tokens // 2)
-        tokens, _ = await self._fit(self._prompt(request), room)
+        prompt = self._prompt(request)
+        tokens, _ = await self._fit(prompt, room)
         job = _Job(
             tokens=tokens,
             max_tokens=min(max_tokens, engine.settings.context_tokens - len(tokens)),
             temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
             grammar=await self._grammar(call_schema(request)),
             owner=request.conversation,
-            start=await self._start(request, tokens),
+            start=await self._start(prompt, tokens),
         )
+        judging: asyncio.Future[None] | None = None
         if request.tools and request.tool_choice == "auto":
-            job.opening = CallOrWords(await engine.call_openings())
+            alone = await self._alone(request, prompt)
+            job.opening = CallOrWords(await engine.call_openings(), alone=alone is not None)
+            if alone is not None:
+                judging = asyncio.ensure_future(self._judge(job.opening, *alone, request))
+        try:
+            async with contextlib.aclosing(self._answer(request, job, tokens, room)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            if judging is not None:
+                judging.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await judging
+
+    async def _judge(
+        self, opening: CallOrWords, tokens: list[int], start: int, request: ChatRequest
+    ) -> None:
+        """Tell ``opening`` how the request alone (``tokens``) opens (see
+        :meth:`LocalLLM.judge_alone`); ``None`` when it cannot be judged."""
+        ratio = None
+        try:
+            ratio = await self._engine.judge_alone(tokens, start, owner=request.conversation)
+        except (ValueError, RuntimeError) as exc:
+            log.warning("%s: the request alone could not be judged: %s", NAME, exc)
+        finally:
+            opening.tell(ratio)
+
+    async def _answer(
+        self, request: ChatRequest, job: _Job, tokens: list[int], room: int
+    ) -> AsyncGenerator[ChatEvent, None]:
+        engine = self._engine
+        max_tokens = request.max_tokens or 512
         callable_tools = request.tools if request.tool_choice != "none" else ()
         reader = OutputReader(tools=frozenset(t.name for t in callable_tools))
         async with contextlib.aclosing(self._decode(job)) as pieces:
@@ -964,7 +1164,7 @@ class LocalModel(LanguageModel):
                 tokens=tokens,
                 max_tokens=min(max_tokens, engine.settings.context_tokens - len(tokens)),
                 grammar=await self._grammar(None, WORDS_ONLY_GBNF),
-                start=await self._start(plain, tokens),
+                start=await self._start(self._prompt(plain), tokens),
             )
             rest = ""
             async with contextlib.aclosing(self._decode(job)) as pieces:
