@@ -35,6 +35,7 @@ from voxgate.protocols.chat import (
     TextDelta,
     ToolCallDelta,
 )
+from voxgate.protocols.chatml import Prompt
 from voxgate.settings import LocalLLMSettings
 
 CACHE = Path.home() / ".cache" / "voxgate"
@@ -167,28 +168,43 @@ def conversation_of(asked: int, last: str, *, tools: tuple[FunctionSpec, ...]) -
 
 @needs_small
 async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: LocalLLM) -> None:
-    """While the user speaks, the turn is also evaluated after the session's start alone
-    (in a small context of the conversation's); the turn then evaluates only its end."""
+    """While the user speaks, the turn is also judged after the session's start alone,
+    in a small context of the conversation's; the turn then evaluates only its end, or
+    nothing when its words were judged ahead (a pause's partial is the final)."""
     model = small.model()
     first = conversation_of(0, "Hello.", tools=(WEATHER,))
     await model.warm(replace(first, messages=first.messages[:1]))  # the session's start
     await answer(small, first)
     assert not small._alone  # the first turn is alone already
+
+    def alone_text(request: ChatRequest) -> str:
+        prompt = model._prompt(request)
+        return Prompt(prompt.system, prompt.turns[-1:]).text
+
     partial = conversation_of(3, "What is the weather like in", tools=(WEATHER,))
     await model.warm(partial)
     [alone] = small._alone
     assert alone.owner == "c1"
     assert not alone.busy
-    prompt = model._prompt(partial)
-    spoken = await small.tokenize(prompt.system + prompt.turns[-1].removesuffix("<|im_end|>\n"))
+    spoken = await small.tokenize(alone_text(partial))
     assert alone.cached() == spoken
+    assert alone.judged is not None
+    assert alone.judged[0] == tuple(spoken)
     request = conversation_of(3, "What is the weather like in London?", tools=(WEATHER,))
+    asked = await small.tokenize(alone_text(request))
     await answer(small, request)
-    prompt = model._prompt(request)
-    asked = await small.tokenize(prompt.system + prompt.turns[-1] + prompt.tail)
     assert alone.cached() == asked
+    assert alone.judged[0] == tuple(asked)  # judged again: its words were new
+    # the speaker paused: the partial was the final; the turn reuses its judgment
+    last = conversation_of(4, "Is it going to rain in Paris?", tools=(WEATHER,))
+    await model.warm(last)
+    judged = alone.judged
+    assert judged[0] == tuple(await small.tokenize(alone_text(last)))
+    await answer(small, last)
+    assert alone.judged is judged
     assert len(small._alone) == 1
     # without tools (or with tool_choice none) nothing is judged
+    prompt = model._prompt(request)
     assert await model._alone(replace(request, tools=()), prompt) is None
     assert await model._alone(replace(request, tool_choice="none"), prompt) is None
 

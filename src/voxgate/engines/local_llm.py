@@ -35,6 +35,7 @@ import asyncio
 import codecs
 import contextlib
 import ctypes
+import functools
 import heapq
 import importlib.util
 import itertools
@@ -47,7 +48,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -250,6 +251,8 @@ class _Job:
     start: int = 0
     produced: int = 0
     finish: str = "stop"
+    #: Called (in the decode thread) once the prompt is evaluated.
+    evaluated: Callable[[], object] | None = None
 
 
 #: A call is made when opening one is at least this likely against the best other start.
@@ -424,6 +427,10 @@ class _Context:
         #: Set to make the evaluation of a session's start under way in it urgent: a
         #: turn needs that start and waits for it rather than stop it.
         self.boost: threading.Event | None = None
+        #: A small context's judgment under way, and its last one with the ratio (see
+        #: :meth:`LocalLLM.judge_alone`).
+        self.judging: tuple[int, ...] | None = None
+        self.judged: tuple[tuple[int, ...], float] | None = None
 
     def cached(self) -> list[int]:
         return list(self.llama.input_ids[: self.llama.n_tokens])
@@ -752,54 +759,78 @@ class LocalLLM:
     # -- a request judged alone -----------------------------------------------------------
 
     async def judge_alone(
-        self, tokens: list[int], start: int, *, owner: str | None, ahead: bool = False
+        self,
+        tokens: list[int],
+        start: int,
+        *,
+        owner: str | None,
+        ahead: bool = False,
+        after: asyncio.Event | None = None,
     ) -> float | None:
         """:func:`call_ratio` at the end of ``tokens``: a request asked alone, its
         session's start (the first ``start`` tokens, a kept one: :class:`Prefixes`) and
         the user's last turn without the conversation between (see
         :class:`CallOrWords`). It is evaluated in a small context of the conversation's
-        own, so the next judgment evaluates only what is new.
+        own, which remembers its last judgment: a turn whose words were judged ahead
+        (``ahead``: a partial transcript, at background priority) costs nothing then.
+        When a speaker pauses, whisper's partial is the final transcript to come.
 
-        ``ahead``: a turn still being spoken is evaluated at background priority and
-        nothing is judged; a judgment of the conversation's turn stops it. ``None`` when
-        the request cannot be judged cheaply: its start is not kept (evaluating it would
-        take seconds), it is over :data:`ALONE_TOKENS`, or no small context is free."""
+        A turn's judgment stops the conversation's judgment ahead of other words, and
+        makes one of the same words urgent. ``after``: a turn's evaluation waits for it
+        (the turn's own prompt evaluated), then takes every core: on these CPUs two
+        contexts evaluating a few tokens side by side on a core each took 2–3× as long
+        as each alone. ``None`` when the request cannot be judged cheaply: its start is
+        not kept (evaluating it would take seconds), it is over :data:`ALONE_TOKENS`, or
+        no small context is free."""
         size = min(ALONE_TOKENS, self.settings.context_tokens)
         if not 0 < start < len(tokens) < size:
             return None
+        key = tuple(tokens)
         openings = await self.call_openings()
-        await self.started(tuple(tokens[:start]))
-        context = await self._take_alone(owner, ahead, size)
+        await self.started(key[:start])
+        context = await self._take_alone(key, owner, ahead, size)
         if context is None:
             return None
         stop = threading.Event()
-        context.warming = stop if ahead else None
-        running = self._run(self._judge_alone, context, tokens, start, openings, stop, ahead)
         try:
-            result: float | None = await asyncio.shield(running)
-            return result
+            if context.judged is not None and context.judged[0] == key:
+                log.debug("alone: judged ahead %.3f", context.judged[1])
+                return context.judged[1]
+            if after is not None:
+                await after.wait()
+            context.warming, context.boost = stop, threading.Event()
+            context.judging = key
+            running = self._run(
+                self._judge_alone, context, tokens, start, openings, stop, ahead, context.boost
+            )
+            try:
+                return cast("float | None", await asyncio.shield(running))
+            finally:
+                # cancelled: the thread may still be evaluating; the context goes back
+                # once it has stopped
+                stop.set()
+                self._wake()
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(running)
         finally:
-            # cancelled: the thread may still be evaluating; the context goes back once
-            # it has stopped
-            stop.set()
-            self._wake()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(running)
-            context.warming = None
+            context.warming = context.boost = context.judging = None
             await self.release(context)
 
-    async def _take_alone(self, owner: str | None, ahead: bool, size: int) -> _Context | None:
-        """The conversation's small context, marked busy (its evaluation ahead is
-        stopped for a turn); a new one while there are fewer than ``contexts``, else the
-        free one used least recently; ``None`` when it would have to wait."""
+    async def _take_alone(
+        self, key: tuple[int, ...], owner: str | None, ahead: bool, size: int
+    ) -> _Context | None:
+        """The conversation's small context, marked busy; a new one while there are fewer
+        than ``contexts``, else the free one used least recently; ``None`` when it would
+        have to wait (ahead) or none is free. A turn (not ``ahead``) waits for the
+        conversation's judgment under way: hurried when it judges ``key``, else stopped."""
         await self.load()
         async with self._changed:
             while True:
                 mine = next((c for c in self._alone if owner and c.owner == owner), None)
                 if mine is not None and mine.busy:
-                    if ahead or mine.warming is None:
+                    if ahead or mine.warming is None or mine.boost is None:
                         return None
-                    mine.warming.set()
+                    (mine.boost if mine.judging == key else mine.warming).set()
                     self._wake()
                     await self._changed.wait()
                     continue
@@ -832,19 +863,35 @@ class LocalLLM:
         openings: npt.NDArray[np.intc],
         stop: threading.Event,
         ahead: bool,
+        boost: threading.Event,
     ) -> float | None:
         head = tokens[:start]
         if max(context.shared_prefix(head), self.prefixes.longest(head)) < start:
             return None
+        started = time.perf_counter()
         if ahead:
-            self.evaluate(context, tokens, Priority.BACKGROUND, stop, PREPARE_CHUNK)
-            return None
-        self.evaluate(context, tokens, Priority.URGENT, stop, last=True)
+            cached = self.evaluate(
+                context, tokens, Priority.BACKGROUND, stop, PREPARE_CHUNK, last=True, boost=boost
+            )
+        else:
+            cached = self.evaluate(
+                context, tokens, Priority.URGENT, stop, last=True, threads=self.settings.threads
+            )
         if stop.is_set() or context.shared_prefix(tokens) < len(tokens):
             return None
         llama = context.llama
         logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),))
-        return call_ratio(logits, openings)
+        ratio = call_ratio(logits, openings)
+        context.judged = (tuple(tokens), ratio)
+        log.debug(
+            "alone: %d tokens (%d cached) judged %.3f in %.0f ms%s",
+            len(tokens),
+            cached,
+            ratio,
+            1000 * (time.perf_counter() - started),
+            " ahead" if ahead else "",
+        )
+        return ratio
 
     # -- decoding (in a decode thread) ----------------------------------------------------
 
@@ -858,6 +905,7 @@ class LocalLLM:
         *,
         last: bool = False,
         boost: threading.Event | None = None,
+        threads: int | None = None,
     ) -> int:
         """Bring ``context`` to ``tokens``, in chunks through the gate (what it holds
         already of them is kept, what follows is dropped); ``stop`` ends it early. Work
@@ -866,7 +914,8 @@ class LocalLLM:
         logits to sample from are its own.
 
         A chunk of up to :data:`SMALL_CHUNK` tokens (a turn's new words) runs on one
-        thread beside another session's step; a larger one takes every core. Returns how
+        thread beside another session's step; a larger one takes every core (``threads``:
+        every chunk takes that many). Returns how
         many of ``tokens`` the context held (or took from a kept start)."""
         llama = context.llama
         held = self.prefixes.restore(context, tokens)
@@ -879,11 +928,11 @@ class LocalLLM:
             if stop is not None and stop.is_set():
                 return held
             piece = tokens[i : i + chunk]
-            threads = 1 if len(piece) <= SMALL_CHUNK else self.settings.threads
-            with self.gate.step(now, stop, threads) as granted:
+            width = threads or (1 if len(piece) <= SMALL_CHUNK else self.settings.threads)
+            with self.gate.step(now, stop, width) as granted:
                 if not granted:
                     return held
-                context.use_threads(threads)
+                context.use_threads(width)
                 llama.eval(piece)
         return held
 
@@ -919,8 +968,11 @@ class LocalLLM:
         # the whole prompt: generate() then samples at once from its last token's logits
         cached = self.evaluate(context, job.tokens, Priority.URGENT, last=True)
         evaluated = time.perf_counter()
+        if job.evaluated is not None:
+            job.evaluated()
         if job.opening is not None:
             job.opening.wait(ALONE_WAIT_SECONDS)  # outside the gate: the judgment needs it
+            log.debug("alone: waited %.0f ms", 1000 * (time.perf_counter() - evaluated))
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         held = ""
         generator = llama.generate(
@@ -1050,13 +1102,11 @@ class LocalModel(LanguageModel):
         system = await self._engine.tokenize(prompt.system)
         return len(system) if tokens[: len(system)] == system else 0
 
-    async def _alone(
-        self, request: ChatRequest, prompt: Prompt, *, speaking: bool = False
-    ) -> tuple[list[int], int] | None:
+    async def _alone(self, request: ChatRequest, prompt: Prompt) -> tuple[list[int], int] | None:
         """``request`` asked alone — its start and the user's last turn — as tokens, and
         how many are the start, when a call is judged on them (:class:`CallOrWords`):
         tools offered with ``tool_choice`` ``auto``, the user spoke last, and there is
-        conversation before. ``speaking``: the user's turn is still open."""
+        conversation before."""
         if (
             not request.tools
             or request.tool_choice != "auto"
@@ -1065,10 +1115,7 @@ class LocalModel(LanguageModel):
             or len(prompt.turns) < 2
         ):
             return None
-        alone = Prompt(prompt.system, prompt.turns[-1:], "" if speaking else prompt.tail).text
-        if speaking:
-            alone = alone.removesuffix(f"{END}\n")
-        tokens = await self._engine.tokenize(alone)
+        tokens = await self._engine.tokenize(Prompt(prompt.system, prompt.turns[-1:]).text)
         start = await self._start(prompt, tokens)
         return (tokens, start) if start else None
 
@@ -1076,21 +1123,18 @@ class LocalModel(LanguageModel):
         """Evaluate what every turn of ``request``'s session starts with — the system
         prompt and tools, the history, and a user message still being spoken (a partial
         transcript) — so the turn evaluates only what is new. A user message is also
-        evaluated alone after the start, where its call is judged (:meth:`_alone`)."""
+        judged alone (:meth:`_alone`), as if it were the turn's."""
         prompt = self._prompt(request)
         text = prompt.system + "".join(prompt.turns)
         speaking = bool(prompt.turns and request.messages and request.messages[-1].role == "user")
         if speaking:
             text = text.removesuffix(f"{END}\n")
         engine, owner = self._engine, request.conversation
-        alone = await self._alone(request, prompt, speaking=True) if speaking else None
-        async with asyncio.TaskGroup() as both:
-            # a session's start may open a context; what follows goes only where it is
-            both.create_task(
-                engine.prepare(await engine.tokenize(text), grow=not prompt.turns, owner=owner)
-            )
-            if alone is not None:
-                both.create_task(engine.judge_alone(*alone, owner=owner, ahead=True))
+        alone = await self._alone(request, prompt) if speaking else None
+        # a session's start may open a context; what follows goes only where it is
+        await engine.prepare(await engine.tokenize(text), grow=not prompt.turns, owner=owner)
+        if alone is not None:  # after: side by side, each would take twice as long
+            await engine.judge_alone(*alone, owner=owner, ahead=True)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         engine = self._engine
@@ -1111,7 +1155,12 @@ class LocalModel(LanguageModel):
             alone = await self._alone(request, prompt)
             job.opening = CallOrWords(await engine.call_openings(), alone=alone is not None)
             if alone is not None:
-                judging = asyncio.ensure_future(self._judge(job.opening, *alone, request))
+                evaluated = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                job.evaluated = functools.partial(loop.call_soon_threadsafe, evaluated.set)
+                judging = asyncio.ensure_future(
+                    self._judge(job.opening, *alone, request, evaluated)
+                )
         try:
             async with contextlib.aclosing(self._answer(request, job, tokens, room)) as events:
                 async for event in events:
@@ -1123,13 +1172,21 @@ class LocalModel(LanguageModel):
                     await judging
 
     async def _judge(
-        self, opening: CallOrWords, tokens: list[int], start: int, request: ChatRequest
+        self,
+        opening: CallOrWords,
+        tokens: list[int],
+        start: int,
+        request: ChatRequest,
+        evaluated: asyncio.Event,
     ) -> None:
-        """Tell ``opening`` how the request alone (``tokens``) opens (see
-        :meth:`LocalLLM.judge_alone`); ``None`` when it cannot be judged."""
+        """Tell ``opening`` how the request alone (``tokens``) opens, once the turn's
+        prompt is ``evaluated`` (see :meth:`LocalLLM.judge_alone`); ``None`` when it
+        cannot be judged."""
         ratio = None
         try:
-            ratio = await self._engine.judge_alone(tokens, start, owner=request.conversation)
+            ratio = await self._engine.judge_alone(
+                tokens, start, owner=request.conversation, after=evaluated
+            )
         except (ValueError, RuntimeError) as exc:
             log.warning("%s: the request alone could not be judged: %s", NAME, exc)
         finally:
