@@ -97,7 +97,7 @@ DEFAULT_TEMPERATURE = 0.2
 #: Tokens a context that judges a request alone holds (a session's start, ~470 tokens
 #: with six tools, and the user's last turn: see :meth:`LocalLLM.judge_alone`).
 ALONE_TOKENS = 1024
-#: The longest an answer's first token waits for the judgment of its request alone.
+#: The longest an answer's first words wait for the judgment of its request alone.
 ALONE_WAIT_SECONDS = 1.0
 #: Prompt starts whose KV cache is kept (each ~28 KiB a token for the 1.5B model: a
 #: system prompt with six tools is ~13 MiB).
@@ -283,41 +283,27 @@ class CallOrWords:
 
     Deep in a conversation the history outweighs the request: after 20 questions
     answered in words, Qwen2.5-Coder-1.5B gives "what is the weather like in London?"
-    a ratio of 0.003 (0.39 when it is asked alone). So the same ratio taken on the
-    session's start and the user's last turn alone (:meth:`LocalLLM.judge_alone`) is
-    told to the processor (:meth:`tell`), and the larger of the two decides.
+    a ratio of 0.003 (0.39 when it is asked alone). So the same ratio is also taken on
+    the session's start and the user's last turn alone (:meth:`LocalLLM.judge_alone`),
+    while the answer begins in words; when that one is over the threshold, the answer
+    starts again with this processor made with it (``alone``): the larger decides.
 
     Measured on ``voxgate bench agent``'s set: asked alone, 0.00–0.22 for its 20
     questions and 0.29–3.2 for its 8 requests of a tool; in the conversation, the
     questions fall to 0.00 and three of the requests to 0.00–0.01."""
 
-    def __init__(self, openings: npt.NDArray[np.intc], *, alone: bool = False) -> None:
+    def __init__(self, openings: npt.NDArray[np.intc], *, alone: float | None = None) -> None:
         self._openings = openings
         self._first = True
+        self._alone = alone or 0.0
         #: The first token was restricted to a call's openings.
         self.forced = False
-        #: The ratio of the request asked alone (see :meth:`tell`).
-        self.alone: float | None = None
-        self._told = threading.Event()
-        if not alone:
-            self._told.set()
-
-    def tell(self, ratio: float | None) -> None:
-        """The ratio of the request asked alone (``None``: it could not be judged)."""
-        self.alone = ratio
-        self._told.set()
-
-    def wait(self, timeout: float) -> None:
-        """Wait (in the decode thread, before the first token) until :meth:`tell` was
-        called, at most ``timeout`` seconds, when the processor was made ``alone``."""
-        self._told.wait(timeout)
 
     def __call__(self, _ids: Any, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
         if not self._first:
             return logits
         self._first = False
-        ratio = max(call_ratio(logits, self._openings), self.alone or 0.0)
-        if ratio <= CALL_RATIO:
+        if max(call_ratio(logits, self._openings), self._alone) <= CALL_RATIO:
             return logits
         self.forced = True
         only = np.full_like(logits, -np.inf)
@@ -777,9 +763,9 @@ class LocalLLM:
 
         A turn's judgment stops the conversation's judgment ahead of other words, and
         makes one of the same words urgent. ``after``: a turn's evaluation waits for it
-        (the turn's own prompt evaluated), then takes every core: on these CPUs two
-        contexts evaluating a few tokens side by side on a core each took 2–3× as long
-        as each alone. ``None`` when the request cannot be judged cheaply: its start is
+        (the turn's own prompt evaluated: side by side, two contexts evaluating a few
+        tokens each took 2–3× as long on these CPUs), then runs beside the answer's
+        first tokens. ``None`` when the request cannot be judged cheaply: its start is
         not kept (evaluating it would take seconds), it is over :data:`ALONE_TOKENS`, or
         no small context is free."""
         size = min(ALONE_TOKENS, self.settings.context_tokens)
@@ -874,9 +860,7 @@ class LocalLLM:
                 context, tokens, Priority.BACKGROUND, stop, PREPARE_CHUNK, last=True, boost=boost
             )
         else:
-            cached = self.evaluate(
-                context, tokens, Priority.URGENT, stop, last=True, threads=self.settings.threads
-            )
+            cached = self.evaluate(context, tokens, Priority.URGENT, stop, last=True)
         if stop.is_set() or context.shared_prefix(tokens) < len(tokens):
             return None
         llama = context.llama
@@ -970,9 +954,6 @@ class LocalLLM:
         evaluated = time.perf_counter()
         if job.evaluated is not None:
             job.evaluated()
-        if job.opening is not None:
-            job.opening.wait(ALONE_WAIT_SECONDS)  # outside the gate: the judgment needs it
-            log.debug("alone: waited %.0f ms", 1000 * (time.perf_counter() - evaluated))
         text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         held = ""
         generator = llama.generate(
@@ -1044,6 +1025,14 @@ def _answered_calls(request: ChatRequest) -> set[tuple[str, str]]:
                 arguments = c.arguments
             out.add((c.name, arguments))
     return out
+
+
+async def _within(future: asyncio.Future[float | None], seconds: float) -> float | None:
+    """``future``'s result, or ``None`` when it takes longer than ``seconds``."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), seconds)
+    except TimeoutError:
+        return None
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[str], None], text: str) -> None:
@@ -1150,19 +1139,17 @@ class LocalModel(LanguageModel):
             owner=request.conversation,
             start=await self._start(prompt, tokens),
         )
-        judging: asyncio.Future[None] | None = None
+        judging: asyncio.Future[float | None] | None = None
         if request.tools and request.tool_choice == "auto":
-            alone = await self._alone(request, prompt)
-            job.opening = CallOrWords(await engine.call_openings(), alone=alone is not None)
-            if alone is not None:
+            job.opening = CallOrWords(await engine.call_openings())
+            if (alone := await self._alone(request, prompt)) is not None:
                 evaluated = asyncio.Event()
                 loop = asyncio.get_running_loop()
                 job.evaluated = functools.partial(loop.call_soon_threadsafe, evaluated.set)
-                judging = asyncio.ensure_future(
-                    self._judge(job.opening, *alone, request, evaluated)
-                )
+                judging = asyncio.ensure_future(self._judge(*alone, request, evaluated))
         try:
-            async with contextlib.aclosing(self._answer(request, job, tokens, room)) as events:
+            answer = self._answer(request, job, tokens, judging)
+            async with contextlib.aclosing(answer) as events:
                 async for event in events:
                     yield event
         finally:
@@ -1172,39 +1159,51 @@ class LocalModel(LanguageModel):
                     await judging
 
     async def _judge(
-        self,
-        opening: CallOrWords,
-        tokens: list[int],
-        start: int,
-        request: ChatRequest,
-        evaluated: asyncio.Event,
-    ) -> None:
-        """Tell ``opening`` how the request alone (``tokens``) opens, once the turn's
-        prompt is ``evaluated`` (see :meth:`LocalLLM.judge_alone`); ``None`` when it
-        cannot be judged."""
-        ratio = None
+        self, tokens: list[int], start: int, request: ChatRequest, evaluated: asyncio.Event
+    ) -> float | None:
+        """How the request alone (``tokens``) opens, judged once the turn's prompt is
+        ``evaluated`` (see :meth:`LocalLLM.judge_alone`); ``None`` when it cannot be."""
         try:
-            ratio = await self._engine.judge_alone(
+            return await self._engine.judge_alone(
                 tokens, start, owner=request.conversation, after=evaluated
             )
         except (ValueError, RuntimeError) as exc:
             log.warning("%s: the request alone could not be judged: %s", NAME, exc)
-        finally:
-            opening.tell(ratio)
+            return None
 
     async def _answer(
-        self, request: ChatRequest, job: _Job, tokens: list[int], room: int
+        self,
+        request: ChatRequest,
+        job: _Job,
+        tokens: list[int],
+        judging: asyncio.Future[float | None] | None,
     ) -> AsyncGenerator[ChatEvent, None]:
+        """The answer's events. Its first words wait for ``judging`` (the request judged
+        alone: :class:`CallOrWords`), decoding on meanwhile; when that says call, the
+        words are dropped and the answer starts again as a call."""
         engine = self._engine
-        max_tokens = request.max_tokens or 512
         callable_tools = request.tools if request.tool_choice != "none" else ()
-        reader = OutputReader(tools=frozenset(t.name for t in callable_tools))
-        async with contextlib.aclosing(self._decode(job)) as pieces:
-            async for piece in pieces:
-                if text := reader.feed(piece):
+        produced = 0
+        while True:
+            reader = OutputReader(tools=frozenset(t.name for t in callable_tools))
+            again: float | None = None
+            async with contextlib.aclosing(self._decode(job)) as pieces:
+                async for piece in pieces:
+                    if not (text := reader.feed(piece)):
+                        continue
+                    if judging is not None:
+                        again = await _within(judging, ALONE_WAIT_SECONDS)
+                        judging = None
+                        if again is not None and again > CALL_RATIO:
+                            break
+                        again = None
                     yield TextDelta(text)
+            produced += job.produced
+            if again is None:
+                break
+            log.debug("alone: the answer starts again as a call (%.3f)", again)
+            job = replace(job, opening=CallOrWords(await engine.call_openings(), alone=again))
         rest, calls = reader.end()
-        produced = job.produced
         if calls and request.tool_choice == "auto":
             done = _answered_calls(request)
             calls = [c for c in calls if grounded(c, request) and (c.name, c.arguments) not in done]
@@ -1213,16 +1212,8 @@ class LocalModel(LanguageModel):
             made_up = False
         if reader.looked_like_call or made_up:
             # a call of a function it does not have, or with made-up arguments: asked
-            # again without the tools (shown tools, these models answer worse), in words
-            plain = replace(request, tool_choice="none")
-            tokens, _ = await self._fit(self._prompt(plain), room)
-            job = replace(
-                job,
-                tokens=tokens,
-                max_tokens=min(max_tokens, engine.settings.context_tokens - len(tokens)),
-                grammar=await self._grammar(None, WORDS_ONLY_GBNF),
-                start=await self._start(self._prompt(plain), tokens),
-            )
+            # again in words (the same prompt: what the context holds is used again)
+            job = replace(job, grammar=await self._grammar(None, WORDS_ONLY_GBNF), opening=None)
             rest = ""
             async with contextlib.aclosing(self._decode(job)) as pieces:
                 async for piece in pieces:
