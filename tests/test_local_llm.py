@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -489,3 +490,14 @@ def test_the_gate_runs_a_token_step_per_core_and_a_prompt_chunk_alone() -> None:
     waiting.join(2)
     behind.join(2)
     assert order == ["chunk", "token"]
+
+
+@needs_small
+async def test_contexts_opened_at_once_leave_the_log_where_it_was(small: LocalLLM) -> None:
+    """llama-cpp-python points stderr at /dev/null while a context loads; loads at the
+    same time must not leave it there (the server's log is stderr)."""
+    await small.load()
+    before = os.fstat(2)
+    await asyncio.gather(*(small._run(small._open, 256) for _ in range(4)))
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)

@@ -467,6 +467,7 @@ class LocalLLM:
         self._growing = 0
         self._installed = False
         self._openings: npt.NDArray[np.intc] | None = None
+        self._loading = threading.Lock()
         self.prefixes = Prefixes()
         #: Session starts being evaluated, and when each is done (see :meth:`prepare`).
         self._starting: dict[tuple[int, ...], _Start] = {}
@@ -505,18 +506,22 @@ class LocalLLM:
 
         assert self._path is not None
         threads = self.settings.threads
-        try:
-            return Llama(
-                model_path=str(self._path),
-                n_ctx=tokens or self.settings.context_tokens,
-                n_batch=PROMPT_CHUNK * 4,
-                # one token on one thread, a prompt chunk on all (see DecodeGate)
-                n_threads=1,
-                n_threads_batch=threads,
-                verbose=False,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise EngineUnavailable(f"{NAME}: cannot load {self._path.name}: {exc}") from exc
+        # One at a time: while it loads, llama-cpp-python points file descriptor 2 at
+        # /dev/null (verbose=False) and then back at what it found; two loads at once
+        # left the server's log (stderr) pointing at /dev/null for good.
+        with self._loading:
+            try:
+                return Llama(
+                    model_path=str(self._path),
+                    n_ctx=tokens or self.settings.context_tokens,
+                    n_batch=PROMPT_CHUNK * 4,
+                    # one token on one thread, a prompt chunk on all (see DecodeGate)
+                    n_threads=1,
+                    n_threads_batch=threads,
+                    verbose=False,
+                )
+            except (ValueError, RuntimeError) as exc:
+                raise EngineUnavailable(f"{NAME}: cannot load {self._path.name}: {exc}") from exc
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
