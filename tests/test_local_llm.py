@@ -25,7 +25,7 @@ from conftest import GatewayFactory
 from voxgate.bench.agent_questions import INSTRUCTIONS, QUESTIONS, TOOL_PROMPTS, TOOLS, call_matches
 from voxgate.engines.base import EngineUnavailable
 from voxgate.engines.llm import LLMError
-from voxgate.engines.local_llm import DecodeGate, LocalLLM, installed
+from voxgate.engines.local_llm import DecodeGate, LocalLLM, LocalModel, installed
 from voxgate.engines.workers import EngineWorkers, Priority
 from voxgate.protocols.chat import (
     ChatDone,
@@ -204,10 +204,14 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
     await answer(small, last)
     assert alone.judged is judged
     assert len(small._alone) == 1
-    # without tools (or with tool_choice none) nothing is judged
+    # without tools (or with tool_choice none, or judge_alone off) nothing is judged
     prompt = model._prompt(request)
+    assert await model._alone(request, prompt) is not None
     assert await model._alone(replace(request, tools=()), prompt) is None
     assert await model._alone(replace(request, tool_choice="none"), prompt) is None
+    off = LocalLLM(replace(SMALL, judge_alone=False), cache_dir=CACHE, workers=small._workers)
+    assert await LocalModel(off)._alone(request, prompt) is None
+    await off.close()
 
 
 @needs_default

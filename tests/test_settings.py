@@ -118,6 +118,7 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
         ("[local_llm]\ncontexts = 100\n", {}, r"local_llm\.contexts: must be between 1 and 64"),
         ("[local_llm]\ncontext_tokens = 100\n", {}, r"local_llm\.context_tokens: must be between"),
         ("[local_llm]\nsize = '1.5b'\n", {}, r"local_llm\.size: unknown key"),
+        ("[local_llm]\njudge_alone = 'yes'\n", {}, r"local_llm\.judge_alone: expected true or"),
         (
             "[speech.engines.w]\ntype = 'whisper'\nwindow = 'tiny'\n",
             {},

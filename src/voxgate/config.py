@@ -496,6 +496,7 @@ def _local_llm(t: _Reader) -> LocalLLMSettings:
         threads=t.integer("threads", d.threads, minimum=1, maximum=256),
         contexts=t.integer("contexts", d.contexts, minimum=1, maximum=64),
         context_tokens=t.integer("context_tokens", d.context_tokens, minimum=512, maximum=131072),
+        judge_alone=t.boolean("judge_alone", d.judge_alone),
         instructions=t.string("instructions", d.instructions),
     )
 

@@ -185,6 +185,11 @@ class LocalLLMSettings:
     #: Tokens of prompt and answer one context holds; longer conversations lose their
     #: oldest turns.
     context_tokens: int = 4096
+    #: With tools offered (``tool_choice: auto``), also judge whether to call one on
+    #: the user's last turn alone, without the conversation before it (small models stop
+    #: calling tools after a few turns answered in words). Costs evaluating the turn's
+    #: words a second time; off: the conversation alone decides.
+    judge_alone: bool = True
     #: The system prompt when a session gives no instructions.
     instructions: str = (
         "You are a helpful voice assistant. Answer in one or two short spoken sentences, "

@@ -662,14 +662,16 @@ class LocalLLM:
             return "grow"
         return "none" if warm else "wait"
 
-    async def prepare(self, tokens: list[int], *, grow: bool, owner: str | None = None) -> None:
+    async def prepare(self, tokens: list[int], *, grow: bool, owner: str | None = None) -> bool:
         """Evaluate ``tokens`` ahead of the turn that will start with them, at background
         priority, in a context that a turn needing it takes over (see :meth:`acquire`);
         in a new context only with ``grow``.
 
         With ``grow`` (a session's start: its instructions and tools) the evaluated start
         is kept for other sessions (:class:`Prefixes`); a session starting while the same
-        start is being evaluated waits for that instead of evaluating it too."""
+        start is being evaluated waits for that instead of evaluating it too. Whether it
+        was evaluated to the end (``False``: no context was free for it, or a turn took
+        the context over)."""
         key = tuple(tokens)
         if grow:
             await self.started(key)
@@ -679,7 +681,7 @@ class LocalLLM:
         try:
             context = await self.acquire(tokens, owner=owner, warm=True, grow=grow)
             if context is None:
-                return
+                return False
             context.warming = stop = threading.Event()
             context.boost = start.boost if grow else None
             # a partial transcript in small chunks: a turn taking the context over waits
@@ -690,6 +692,7 @@ class LocalLLM:
             )
             try:
                 await asyncio.shield(running)  # a cancellation must not cancel ``running``
+                finished = not stop.is_set()  # not taken over by a turn
             finally:
                 # cancelled (the session closed): the thread may still be writing to the
                 # context; it is given back only once that thread has stopped
@@ -703,6 +706,7 @@ class LocalLLM:
             if self._starting.get(key) is start:
                 del self._starting[key]
             start.done.set()
+        return finished
 
     async def started(self, key: tuple[int, ...]) -> None:
         """Wait until no session's start ``key`` is being evaluated (a turn that needs
@@ -1102,7 +1106,8 @@ class LocalModel(LanguageModel):
         tools offered with ``tool_choice`` ``auto``, the user spoke last, and there is
         conversation before."""
         if (
-            not request.tools
+            not self._engine.settings.judge_alone
+            or not request.tools
             or request.tool_choice != "auto"
             or not request.messages
             or request.messages[-1].role != "user"
@@ -1126,8 +1131,11 @@ class LocalModel(LanguageModel):
         engine, owner = self._engine, request.conversation
         alone = await self._alone(request, prompt) if speaking else None
         # a session's start may open a context; what follows goes only where it is
-        await engine.prepare(await engine.tokenize(text), grow=not prompt.turns, owner=owner)
-        if alone is not None:  # after: side by side, each would take twice as long
+        prepared = await engine.prepare(
+            await engine.tokenize(text), grow=not prompt.turns, owner=owner
+        )
+        # after, not beside it (each would take twice as long); not once the turn runs
+        if alone is not None and prepared:
             await engine.judge_alone(*alone, owner=owner, ahead=True)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
