@@ -204,6 +204,14 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
     await answer(small, last)
     assert alone.judged is judged
     assert len(small._alone) == 1
+    # while another conversation's turn runs, the cores are its: only a judgment made
+    # ahead counts, none is made at the turn
+    other = await small.acquire([1, 2, 3], owner="c2")
+    assert small.answering("c1")
+    assert not small.answering("c2")
+    await answer(small, conversation_of(5, "Will it snow in Oslo?", tools=(WEATHER,)))
+    assert alone.judged is judged
+    await small.release(other)
     # without tools (or with tool_choice none, or judge_alone off) nothing is judged
     prompt = model._prompt(request)
     assert await model._alone(request, prompt) is not None
