@@ -48,7 +48,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -687,19 +687,11 @@ class LocalLLM:
             # a partial transcript in small chunks: a turn taking the context over waits
             # for the chunk under way
             chunk = PROMPT_CHUNK if grow else PREPARE_CHUNK
-            running = self._run(
-                self._evaluate_ahead, context, tokens, stop, chunk, grow, start.boost
-            )
             try:
-                await asyncio.shield(running)  # a cancellation must not cancel ``running``
-                finished = not stop.is_set()  # not taken over by a turn
+                finished: bool = await self._until_stopped(
+                    stop, self._evaluate_ahead, context, tokens, stop, chunk, grow, start.boost
+                )
             finally:
-                # cancelled (the session closed): the thread may still be writing to the
-                # context; it is given back only once that thread has stopped
-                stop.set()
-                self._wake()
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(running)
                 context.warming = context.boost = None
                 await self.release(context)
         finally:
@@ -724,12 +716,31 @@ class LocalLLM:
         chunk: int,
         keep: bool,
         boost: threading.Event,
-    ) -> None:
+    ) -> bool:
         """:meth:`evaluate` at background priority (urgent once ``boost`` is set); with
-        ``keep``, the evaluated start is kept for other contexts (:class:`Prefixes`)."""
+        ``keep``, the evaluated start is kept for other contexts (:class:`Prefixes`).
+        Whether it went to the end (``False``: stopped, say by a turn taking over)."""
         self.evaluate(context, tokens, Priority.BACKGROUND, stop, chunk, boost=boost)
-        if keep and not stop.is_set() and context.shared_prefix(tokens) == len(tokens):
+        if stop.is_set():
+            return False
+        if keep and context.shared_prefix(tokens) == len(tokens):
             self.prefixes.keep(context, len(tokens))
+        return True
+
+    async def _until_stopped(
+        self, stop: threading.Event, fn: Callable[..., Any], *args: Any
+    ) -> Any:
+        """``fn(*args)`` in a decode thread that watches ``stop``; its result. Cancelled,
+        this sets ``stop`` and returns (raises) only once the thread has stopped: until
+        then it may still be writing to the context it was given."""
+        running = self._run(fn, *args)
+        try:
+            return await asyncio.shield(running)  # a cancellation must not cancel it
+        finally:
+            stop.set()
+            self._wake()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(running)
 
     async def release(self, context: _Context) -> None:
         async with self._changed:
@@ -797,20 +808,13 @@ class LocalLLM:
                 return None
             if after is not None:
                 await after.wait()
-            context.warming, context.boost = stop, threading.Event()
-            context.judging = key
-            running = self._run(
-                self._judge_alone, context, tokens, start, openings, stop, ahead, context.boost
+            boost = threading.Event()
+            context.warming, context.boost, context.judging = stop, boost, key
+            judge = self._judge_alone
+            ratio: float | None = await self._until_stopped(
+                stop, judge, context, tokens, start, openings, stop, ahead, boost
             )
-            try:
-                return cast("float | None", await asyncio.shield(running))
-            finally:
-                # cancelled: the thread may still be evaluating; the context goes back
-                # once it has stopped
-                stop.set()
-                self._wake()
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(running)
+            return ratio
         finally:
             context.warming = context.boost = context.judging = None
             await self.release(context)
@@ -910,7 +914,6 @@ class LocalLLM:
         *,
         last: bool = False,
         boost: threading.Event | None = None,
-        threads: int | None = None,
     ) -> int:
         """Bring ``context`` to ``tokens``, in chunks through the gate (what it holds
         already of them is kept, what follows is dropped); ``stop`` ends it early. Work
@@ -919,8 +922,7 @@ class LocalLLM:
         logits to sample from are its own.
 
         A chunk of up to :data:`SMALL_CHUNK` tokens (a turn's new words) runs on one
-        thread beside another session's step; a larger one takes every core (``threads``:
-        every chunk takes that many). Returns how
+        thread beside another session's step; a larger one takes every core. Returns how
         many of ``tokens`` the context held (or took from a kept start)."""
         llama = context.llama
         held = self.prefixes.restore(context, tokens)
@@ -933,11 +935,11 @@ class LocalLLM:
             if stop is not None and stop.is_set():
                 return held
             piece = tokens[i : i + chunk]
-            width = threads or (1 if len(piece) <= SMALL_CHUNK else self.settings.threads)
-            with self.gate.step(now, stop, width) as granted:
+            threads = 1 if len(piece) <= SMALL_CHUNK else self.settings.threads
+            with self.gate.step(now, stop, threads) as granted:
                 if not granted:
                     return held
-                context.use_threads(width)
+                context.use_threads(threads)
                 llama.eval(piece)
         return held
 
