@@ -17,15 +17,32 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from openai import AsyncOpenAI
 
 from conftest import GatewayFactory
-from voxgate.bench.agent_questions import INSTRUCTIONS, QUESTIONS, TOOL_PROMPTS, TOOLS, call_matches
+from voxgate.bench.agent_questions import (
+    INSTRUCTIONS,
+    QUESTIONS,
+    TOOL_PROMPTS,
+    TOOL_RESULTS,
+    TOOLS,
+    call_matches,
+)
 from voxgate.engines.base import EngineUnavailable
 from voxgate.engines.llm import LLMError
-from voxgate.engines.local_llm import DecodeGate, LocalLLM, LocalModel, installed
+from voxgate.engines.local_llm import (
+    CallOrWords,
+    DecodeGate,
+    FirstTokens,
+    LocalLLM,
+    LocalModel,
+    Opening,
+    call_ratio,
+    installed,
+)
 from voxgate.engines.workers import EngineWorkers, Priority
 from voxgate.protocols.chat import (
     ChatDone,
@@ -34,6 +51,7 @@ from voxgate.protocols.chat import (
     ChatRequest,
     FunctionSpec,
     TextDelta,
+    ToolCall,
     ToolCallDelta,
 )
 from voxgate.protocols.chatml import Prompt
@@ -246,6 +264,61 @@ async def test_a_request_for_a_tool_deep_in_a_conversation_still_calls_it() -> N
     finally:
         await engine.close()
         workers.shutdown()
+
+
+@needs_default
+async def test_after_a_tool_round_the_next_request_is_not_answered_with_nothing() -> None:
+    """After two tool rounds, Qwen2.5-Coder-1.5B's most likely first token for "Send a
+    message to John…" was ``<|im_end|>``: the answer was empty, and nothing was called.
+    An answer's first token cannot end it, so the request's call is made."""
+    workers = EngineWorkers(threads=2)
+    engine = LocalLLM(LocalLLMSettings(contexts=1), cache_dir=CACHE, workers=workers)
+    tools = tuple(FunctionSpec(t["name"], t["description"], t["parameters"]) for t in TOOLS)
+    rounds = [
+        ("What is the weather like in London today?", "get_weather", '{"city":"London"}',
+         "The forecast for London today is sunny with a temperature of 21 degrees Celsius."),
+        ("Set a timer for ten minutes.", "set_timer", '{"minutes":10}',
+         "The timer has been started."),
+    ]  # fmt: skip
+    history: list[ChatMessage] = []
+    for i, (said, name, arguments, spoken) in enumerate(rounds):
+        history += [
+            ChatMessage("user", said),
+            ChatMessage("assistant", None, (ToolCall(f"c{i}", name, arguments),)),
+            ChatMessage("tool", TOOL_RESULTS[name], tool_call_id=f"c{i}"),
+            ChatMessage("assistant", spoken),
+        ]
+    prompt = next(p for p in TOOL_PROMPTS if p.function == "send_message")
+    try:
+        model = engine.model()
+        deep = conversation_of(20, prompt.text, tools=tools)
+        request = replace(deep, messages=(*deep.messages[:-1], *history, deep.messages[-1]))
+        await model.warm(replace(request, messages=request.messages[:1]))
+        events = await answer(engine, request)
+        calls = [e for e in events if isinstance(e, ToolCallDelta)]
+        assert [c.name for c in calls] == ["send_message"], events
+        assert call_matches(prompt, "send_message", orjson.loads(calls[0].arguments))
+    finally:
+        await engine.close()
+        workers.shutdown()
+
+
+def test_an_answer_cannot_end_before_its_first_token() -> None:
+    """:class:`Opening` rules out the tokens that end an answer at its first token only;
+    the call ratio compares a call with the most likely token that says something."""
+    first = FirstTokens(calls=np.array([1], dtype=np.intc), ends=np.array([3], dtype=np.intc))
+    logits = np.array([1.0, 0.0, -1.0, 5.0], dtype=np.single)  # the end is most likely
+    opened = Opening(first)(None, logits)
+    assert opened[3] == -np.inf
+    assert list(opened[:3]) == [1.0, 0.0, -1.0]
+    assert logits[3] == 5.0  # the model's own logits are left as they were
+    later = Opening(first)
+    later(None, logits)
+    assert later(None, logits) is logits  # only the first token is restricted
+    # against words (token 0), not the end: e^0 / e^1
+    assert call_ratio(logits, first) == pytest.approx(np.exp(-1.0))
+    forced = CallOrWords(first)(None, np.array([0.5, 0.0, -1.0, 5.0], dtype=np.single))
+    assert list(forced) == [-np.inf, 0.0, -np.inf, -np.inf]  # e^-0.5 = 0.61 > CALL_RATIO
 
 
 @needs_small

@@ -243,8 +243,8 @@ class _Job:
     max_tokens: int
     temperature: float
     grammar: Any
-    #: For ``tool_choice: auto``: decides between a call and words at the first token.
-    opening: CallOrWords | None = None
+    #: Its first token: anything but an end; :class:`CallOrWords` for ``tool_choice: auto``.
+    opening: Opening | None = None
     #: The conversation it continues (``ChatRequest.conversation``).
     owner: str | None = None
     #: How many of ``tokens`` are the session's start (instructions and tools).
@@ -261,18 +261,56 @@ CALL_RATIO = 0.25
 CALL_OPENINGS = ("<tool_call>", '{"', "{", "{\n", "```", "[{")
 
 
-def call_ratio(logits: npt.NDArray[np.single], openings: npt.NDArray[np.intc]) -> float:
+@dataclass(frozen=True)
+class FirstTokens:
+    """The tokens that matter at an answer's first token, looked up once per model."""
+
+    #: How a call can begin (:data:`CALL_OPENINGS`).
+    calls: npt.NDArray[np.intc]
+    #: What ends an answer (``<|im_end|>``, ``<|endoftext|>``, …): not a first token.
+    ends: npt.NDArray[np.intc]
+
+
+def call_ratio(logits: npt.NDArray[np.single], first: FirstTokens) -> float:
     """How likely an answer whose first token has ``logits`` opens a call: the summed
-    probability of ``openings`` over that of the most likely other first token."""
+    probability of ``first.calls`` over that of the most likely other first token that
+    says something (an answer's end is not one: see :class:`Opening`)."""
     p = np.exp(logits.astype(np.float64) - float(logits.max()))
     p /= p.sum()
-    call = float(p[openings].sum())
-    p[openings] = 0.0
+    call = float(p[first.calls].sum())
+    p[first.calls] = 0.0
+    p[first.ends] = 0.0
     return call / max(float(p.max()), 1e-30)
 
 
-class CallOrWords:
-    """A logits processor for an answer's first token when tools are offered.
+class Opening:
+    """A logits processor for an answer's first token: the answer says something.
+
+    After a tool round, Qwen2.5-Coder-1.5B's most likely first token for the next
+    request ("Send a message to John saying I am running late.", "Play some music by
+    the Beatles.") was ``<|im_end|>``: an empty answer, which a voice agent must never
+    give (no words, no call, silence). So no token that ends the answer can come
+    first. A new one for each decode: it acts once."""
+
+    def __init__(self, first: FirstTokens) -> None:
+        self._tokens = first
+        self._first = True
+
+    def __call__(self, _ids: Any, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        if not self._first:
+            return logits
+        self._first = False
+        logits = logits.copy()
+        logits[self._tokens.ends] = -np.inf
+        return self.choose(logits)
+
+    def choose(self, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        """The first token's ``logits``, whose ends are ruled out already."""
+        return logits
+
+
+class CallOrWords(Opening):
+    """The first token of an answer when tools are offered: words or a call.
 
     Told to call functions only when asked for what they do (or they call one for every
     question), small models answer a request for one in words instead ("To get the
@@ -292,22 +330,19 @@ class CallOrWords:
     questions and 0.29–3.2 for its 8 requests of a tool; in the conversation, the
     questions fall to 0.00 and three of the requests to 0.00–0.01."""
 
-    def __init__(self, openings: npt.NDArray[np.intc], *, alone: float | None = None) -> None:
-        self._openings = openings
-        self._first = True
+    def __init__(self, first: FirstTokens, *, alone: float | None = None) -> None:
+        super().__init__(first)
         self._alone = alone or 0.0
         #: The first token was restricted to a call's openings.
         self.forced = False
 
-    def __call__(self, _ids: Any, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
-        if not self._first:
-            return logits
-        self._first = False
-        if max(call_ratio(logits, self._openings), self._alone) <= CALL_RATIO:
+    def choose(self, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        if max(call_ratio(logits, self._tokens), self._alone) <= CALL_RATIO:
             return logits
         self.forced = True
         only = np.full_like(logits, -np.inf)
-        only[self._openings] = logits[self._openings]
+        calls = self._tokens.calls
+        only[calls] = logits[calls]
         return only
 
 
@@ -466,7 +501,7 @@ class LocalLLM:
         self._load_lock = asyncio.Lock()
         self._growing = 0
         self._installed = False
-        self._openings: npt.NDArray[np.intc] | None = None
+        self._first: FirstTokens | None = None
         self._loading = threading.Lock()
         self.prefixes = Prefixes()
         #: Session starts being evaluated, and when each is done (see :meth:`prepare`).
@@ -747,12 +782,20 @@ class LocalLLM:
             context.busy = False
             self._changed.notify_all()
 
-    async def call_openings(self) -> npt.NDArray[np.intc]:
-        """The tokens a call can start with (see :class:`CallOrWords`), once."""
-        if self._openings is None:
-            firsts = {(await self.tokenize(text))[0] for text in CALL_OPENINGS}
-            self._openings = np.array(sorted(firsts), dtype=np.intc)
-        return self._openings
+    async def first_tokens(self) -> FirstTokens:
+        """The tokens that matter at an answer's first token (see :class:`Opening`), once."""
+        if self._first is None:
+            calls = {(await self.tokenize(text))[0] for text in CALL_OPENINGS}
+            llama = self._contexts[0].llama
+
+            def ends() -> list[int]:
+                return [t for t in range(llama.n_vocab()) if llama_eog(llama, t)]
+
+            self._first = FirstTokens(
+                np.array(sorted(calls), dtype=np.intc),
+                np.array(await self._run(ends), dtype=np.intc),
+            )
+        return self._first
 
     async def tokenize(self, text: str) -> list[int]:
         await self.load()
@@ -794,7 +837,7 @@ class LocalLLM:
         if not 0 < start < len(tokens) < size:
             return None
         key = tuple(tokens)
-        openings = await self.call_openings()
+        first = await self.first_tokens()
         await self.started(key[:start])
         context = await self._take_alone(key, owner, ahead, size)
         if context is None:
@@ -812,7 +855,7 @@ class LocalLLM:
             context.warming, context.boost, context.judging = stop, boost, key
             judge = self._judge_alone
             ratio: float | None = await self._until_stopped(
-                stop, judge, context, tokens, start, openings, stop, ahead, boost
+                stop, judge, context, tokens, start, first, stop, ahead, boost
             )
             return ratio
         finally:
@@ -871,7 +914,7 @@ class LocalLLM:
         context: _Context,
         tokens: list[int],
         start: int,
-        openings: npt.NDArray[np.intc],
+        first: FirstTokens,
         stop: threading.Event,
         ahead: bool,
         boost: threading.Event,
@@ -890,7 +933,7 @@ class LocalLLM:
             return None
         llama = context.llama
         logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),))
-        ratio = call_ratio(logits, openings)
+        ratio = call_ratio(logits, first)
         context.judged = (tuple(tokens), ratio)
         log.debug(
             "alone: %d tokens (%d cached) judged %.3f in %.0f ms%s",
@@ -1158,6 +1201,7 @@ class LocalModel(LanguageModel):
         room = min(max_tokens, engine.settings.context_tokens // 2)
         prompt = self._prompt(request)
         tokens, _ = await self._fit(prompt, room)
+        first = await engine.first_tokens()
         job = _Job(
             tokens=tokens,
             max_tokens=min(max_tokens, engine.settings.context_tokens - len(tokens)),
@@ -1165,10 +1209,11 @@ class LocalModel(LanguageModel):
             grammar=await self._grammar(call_schema(request)),
             owner=request.conversation,
             start=await self._start(prompt, tokens),
+            opening=Opening(first),
         )
         judging: asyncio.Future[float | None] | None = None
         if request.tools and request.tool_choice == "auto":
-            job.opening = CallOrWords(await engine.call_openings())
+            job.opening = CallOrWords(first)
             if (alone := await self._alone(request, prompt)) is not None:
                 evaluated = asyncio.Event()
                 loop = asyncio.get_running_loop()
@@ -1241,7 +1286,7 @@ class LocalModel(LanguageModel):
             if again is None:
                 break
             log.debug("alone: the answer starts again as a call (%.3f)", again)
-            job = replace(job, opening=CallOrWords(await engine.call_openings(), alone=again))
+            job = replace(job, opening=CallOrWords(await engine.first_tokens(), alone=again))
         rest, calls = reader.end()
         if calls and request.tool_choice == "auto":
             done = _answered_calls(request)
@@ -1252,7 +1297,8 @@ class LocalModel(LanguageModel):
         if reader.looked_like_call or made_up:
             # a call of a function it does not have, or with made-up arguments: asked
             # again in words (the same prompt: what the context holds is used again)
-            job = replace(job, grammar=await self._grammar(None, WORDS_ONLY_GBNF), opening=None)
+            words = await self._grammar(None, WORDS_ONLY_GBNF)
+            job = replace(job, grammar=words, opening=Opening(await engine.first_tokens()))
             rest = ""
             async with contextlib.aclosing(self._decode(job)) as pieces:
                 async for piece in pieces:
