@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,14 @@ import pytest
 from voxgate.bench.sentences import HARVARD, TWELVE_WORDS
 from voxgate.bench.speech import word_errors, words
 from voxgate.config import load_settings
-from voxgate.engines.base import EngineUnavailable, Finalized, SynthesisOptions, Transcript
+from voxgate.core.realtime.transcriber import Transcriber, _Recognizer
+from voxgate.engines.base import (
+    EngineUnavailable,
+    Finalized,
+    RecognitionOptions,
+    SynthesisOptions,
+    Transcript,
+)
 from voxgate.engines.local_stt import RecognitionCore
 from voxgate.engines.registry import EngineRegistry
 from voxgate.engines.vad import Segmenter, SegmenterSettings, make_vad
@@ -282,3 +290,46 @@ def test_window_and_partials_options_are_validated(tmp_path: Path) -> None:
 def _chunks(pcm: bytes, seconds: float) -> Iterator[bytes]:
     size = int(seconds * 32000)
     return (pcm[i : i + size] for i in range(0, len(pcm), size))
+
+
+class _Heard:
+    """What a session's transcriber tells its owner: partials, and items' transcripts."""
+
+    def __init__(self) -> None:
+        self.partials: list[str] = []
+        self.transcripts: dict[str, str] = {}
+        self.done = asyncio.Event()
+
+    def on_partial(self, text: str) -> None:
+        self.partials.append(text)
+
+    async def transcribed(self, item_id: str, text: str, _seconds: float) -> None:
+        self.transcripts[item_id] = text
+        self.done.set()
+
+    async def failed(self, item_id: str, error: Exception) -> None:
+        raise AssertionError(f"{item_id}: {error}")
+
+
+async def test_the_partial_of_a_pause_is_the_transcript_to_come(
+    speech_engines: EngineRegistry,
+) -> None:
+    """When the speaker pauses, whisper's final of the words so far is the partial the
+    model evaluates (and judges) ahead of the turn: it must be the very text the item's
+    transcript will be, or the turn finds nothing done (a trailing space made it another
+    text, and no judgment made ahead was ever used)."""
+    stt = await speech_engines.stt("whisper")
+    stream = await stt.open(RecognitionOptions(language="en", interim_results=True))
+    heard = _Heard()
+    recognizer = _Recognizer(cast(Transcriber, heard), stream)
+    try:
+        speech = await say(speech_engines, "What is the capital of France?")
+        await stream.send(speech + b"\0" * 32000)  # and a second of silence
+        await recognizer.finalize("item_1")
+        async with asyncio.timeout(60):
+            await heard.done.wait()
+        transcript = heard.transcripts["item_1"]
+        assert "France" in transcript
+        assert heard.partials[-1] == transcript
+    finally:
+        await recognizer.aclose()

@@ -74,7 +74,10 @@ class _Recognizer:
             if isinstance(event, Transcript):
                 if event.is_final:
                     self.finals.append(event.text)
-                t.on_partial(" ".join([*self.finals, "" if event.is_final else event.text]))
+                # the words so far as the item's transcript will have them (a final's
+                # partial is that transcript: a trailing space would make it another text)
+                heard = self.finals if event.is_final else [*self.finals, event.text]
+                t.on_partial(" ".join(heard))
             elif isinstance(event, Finalized):
                 self.finals.clear()
                 if self.pending:
