@@ -577,6 +577,63 @@ def test_the_gate_runs_a_token_step_per_core_and_a_prompt_chunk_alone() -> None:
     assert order == ["chunk", "token"]
 
 
+def test_a_step_that_finds_the_cores_free_takes_them_all() -> None:
+    """With no other step running or waiting and no speech work computing, a step
+    computes on every core; beside anything else, on the threads it weighs."""
+    speech_running = False
+    gate = DecodeGate(2, idle=lambda: not speech_running)
+    with gate.step(Priority.URGENT, spread=True) as alone:
+        assert alone == 2
+    with gate.step(Priority.URGENT) as unspread:
+        assert unspread == 1
+    with gate.step(Priority.NORMAL) as other, gate.step(Priority.URGENT, spread=True) as beside:
+        assert other == 1
+        assert beside == 1  # another session's token is computing
+    speech_running = True
+    with gate.step(Priority.URGENT, spread=True) as under_speech:
+        assert under_speech == 1
+    speech_running = False
+    # a step spread over both cores holds both: the next waits for it
+    order: list[str] = []
+    with gate.step(Priority.NORMAL, spread=True) as both:
+        assert both == 2
+
+        def token() -> None:
+            with gate.step(Priority.URGENT) as ok:
+                assert ok
+                order.append("token")
+
+        behind = threading.Thread(target=token)
+        behind.start()
+        time.sleep(0.05)
+        assert order == []
+    behind.join(2)
+    assert order == ["token"]
+
+
+def test_work_ahead_of_a_turn_does_not_start_beside_an_urgent_step() -> None:
+    gate = DecodeGate(2)
+    order: list[str] = []
+
+    def ahead() -> None:
+        with gate.step(Priority.BACKGROUND) as ok:
+            assert ok
+            order.append("ahead")
+
+    with gate.step(Priority.URGENT) as urgent:
+        assert urgent == 1  # a core is free, but not for work ahead
+        waiting = threading.Thread(target=ahead)
+        waiting.start()
+        time.sleep(0.05)
+        assert order == []
+        with gate.step(Priority.NORMAL) as later_clause:
+            assert later_clause == 1  # another session's later clause may go beside it
+    waiting.join(2)
+    assert order == ["ahead"]
+    with gate.step(Priority.NORMAL), gate.step(Priority.BACKGROUND) as beside_normal:
+        assert beside_normal == 1
+
+
 @needs_small
 async def test_contexts_opened_at_once_leave_the_log_where_it_was(small: LocalLLM) -> None:
     """llama-cpp-python points stderr at /dev/null while a context loads; loads at the

@@ -121,3 +121,28 @@ async def test_shutdown_cancels_what_is_queued() -> None:
         await queued
     with pytest.raises(RuntimeError, match="shut down"):
         await w.run(time.sleep, 0)
+
+
+async def test_running_counts_the_jobs_being_computed() -> None:
+    """A model decoding beside the pool takes every core only while ``running`` is 0."""
+    w = EngineWorkers(threads=2)
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return release.wait(5)
+
+    try:
+        assert w.running == 0
+        busy = asyncio.ensure_future(w.run(hold))
+        failing = asyncio.ensure_future(w.run(lambda: 1 / 0, priority=Priority.URGENT))
+        with pytest.raises(ZeroDivisionError):
+            await failing
+        assert await asyncio.to_thread(started.wait, 5)
+        assert w.running == 1
+        release.set()
+        assert await busy
+        assert w.running == 0  # a job that raised counts out too
+        assert w.urgent_pending == 0
+    finally:
+        w.shutdown()

@@ -91,6 +91,8 @@ class EngineWorkers:
         self._seq = itertools.count()
         #: Urgent jobs queued or running, plus open :meth:`urgent` stretches.
         self._urgent = 0
+        #: Jobs a thread is computing now.
+        self._running = 0
         self._started: list[threading.Thread] = []
         self._closed = False
 
@@ -142,6 +144,12 @@ class EngineWorkers:
                 self._cond.notify_all()
 
     @property
+    def running(self) -> int:
+        """Jobs being computed now (of any priority): while none are, the cores are free
+        for work that runs beside the pool."""
+        return self._running
+
+    @property
     def urgent_pending(self) -> int:
         """Urgent jobs queued or running, and urgent stretches open."""
         return self._urgent
@@ -191,6 +199,7 @@ class EngineWorkers:
                 while self._queue:
                     job = heapq.heappop(self._queue)
                     if not job.dropped:
+                        self._running += 1
                         return job
                 self._cond.wait()
 
@@ -206,8 +215,9 @@ class EngineWorkers:
             except BaseException as exc:  # handed to the caller, whatever it is
                 error = exc
             finally:
-                if job.priority == Priority.URGENT:
-                    with self._cond:
+                with self._cond:
+                    self._running -= 1
+                    if job.priority == Priority.URGENT:
                         self._urgent -= 1
                         self._cond.notify_all()
             try:
