@@ -90,6 +90,19 @@ def test_reader_takes_bare_and_fenced_json_and_unknown_names_come_back_as_text()
     assert reader.looked_like_call
 
 
+def test_reader_is_blank_until_it_reads_words_or_a_call() -> None:
+    reader = OutputReader(tools=TOOLS)
+    assert reader.blank
+    assert reader.feed(" \n") == ""
+    assert reader.blank  # whitespace says nothing yet
+    assert reader.feed("Sure") == " \nSure"
+    assert not reader.blank
+    call = OutputReader(tools=TOOLS)
+    call.feed("<tool_call>")
+    assert not call.blank
+    assert not OutputReader(tools=frozenset()).blank  # no call to wait for: all text
+
+
 def test_without_tools_everything_is_text() -> None:
     reader = OutputReader(tools=frozenset())
     assert reader.feed('{"name": "get_weather"}') == '{"name": "get_weather"}'

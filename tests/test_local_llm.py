@@ -303,10 +303,37 @@ async def test_after_a_tool_round_the_next_request_is_not_answered_with_nothing(
         workers.shutdown()
 
 
+@needs_small
+async def test_an_answer_that_says_nothing_is_asked_again_in_words(
+    small: LocalLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer of whitespace alone (a newline, then the end: no words, no call) would
+    be silence; it is asked again, in words."""
+    jobs: list[Any] = []
+    decode = LocalModel._decode
+
+    async def silent_first(self: LocalModel, job: Any) -> AsyncIterator[str]:
+        jobs.append(job)
+        if len(jobs) == 1:
+            yield "\n"
+            return
+        async for piece in decode(self, job):
+            yield piece
+
+    monkeypatch.setattr(LocalModel, "_decode", silent_first)
+    events = await answer(small, ask("What is the capital of France?", tools=(WEATHER,)))
+    assert text_of(events).strip()
+    assert len(jobs) == 2
+    assert jobs[1].grammar is not None  # words only
+    assert isinstance(events[-1], ChatDone)
+    assert events[-1].finish_reason != "tool_calls"
+
+
 def test_an_answer_cannot_end_before_its_first_token() -> None:
-    """:class:`Opening` rules out the tokens that end an answer at its first token only;
-    the call ratio compares a call with the most likely token that says something."""
-    first = FirstTokens(calls=np.array([1], dtype=np.intc), ends=np.array([3], dtype=np.intc))
+    """:class:`Opening` rules out the tokens that say nothing (an answer's end,
+    whitespace) at its first token only; the call ratio compares a call with the most
+    likely token that says something."""
+    first = FirstTokens(calls=np.array([1], dtype=np.intc), silent=np.array([3], dtype=np.intc))
     logits = np.array([1.0, 0.0, -1.0, 5.0], dtype=np.single)  # the end is most likely
     opened = Opening(first)(None, logits)
     assert opened[3] == -np.inf

@@ -291,8 +291,9 @@ class FirstTokens:
 
     #: How a call can begin (:data:`CALL_OPENINGS`).
     calls: npt.NDArray[np.intc]
-    #: What ends an answer (``<|im_end|>``, ``<|endoftext|>``, …): not a first token.
-    ends: npt.NDArray[np.intc]
+    #: What says nothing: the tokens that end an answer (``<|im_end|>``,
+    #: ``<|endoftext|>``, …) and those of whitespace alone. Not a first token.
+    silent: npt.NDArray[np.intc]
 
 
 def call_ratio(logits: npt.NDArray[np.single], first: FirstTokens) -> float:
@@ -303,7 +304,7 @@ def call_ratio(logits: npt.NDArray[np.single], first: FirstTokens) -> float:
     p /= p.sum()
     call = float(p[first.calls].sum())
     p[first.calls] = 0.0
-    p[first.ends] = 0.0
+    p[first.silent] = 0.0
     return call / max(float(p.max()), 1e-30)
 
 
@@ -314,7 +315,8 @@ class Opening:
     request ("Send a message to John saying I am running late.", "Play some music by
     the Beatles.") was ``<|im_end|>``: an empty answer, which a voice agent must never
     give (no words, no call, silence). So no token that ends the answer can come
-    first. A new one for each decode: it acts once."""
+    first, nor one of whitespace (a newline, then the end, is silence too). A new one
+    for each decode: it acts once."""
 
     def __init__(self, first: FirstTokens) -> None:
         self._tokens = first
@@ -325,11 +327,11 @@ class Opening:
             return logits
         self._first = False
         logits = logits.copy()
-        logits[self._tokens.ends] = -np.inf
+        logits[self._tokens.silent] = -np.inf
         return self.choose(logits)
 
     def choose(self, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
-        """The first token's ``logits``, whose ends are ruled out already."""
+        """The first token's ``logits``, whose silent tokens are ruled out already."""
         return logits
 
 
@@ -812,12 +814,16 @@ class LocalLLM:
             calls = {(await self.tokenize(text))[0] for text in CALL_OPENINGS}
             llama = self._contexts[0].llama
 
-            def ends() -> list[int]:
-                return [t for t in range(llama.n_vocab()) if llama_eog(llama, t)]
+            def silent() -> list[int]:
+                return [
+                    t
+                    for t in range(llama.n_vocab())
+                    if llama_eog(llama, t) or not llama.detokenize([t], special=True).strip()
+                ]
 
             self._first = FirstTokens(
                 np.array(sorted(calls), dtype=np.intc),
-                np.array(await self._run(ends), dtype=np.intc),
+                np.array(await self._run(silent), dtype=np.intc),
             )
         return self._first
 
@@ -1119,12 +1125,14 @@ def _answered_calls(request: ChatRequest) -> set[tuple[str, str]]:
     return out
 
 
-async def _within(future: asyncio.Future[float | None], seconds: float) -> float | None:
-    """``future``'s result, or ``None`` when it takes longer than ``seconds``."""
+async def _call_verdict(judging: asyncio.Future[float | None]) -> float | None:
+    """The ratio of the request judged alone when it says call (:class:`CallOrWords`),
+    waiting for it at most :data:`ALONE_WAIT_SECONDS`; else ``None``."""
     try:
-        return await asyncio.wait_for(asyncio.shield(future), seconds)
+        ratio = await asyncio.wait_for(asyncio.shield(judging), ALONE_WAIT_SECONDS)
     except TimeoutError:
         return None
+    return ratio if ratio is not None and ratio > CALL_RATIO else None
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[str], None], text: str) -> None:
@@ -1208,6 +1216,7 @@ class LocalModel(LanguageModel):
         judged alone (:meth:`_alone`), as if it were the turn's."""
         prompt = self._prompt(request)
         text = prompt.system + "".join(prompt.turns)
+        await self._engine.first_tokens()  # once per process: not in the first answer
         speaking = bool(prompt.turns and request.messages and request.messages[-1].role == "user")
         if speaking:
             text = text.removesuffix(f"{END}\n")
@@ -1294,6 +1303,7 @@ class LocalModel(LanguageModel):
         engine = self._engine
         callable_tools = request.tools if request.tool_choice != "none" else ()
         produced = 0
+        said = False
         while True:
             reader = OutputReader(tools=frozenset(t.name for t in callable_tools))
             again: float | None = None
@@ -1302,13 +1312,15 @@ class LocalModel(LanguageModel):
                     if not (text := reader.feed(piece)):
                         continue
                     if judging is not None:
-                        again = await _within(judging, ALONE_WAIT_SECONDS)
-                        judging = None
-                        if again is not None and again > CALL_RATIO:
+                        again, judging = await _call_verdict(judging), None
+                        if again is not None:
                             break
-                        again = None
+                    said = True
                     yield TextDelta(text)
             produced += job.produced
+            if again is None and judging is not None and not said and reader.blank:
+                # it ended with nothing said: was it a call after all?
+                again, judging = await _call_verdict(judging), None
             if again is None:
                 break
             log.debug("alone: the answer starts again as a call (%.3f)", again)
@@ -1320,9 +1332,12 @@ class LocalModel(LanguageModel):
             made_up = not calls
         else:
             made_up = False
-        if reader.looked_like_call or made_up:
-            # a call of a function it does not have, or with made-up arguments: asked
-            # again in words (the same prompt: what the context holds is used again)
+        silent = not (said or rest.strip() or calls)
+        if reader.looked_like_call or made_up or silent:
+            # a call of a function it does not have, or with made-up arguments, or nothing
+            # said: asked again in words (the same prompt: what the context holds is used
+            # again)
+            log.debug("answered again in words: %s", "silent" if silent else "not a call")
             words = await self._grammar(None, WORDS_ONLY_GBNF)
             job = replace(job, grammar=words, opening=Opening(await engine.first_tokens()))
             rest = ""

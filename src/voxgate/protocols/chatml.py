@@ -196,6 +196,11 @@ class OutputReader:
     #: (the model asked for a function it does not have): better asked again for words.
     looked_like_call = False
 
+    @property
+    def blank(self) -> bool:
+        """Nothing but whitespace read so far, with tools (no text given, no call begun)."""
+        return self._mode == "undecided" and not self._buffer.strip()
+
 
 def _partial_tag(text: str) -> int:
     """How many characters at the end of ``text`` could begin ``<tool_call>``."""
