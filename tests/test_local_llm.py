@@ -193,8 +193,12 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
     model = small.model()
     first = conversation_of(0, "Hello.", tools=(WEATHER,))
     await model.warm(replace(first, messages=first.messages[:1]))  # the session's start
+    # its small context is opened with the start, not at the turn that first needs it
+    [opened] = small._alone
+    assert opened.owner == "c1"
+    assert not opened.busy
     await answer(small, first)
-    assert not small._alone  # the first turn is alone already
+    assert opened.judged is None  # the first turn is alone already
 
     def alone_text(request: ChatRequest) -> str:
         prompt = model._prompt(request)
@@ -238,6 +242,12 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
     off = LocalLLM(replace(SMALL, judge_alone=False), cache_dir=CACHE, workers=small._workers)
     assert await LocalModel(off)._alone(request, prompt) is None
     await off.close()
+    # another session starting opens its own (contexts=2), but takes none from another
+    start = replace(first, messages=first.messages[:1], conversation="c2")
+    await model.warm(start)
+    assert [c.owner for c in small._alone] == ["c1", "c2"]
+    await model.warm(replace(start, conversation="c3"))
+    assert [c.owner for c in small._alone] == ["c1", "c2"]
 
 
 @needs_default

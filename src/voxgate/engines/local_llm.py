@@ -892,6 +892,18 @@ class LocalLLM:
             context.warming = context.boost = context.judging = None
             await self.release(context)
 
+    async def open_alone(self, owner: str | None) -> None:
+        """Open ``owner``'s small context (see :meth:`judge_alone`) ahead of its first
+        judgment, which would otherwise open it at a turn (the second of a session: its
+        answer took 0.5–1 s longer than the turns after). Only while fewer than
+        ``contexts`` are open: another conversation's is not taken for it."""
+        if owner is None or len(self._alone) + self._alone_growing >= self.settings.contexts:
+            return
+        size = min(ALONE_TOKENS, self.settings.context_tokens)
+        context = await self._take_alone((), owner, True, size)
+        if context is not None:
+            await self.release(context)
+
     def answering(self, owner: str | None) -> bool:
         """Whether a context is evaluating or decoding a turn of a conversation other than
         ``owner``'s (not a preparation ahead of one)."""
@@ -1191,15 +1203,22 @@ class LocalModel(LanguageModel):
         system = await self._engine.tokenize(prompt.system)
         return len(system) if tokens[: len(system)] == system else 0
 
+    def _judged(self, request: ChatRequest) -> bool:
+        """Whether ``request``'s session judges requests alone: tools offered with
+        ``tool_choice`` ``auto``, and ``[local_llm] judge_alone`` on."""
+        return (
+            self._engine.settings.judge_alone
+            and bool(request.tools)
+            and request.tool_choice == "auto"
+        )
+
     async def _alone(self, request: ChatRequest, prompt: Prompt) -> tuple[list[int], int] | None:
         """``request`` asked alone — its start and the user's last turn — as tokens, and
         how many are the start, when a call is judged on them (:class:`CallOrWords`):
         tools offered with ``tool_choice`` ``auto``, the user spoke last, and there is
         conversation before."""
         if (
-            not self._engine.settings.judge_alone
-            or not request.tools
-            or request.tool_choice != "auto"
+            not self._judged(request)
             or not request.messages
             or request.messages[-1].role != "user"
             or len(prompt.turns) < 2
@@ -1229,6 +1248,8 @@ class LocalModel(LanguageModel):
         # after, not beside it (each would take twice as long); not once the turn runs
         if alone is not None and prepared:
             await engine.judge_alone(*alone, owner=owner, ahead=True)
+        elif not prompt.turns and prepared and self._judged(request):
+            await engine.open_alone(owner)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         engine = self._engine
