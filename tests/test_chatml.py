@@ -103,6 +103,21 @@ def test_reader_is_blank_until_it_reads_words_or_a_call() -> None:
     assert not OutputReader(tools=frozenset()).blank  # no call to wait for: all text
 
 
+def test_reader_knows_a_call_of_a_function_it_has_not_once_the_name_is_written() -> None:
+    for opening in ("", "<tool_call>\n", "```json\n", "["):
+        reader = OutputReader(tools=TOOLS)
+        assert reader.feed(opening + '{"name": "multi') == ""
+        assert not reader.foreign  # the name is not written whole yet
+        reader.feed('ply", "argu')
+        assert reader.foreign, opening
+        known = OutputReader(tools=TOOLS)
+        known.feed(opening + '{"name": "set_timer", "arguments": {"name": "x"')
+        assert not known.foreign
+    words = OutputReader(tools=TOOLS)
+    words.feed('The "name": "multiply" is')
+    assert not words.foreign  # words, not a call
+
+
 def test_without_tools_everything_is_text() -> None:
     reader = OutputReader(tools=frozenset())
     assert reader.feed('{"name": "get_weather"}') == '{"name": "get_weather"}'

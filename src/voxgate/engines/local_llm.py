@@ -1331,6 +1331,8 @@ class LocalModel(LanguageModel):
             async with contextlib.aclosing(self._decode(job)) as pieces:
                 async for piece in pieces:
                     if not (text := reader.feed(piece)):
+                        if reader.foreign:
+                            break  # a function it does not have: its arguments do not matter
                         continue
                     if judging is not None:
                         again, judging = await _call_verdict(judging), None

@@ -144,6 +144,8 @@ class ParsedCall:
 
 _BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.S)
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```\s*$")
+#: The name of the function a call under way calls, as soon as it is written whole.
+_CALLING = re.compile(r'^\s*(?:<tool_call>\s*|```[a-zA-Z]*\s*)?\[?\s*\{\s*"name"\s*:\s*"([^"]*)"')
 
 
 class OutputReader:
@@ -195,6 +197,16 @@ class OutputReader:
     #: The answer was written as a call but no known tool's call could be read from it
     #: (the model asked for a function it does not have): better asked again for words.
     looked_like_call = False
+
+    @property
+    def foreign(self) -> bool:
+        """A call under way names a function there is no tool of: known as soon as its
+        name is written, before its arguments (``{"name": "multiply", …`` for "what is
+        seven times eight?"), so the rest need not be decoded."""
+        if self._mode != "call":
+            return False
+        calling = _CALLING.match(self._buffer)
+        return calling is not None and calling.group(1) not in self._tools
 
     @property
     def blank(self) -> bool:
