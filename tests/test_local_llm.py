@@ -584,6 +584,21 @@ def test_a_background_step_gives_up_when_stopped_while_waiting() -> None:
         assert granted
 
 
+def stepping(
+    gate: DecodeGate, priority: Priority, order: list[str], name: str, **kw: Any
+) -> threading.Thread:
+    """A thread that takes a step through ``gate`` and notes ``name`` in ``order`` then."""
+
+    def step() -> None:
+        with gate.step(priority, **kw) as granted:
+            assert granted
+            order.append(name)
+
+    thread = threading.Thread(target=step)
+    thread.start()
+    return thread
+
+
 def test_the_gate_runs_a_token_step_per_core_and_a_prompt_chunk_alone() -> None:
     gate = DecodeGate(2)
     order: list[str] = []
@@ -591,22 +606,9 @@ def test_the_gate_runs_a_token_step_per_core_and_a_prompt_chunk_alone() -> None:
         # two sessions' tokens side by side, a core each
         assert a
         assert b
-
-        def chunk() -> None:
-            with gate.step(Priority.URGENT, weight=2) as ok:
-                assert ok
-                order.append("chunk")
-
-        def token() -> None:
-            with gate.step(Priority.NORMAL) as ok:
-                assert ok
-                order.append("token")
-
-        waiting = threading.Thread(target=chunk)
-        waiting.start()
+        waiting = stepping(gate, Priority.URGENT, order, "chunk", weight=2)
         time.sleep(0.05)
-        behind = threading.Thread(target=token)
-        behind.start()
+        behind = stepping(gate, Priority.NORMAL, order, "token")
         time.sleep(0.05)
         assert order == []  # the chunk needs both cores; the token waits behind it
     waiting.join(2)
@@ -634,14 +636,7 @@ def test_a_step_that_finds_the_cores_free_takes_them_all() -> None:
     order: list[str] = []
     with gate.step(Priority.NORMAL, spread=True) as both:
         assert both == 2
-
-        def token() -> None:
-            with gate.step(Priority.URGENT) as ok:
-                assert ok
-                order.append("token")
-
-        behind = threading.Thread(target=token)
-        behind.start()
+        behind = stepping(gate, Priority.URGENT, order, "token")
         time.sleep(0.05)
         assert order == []
     behind.join(2)
@@ -651,16 +646,9 @@ def test_a_step_that_finds_the_cores_free_takes_them_all() -> None:
 def test_work_ahead_of_a_turn_does_not_start_beside_an_urgent_step() -> None:
     gate = DecodeGate(2)
     order: list[str] = []
-
-    def ahead() -> None:
-        with gate.step(Priority.BACKGROUND) as ok:
-            assert ok
-            order.append("ahead")
-
     with gate.step(Priority.URGENT) as urgent:
         assert urgent == 1  # a core is free, but not for work ahead
-        waiting = threading.Thread(target=ahead)
-        waiting.start()
+        waiting = stepping(gate, Priority.BACKGROUND, order, "ahead")
         time.sleep(0.05)
         assert order == []
         with gate.step(Priority.NORMAL) as later_clause:
