@@ -359,13 +359,10 @@ class CallOrWords(Opening):
     def __init__(self, first: FirstTokens, *, alone: float | None = None) -> None:
         super().__init__(first)
         self._alone = alone or 0.0
-        #: The first token was restricted to a call's openings.
-        self.forced = False
 
     def choose(self, logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
         if max(call_ratio(logits, self._tokens), self._alone) <= CALL_RATIO:
             return logits
-        self.forced = True
         only = np.full_like(logits, -np.inf)
         calls = self._tokens.calls
         only[calls] = logits[calls]
