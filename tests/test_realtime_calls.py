@@ -492,9 +492,11 @@ async def test_output_audio_buffer_clear_cuts_the_answer(
     assert truncated["content_index"] == 0
     # what was heard: more than nothing, less than the whole ~4 s answer
     assert 300 < truncated["audio_end_ms"] < 3500, truncated
-    # and the track goes quiet (a few packets in flight may still come)
-    await asyncio.sleep(1.5)
-    assert call.loud_ms(cut_at) < 400, call.loud_ms(cut_at)
+    # and the track goes quiet. What was in flight still comes: alone ~100 ms, but under
+    # the whole suite on 2 cores this process's own receiving lagged 860 ms once. Not
+    # cut, the rest of the ~4 s answer (about 3 s of it) would come.
+    await asyncio.sleep(2.5)
+    assert call.loud_ms(cut_at) < 1200, call.loud_ms(cut_at)
 
 
 async def test_a_sideband_takes_a_connection_slot(
