@@ -268,7 +268,7 @@ class _Job:
     temperature: float
     grammar: Any
     #: Its first token: anything but an end; :class:`CallOrWords` for ``tool_choice: auto``.
-    opening: Opening | None = None
+    opening: Opening
     #: The conversation it continues (``ChatRequest.conversation``).
     owner: str | None = None
     #: How many of ``tokens`` are the session's start (instructions and tools).
@@ -891,9 +891,9 @@ class LocalLLM:
 
     async def open_alone(self, owner: str | None) -> None:
         """Open ``owner``'s small context (see :meth:`judge_alone`) ahead of its first
-        judgment, which would otherwise open it at a turn (the second of a session: its
-        answer took 0.5–1 s longer than the turns after). Only while fewer than
-        ``contexts`` are open: another conversation's is not taken for it."""
+        judgment, which would otherwise open it at a turn (the session's second). Only
+        while fewer than ``contexts`` are open: another conversation's is not taken for
+        it."""
         if owner is None or len(self._alone) + self._alone_growing >= self.settings.contexts:
             return
         size = min(ALONE_TOKENS, self.settings.context_tokens)
@@ -1070,7 +1070,7 @@ class LocalLLM:
             min_p=0.05,
             repeat_penalty=1.05,
             grammar=job.grammar,
-            logits_processor=[job.opening] if job.opening is not None else None,
+            logits_processor=[job.opening],
         )
         while True:
             if cancel.is_set():
@@ -1255,6 +1255,7 @@ class LocalModel(LanguageModel):
         prompt = self._prompt(request)
         tokens, _ = await self._fit(prompt, room)
         first = await engine.first_tokens()
+        auto = bool(request.tools) and request.tool_choice == "auto"
         job = _Job(
             tokens=tokens,
             max_tokens=min(max_tokens, engine.settings.context_tokens - len(tokens)),
@@ -1262,21 +1263,19 @@ class LocalModel(LanguageModel):
             grammar=await self._grammar(call_schema(request)),
             owner=request.conversation,
             start=await self._start(prompt, tokens),
-            opening=Opening(first),
+            opening=CallOrWords(first) if auto else Opening(first),
         )
         judging: asyncio.Future[float | None] | None = None
-        if request.tools and request.tool_choice == "auto":
-            job.opening = CallOrWords(first)
-            if (alone := await self._alone(request, prompt)) is not None:
-                evaluated = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                job.evaluated = functools.partial(loop.call_soon_threadsafe, evaluated.set)
-                # with other conversations' turns under way the cores are theirs: only a
-                # judgment made ahead counts (4 sessions: p95 5.8 s → 8.9–11.6 s)
-                busy = engine.answering(request.conversation)
-                judging = asyncio.ensure_future(self._judge(*alone, request, evaluated, busy))
+        if auto and (alone := await self._alone(request, prompt)) is not None:
+            evaluated = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            job.evaluated = functools.partial(loop.call_soon_threadsafe, evaluated.set)
+            # with other conversations' turns under way the cores are theirs: only a
+            # judgment made ahead counts (4 sessions: p95 5.8 s → 8.9–11.6 s)
+            busy = engine.answering(request.conversation)
+            judging = asyncio.ensure_future(self._judge(*alone, request, evaluated, busy))
         try:
-            answer = self._answer(request, job, tokens, judging)
+            answer = self._answer(request, job, tokens, first, judging)
             async with contextlib.aclosing(answer) as events:
                 async for event in events:
                     yield event
@@ -1313,12 +1312,12 @@ class LocalModel(LanguageModel):
         request: ChatRequest,
         job: _Job,
         tokens: list[int],
+        first: FirstTokens,
         judging: asyncio.Future[float | None] | None,
     ) -> AsyncGenerator[ChatEvent, None]:
         """The answer's events. Its first words wait for ``judging`` (the request judged
         alone: :class:`CallOrWords`), decoding on meanwhile; when that says call, the
         words are dropped and the answer starts again as a call."""
-        engine = self._engine
         callable_tools = request.tools if request.tool_choice != "none" else ()
         produced = 0
         said = False
@@ -1344,7 +1343,7 @@ class LocalModel(LanguageModel):
             if again is None:
                 break
             log.debug("alone: the answer starts again as a call (%.3f)", again)
-            job = replace(job, opening=CallOrWords(await engine.first_tokens(), alone=again))
+            job = replace(job, opening=CallOrWords(first, alone=again))
         rest, calls = reader.end()
         if calls and request.tool_choice == "auto":
             done = _answered_calls(request)
@@ -1359,7 +1358,7 @@ class LocalModel(LanguageModel):
             # again)
             log.debug("answered again in words: %s", "silent" if silent else "not a call")
             words = await self._grammar(None, WORDS_ONLY_GBNF)
-            job = replace(job, grammar=words, opening=Opening(await engine.first_tokens()))
+            job = replace(job, grammar=words, opening=Opening(first))
             rest = ""
             async with contextlib.aclosing(self._decode(job)) as pieces:
                 async for piece in pieces:
