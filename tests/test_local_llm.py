@@ -430,18 +430,23 @@ async def test_each_conversation_keeps_its_context(small: LocalLLM) -> None:
 
 
 @needs_small
+@pytest.mark.parametrize("cancels", [1, 2])
 async def test_a_cancelled_preparation_frees_its_context_only_when_it_stops(
-    small: LocalLLM,
+    small: LocalLLM, cancels: int
 ) -> None:
     """A session that closes while its partial transcript is being evaluated: the
-    context must not go to another turn while the evaluating thread still writes it."""
+    context must not go to another turn while the evaluating thread still writes it,
+    however often the preparation is cancelled (a second cancellation comes while the
+    first waits for the thread: newer words replace it, then the session closes)."""
     model = small.model()
     start = ChatRequest("voxgate/local", (ChatMessage("system", "Answer briefly."),))
     await model.warm(start)
     spoken = " ".join(f"word{i}" for i in range(150))
     preparing = asyncio.ensure_future(model.warm(ask(spoken)))
     await asyncio.sleep(0.05)
-    preparing.cancel()
+    for _ in range(cancels):
+        preparing.cancel()
+        await asyncio.sleep(0.001)
     await asyncio.gather(preparing, return_exceptions=True)
     free = {id(c): c.llama.n_tokens for c in small._contexts if not c.busy}
     assert free  # the context was given back...
@@ -464,6 +469,33 @@ async def test_a_cancelled_answer_frees_its_context(small: LocalLLM) -> None:
     await stream.aclose()
     await asyncio.sleep(0)
     assert not any(c.busy for c in small._contexts)
+    assert text_of(await answer(small, ask("Say hello.")))
+
+
+@needs_small
+async def test_an_answer_cancelled_twice_frees_its_context_only_when_it_stops(
+    small: LocalLLM,
+) -> None:
+    """Barge-in cancels an answer, and the session closes while it stops: the context
+    is given back only once its decode thread has stopped writing it."""
+    model = small.model()
+    speaking = asyncio.Event()
+
+    async def listen() -> None:
+        async for event in model.stream(ask("Count from one to one hundred, in words.")):
+            if isinstance(event, TextDelta):
+                speaking.set()
+
+    task = asyncio.ensure_future(listen())
+    await speaking.wait()
+    task.cancel()
+    await asyncio.sleep(0.001)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    free = {id(c): c.llama.n_tokens for c in small._contexts if not c.busy}
+    assert free
+    await asyncio.sleep(0.2)
+    assert free == {id(c): c.llama.n_tokens for c in small._contexts if id(c) in free}
     assert text_of(await answer(small, ask("Say hello.")))
 
 

@@ -797,8 +797,7 @@ class LocalLLM:
         finally:
             stop.set()
             self._wake()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(running)
+            await _joined(running)
 
     async def release(self, context: _Context) -> None:
         async with self._changed:
@@ -1118,6 +1117,23 @@ class LocalLLM:
             )
 
 
+async def _joined(thread: asyncio.Future[Any]) -> None:
+    """Return once ``thread`` (work in a decode thread) has ended, however often the
+    caller is cancelled meanwhile; a cancellation is raised after. Until then the thread
+    may still use the context it was given: a context released earlier would be used by
+    two threads at once (llama.cpp crashes the process)."""
+    cancelled = False
+    while not thread.done():
+        try:
+            await asyncio.wait([thread])  # a cancellation cancels the wait, not the thread
+        except asyncio.CancelledError:
+            cancelled = True
+    if not thread.cancelled():
+        thread.exception()  # retrieved: the caller has raised or returned on its own
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 def _answered_calls(request: ChatRequest) -> set[tuple[str, str]]:
     """The calls (name, arguments) already made since the user last spoke, whose results
     the model has: making one again would loop."""
@@ -1401,9 +1417,10 @@ class LocalModel(LanguageModel):
             raise LLMError(f"{NAME}: decoding failed: {exc}") from exc
         finally:
             cancel.set()
-            with contextlib.suppress(BaseException):
-                await asyncio.shield(done)
-            await engine.release(context)
+            try:
+                await _joined(done)
+            finally:
+                await engine.release(context)
 
     async def _grammar(self, schema: dict[str, Any] | None, gbnf: str | None = None) -> Any:
         """A grammar for the answer: a JSON schema's, or GBNF text; ``None`` for neither."""
