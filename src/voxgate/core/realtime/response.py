@@ -90,6 +90,8 @@ class Response:
     usage: tuple[int, int] = (0, 0)
     audio_ms: float = 0.0
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    #: When each stage of the answer was first reached (loop time), for the debug log.
+    marks: dict[str, float] = field(default_factory=dict)
     _work: asyncio.Task[None] | None = None
 
     @property
@@ -125,8 +127,24 @@ class Response:
             audio_ms=self.audio_ms,
         )
 
+    def mark(self, stage: str) -> None:
+        """Note when ``stage`` was first reached (see :meth:`timeline`)."""
+        self.marks.setdefault(stage, asyncio.get_running_loop().time())
+
+    def timeline(self) -> str:
+        """Each stage reached, in ms after the response was created."""
+        start = self.marks.get("created")
+        if start is None:
+            return ""
+        return ", ".join(
+            f"{stage} +{1000 * (at - start):.0f} ms"
+            for stage, at in self.marks.items()
+            if stage != "created"
+        )
+
     async def run(self) -> None:
         """The whole lifecycle; returns after ``response.done`` is sent."""
+        self.mark("created")
         await self.emit(ev.ResponseCreated(self.state()))
         self._work = asyncio.create_task(self._generate(), name="realtime-response")
         try:
@@ -152,6 +170,7 @@ class Response:
         p = self.plan
         context = list(self.conversation.items) if p.input is None else p.input
         await self.transcripts_of(context)
+        self.mark("transcript")
         request = chat_request(
             self.model,
             p.instructions,
@@ -171,6 +190,7 @@ class Response:
         try:
             async for chunk in self.model.stream(request):
                 if isinstance(chunk, TextDelta):
+                    self.mark("words")
                     message = await self.message_output(audio)
                     message.text += chunk.text
                     if speaker is not None:
@@ -266,6 +286,7 @@ class Response:
             if self.plan.in_conversation and item.id in self.conversation:
                 await self.emit(ev.ItemDone(item))
         await self.emit(ev.ResponseDone(self.state()))
+        log.debug("response %s: %s", self.id, self.timeline() or "no stage reached")
         self.finished.set()
 
     async def _finish_message(self, out: _Output) -> None:

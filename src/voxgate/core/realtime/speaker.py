@@ -53,6 +53,7 @@ class Speaker:
             return
         clauses = split_clauses(text, first_max_words=FIRST_CLAUSE_WORDS if self._first else 30)
         self._first = False
+        self.r.mark("clause")
         for clause in clauses:
             self._clauses.put_nowait(clause)
 
@@ -94,6 +95,7 @@ class Speaker:
                         audio = await r.workers.run(converter.convert, pcm)
                     if not audio:
                         continue
+                    r.mark("audio")
                     if not started:
                         started = True
                         delta = clause if not said else " " + clause
