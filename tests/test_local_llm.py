@@ -169,6 +169,20 @@ async def test_warm_then_the_turn_evaluates_only_what_is_new(small: LocalLLM) ->
     assert len(small._contexts) == 1  # the turn took the prepared context
 
 
+@needs_small
+async def test_whole_words_are_prepared_to_where_the_answer_starts(small: LocalLLM) -> None:
+    """Words that read as a sentence are likely the turn's: evaluated with the end of
+    their turn and the start of the answer, the turn evaluates nothing of its own."""
+    model = small.model()
+    request = ask("What is the capital of France?", tools=(WEATHER,))
+    await model.warm(request)
+    [context] = small._contexts
+    tokens = await small.tokenize(model._prompt(request).text)
+    assert context.shared_prefix(tokens) < len(tokens) - 3  # still speaking: not its end
+    await model.warm(request, whole=True)
+    assert context.cached() == tokens
+
+
 def conversation_of(asked: int, last: str, *, tools: tuple[FunctionSpec, ...]) -> ChatRequest:
     """A conversation of ``asked`` questions answered in words, then ``last``."""
     history: list[ChatMessage] = []

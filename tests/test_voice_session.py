@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from dataclasses import replace
 
 import pytest
 from tests.conftest import echo_deps
@@ -13,7 +14,9 @@ from voxgate.core.realtime.playout import Playout
 from voxgate.core.realtime.voice import VoiceSession
 from voxgate.core.relay import RelaySession, SessionInfo
 from voxgate.engines.base import VoiceActivity
+from voxgate.engines.llm import EchoModel, LanguageModel
 from voxgate.engines.registry import EngineRegistry
+from voxgate.protocols.chat import ChatRequest
 from voxgate.protocols.realtime import events as ev
 from voxgate.protocols.realtime.errors import ClientEventError
 from voxgate.protocols.realtime.items import ContentPart, Item
@@ -42,12 +45,19 @@ class _Speech(VoiceActivity):
 
 class Harness:
     def __init__(
-        self, engines: EngineRegistry, *, sink: Playout | None = None, limits: Limits | None = None
+        self,
+        engines: EngineRegistry,
+        *,
+        sink: Playout | None = None,
+        limits: Limits | None = None,
+        model: LanguageModel | None = None,
     ) -> None:
         self.events: list[ev.Event] = []
         self.arrived = asyncio.Event()
         ids = itertools.count()
         deps = echo_deps(engines, _Speech)
+        if model is not None:
+            deps = replace(deps, resolve_model=lambda _name: model)
         info = SessionInfo("s", "a", "g", "voxgate", None, None, None, kind="realtime")
         self.sink = sink or Playout()
         self.counters = RelaySession(
@@ -215,4 +225,76 @@ async def test_a_websocket_session_hears_of_its_rate_limit_only_when_it_runs_low
     assert requests.remaining <= 1
     assert 0 < requests.reset_seconds <= 60
     player.cancel()
+    await h.session.close()
+
+
+class _Preparing(EchoModel):
+    """The echo model, noting what the session asks it to prepare; a preparation lasts
+    until ``done`` is set (or it is cancelled)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, bool]] = []
+        self.cancelled: list[str] = []
+        self.done = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    async def warm(self, request: ChatRequest, *, whole: bool = False) -> None:
+        last = request.messages[-1] if request.messages else None
+        said = f"{last.role}: {last.content}" if last is not None else ""
+        self.asked.append((said, whole))
+        self.changed.set()
+        try:
+            await self.done.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(said)
+            raise
+
+    async def until(self, said: str) -> None:
+        async with asyncio.timeout(10):
+            while not any(a == said for a, _ in self.asked):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def test_words_that_read_whole_replace_the_preparation_of_earlier_words(
+    speech_engines: EngineRegistry,
+) -> None:
+    """The model prepares one partial transcript at a time; words that read as a whole
+    sentence are likely the turn's, which may come before the preparation under way
+    ends: that one is stopped for them, and they are prepared to where the answer
+    starts (``whole``)."""
+    model = _Preparing()
+    h = Harness(speech_engines, model=model)
+    heard = h.session.transcriber.on_partial
+    heard("What is the")
+    await model.until("user: What is the")
+    heard("What is the capital")  # not a sentence yet: it waits its turn
+    await asyncio.sleep(0.05)
+    assert model.cancelled == []
+    heard("What is the capital of France?")
+    await model.until("user: What is the capital of France?")
+    assert model.cancelled == ["user: What is the"]
+    assert ("user: What is the capital of France?", True) in model.asked
+    assert ("user: What is the", False) in model.asked
+    assert not any(said == "user: What is the capital" for said, _ in model.asked)
+    model.done.set()
+    await h.session.close()
+
+
+async def test_after_an_answer_the_conversation_is_prepared_for_the_next_turn(
+    speech_engines: EngineRegistry,
+) -> None:
+    """While an answer's audio plays, the model evaluates the conversation with it, so
+    the next turn's first words do not wait behind the last answer."""
+    model = _Preparing()
+    model.done.set()
+    h = Harness(speech_engines, model=model)
+    await h.session.create_item(_user("Hello there."), None)
+    await h.session.respond()
+    over = asyncio.Event()
+    player = asyncio.create_task(_play_out(h.sink, over))
+    await h.until(ev.ResponseDone, within=60)
+    over.set()
+    await model.until("assistant: You said: Hello there.")
+    await player
     await h.session.close()

@@ -50,9 +50,14 @@ class LanguageModel(ABC):
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         """The answer to ``request``, streamed; ends with :class:`ChatDone`."""
 
-    async def warm(self, request: ChatRequest) -> None:  # noqa: B027 - remote models: nothing
+    async def warm(  # noqa: B027 - remote models: nothing
+        self, request: ChatRequest, *, whole: bool = False
+    ) -> None:
         """Prepare for a session whose requests start like ``request`` (its instructions
-        and tools): an embedded model evaluates them ahead of the first turn."""
+        and tools, its conversation, the words of a user still speaking): an embedded
+        model evaluates them ahead of the turn. ``whole``: the user's last message is
+        probably complete (it reads as a sentence): the turn's request is likely
+        ``request`` itself, worth preparing to its end and sooner."""
 
 
 def _words(text: str | None) -> int:

@@ -720,10 +720,18 @@ class LocalLLM:
             return "grow"
         return "none" if warm else "wait"
 
-    async def prepare(self, tokens: list[int], *, grow: bool, owner: str | None = None) -> bool:
-        """Evaluate ``tokens`` ahead of the turn that will start with them, at background
-        priority, in a context that a turn needing it takes over (see :meth:`acquire`);
-        in a new context only with ``grow``.
+    async def prepare(
+        self,
+        tokens: list[int],
+        *,
+        grow: bool,
+        owner: str | None = None,
+        priority: Priority = Priority.BACKGROUND,
+    ) -> bool:
+        """Evaluate ``tokens`` ahead of the turn that will start with them, at
+        ``priority`` (background: only while no speech work is urgent), in a context
+        that a turn needing it takes over (see :meth:`acquire`); in a new context only
+        with ``grow``.
 
         With ``grow`` (a session's start: its instructions and tools) the evaluated start
         is kept for other sessions (:class:`Prefixes`); a session starting while the same
@@ -747,7 +755,15 @@ class LocalLLM:
             chunk = PROMPT_CHUNK if grow else PREPARE_CHUNK
             try:
                 finished: bool = await self._until_stopped(
-                    stop, self._evaluate_ahead, context, tokens, stop, chunk, grow, start.boost
+                    stop,
+                    self._evaluate_ahead,
+                    context,
+                    tokens,
+                    stop,
+                    chunk,
+                    grow,
+                    start.boost,
+                    priority,
                 )
             finally:
                 context.warming = context.boost = None
@@ -774,11 +790,12 @@ class LocalLLM:
         chunk: int,
         keep: bool,
         boost: threading.Event,
+        priority: Priority,
     ) -> bool:
-        """:meth:`evaluate` at background priority (urgent once ``boost`` is set); with
+        """:meth:`evaluate` at ``priority`` (urgent once ``boost`` is set); with
         ``keep``, the evaluated start is kept for other contexts (:class:`Prefixes`).
         Whether it went to the end (``False``: stopped, say by a turn taking over)."""
-        self.evaluate(context, tokens, Priority.BACKGROUND, stop, chunk, boost=boost)
+        self.evaluate(context, tokens, priority, stop, chunk, boost=boost)
         if stop.is_set():
             return False
         if keep and context.shared_prefix(tokens) == len(tokens):
@@ -842,13 +859,14 @@ class LocalLLM:
         ahead: bool = False,
         after: asyncio.Event | None = None,
         judged_only: bool = False,
+        priority: Priority = Priority.BACKGROUND,
     ) -> float | None:
         """:func:`call_ratio` at the end of ``tokens``: a request asked alone, its
         session's start (the first ``start`` tokens, a kept one: :class:`Prefixes`) and
         the user's last turn without the conversation between (see
         :class:`CallOrWords`). It is evaluated in a small context of the conversation's
         own, which remembers its last judgment: a turn whose words were judged ahead
-        (``ahead``: a partial transcript, at background priority) costs nothing then.
+        (``ahead``: a partial transcript, at ``priority``) costs nothing then.
         When a speaker pauses, whisper's partial is the final transcript to come.
 
         A turn's judgment stops the conversation's judgment ahead of other words, and
@@ -881,7 +899,7 @@ class LocalLLM:
             context.warming, context.boost, context.judging = stop, boost, key
             judge = self._judge_alone
             ratio: float | None = await self._until_stopped(
-                stop, judge, context, tokens, start, first, stop, ahead, boost
+                stop, judge, context, tokens, start, first, stop, ahead, boost, priority
             )
             return ratio
         finally:
@@ -956,6 +974,7 @@ class LocalLLM:
         stop: threading.Event,
         ahead: bool,
         boost: threading.Event,
+        priority: Priority,
     ) -> float | None:
         head = tokens[:start]
         if max(context.shared_prefix(head), self.prefixes.longest(head)) < start:
@@ -963,7 +982,7 @@ class LocalLLM:
         started = time.perf_counter()
         if ahead:
             cached = self.evaluate(
-                context, tokens, Priority.BACKGROUND, stop, PREPARE_CHUNK, last=True, boost=boost
+                context, tokens, priority, stop, PREPARE_CHUNK, last=True, boost=boost
             )
         else:
             cached = self.evaluate(context, tokens, Priority.URGENT, stop, last=True)
@@ -1241,26 +1260,31 @@ class LocalModel(LanguageModel):
         start = await self._start(prompt, tokens)
         return (tokens, start) if start else None
 
-    async def warm(self, request: ChatRequest) -> None:
+    async def warm(self, request: ChatRequest, *, whole: bool = False) -> None:
         """Evaluate what every turn of ``request``'s session starts with — the system
         prompt and tools, the history, and a user message still being spoken (a partial
         transcript) — so the turn evaluates only what is new. A user message is also
-        judged alone (:meth:`_alone`), as if it were the turn's."""
+        judged alone (:meth:`_alone`), as if it were the turn's. A ``whole`` one is
+        evaluated to where the answer starts, and both at normal priority: beside
+        speech work, before other work ahead of a turn."""
         prompt = self._prompt(request)
         text = prompt.system + "".join(prompt.turns)
         await self._engine.first_tokens()  # once per process: not in the first answer
         speaking = bool(prompt.turns and request.messages and request.messages[-1].role == "user")
-        if speaking:
+        priority = Priority.BACKGROUND
+        if speaking and whole:
+            text, priority = prompt.text, Priority.NORMAL
+        elif speaking:
             text = text.removesuffix(f"{END}\n")
         engine, owner = self._engine, request.conversation
         alone = await self._alone(request, prompt) if speaking else None
         # a session's start may open a context; what follows goes only where it is
         prepared = await engine.prepare(
-            await engine.tokenize(text), grow=not prompt.turns, owner=owner
+            await engine.tokenize(text), grow=not prompt.turns, owner=owner, priority=priority
         )
         # after, not beside it (each would take twice as long); not once the turn runs
         if alone is not None and prepared:
-            await engine.judge_alone(*alone, owner=owner, ahead=True)
+            await engine.judge_alone(*alone, owner=owner, ahead=True, priority=priority)
         elif not prompt.turns and prepared and self._judged(request):
             await engine.open_alone(owner)
 

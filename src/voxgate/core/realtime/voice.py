@@ -115,12 +115,14 @@ class VoiceSession:
             counters=counters,
             spawn=lambda coro: me._spawn(coro),
             on_start=self.input.disarm_idle,
-            on_end=self.input.arm_idle,
+            on_end=lambda audio_ms: me._answered(audio_ms),
         )
         self._closed = False
         #: The latest partial transcript, and the task evaluating it ahead of the turn.
         self._partial = ""
         self._preparing: asyncio.Task[None] | None = None
+        #: The words the preparation under way evaluates (or last evaluated).
+        self._prepared = ""
         self._input_running = False
 
     # -- lifetime ------------------------------------------------------------------------
@@ -174,24 +176,55 @@ class VoiceSession:
     def _heard(self, partial: str) -> None:
         """A partial transcript of the turn being spoken: the turn detector reads it, and
         the model evaluates it ahead of the turn (one preparation at a time, always of
-        the latest words), so the final transcript leaves it little to do."""
+        the latest words), so the final transcript leaves it little to do. Words that
+        read as a whole sentence stop the preparation of earlier ones: they are likely
+        the turn's, and the turn may come before the next preparation would end."""
         self.input.set_transcript(partial)
         self._partial = partial
-        if partial and (self._preparing is None or self._preparing.done()):
-            self._preparing = self._spawn(self._prepare_turn())
+        if not partial:
+            return
+        running = self._preparing is not None and not self._preparing.done()
+        if running and _whole(partial) and partial != self._prepared:
+            assert self._preparing is not None
+            self._preparing.cancel()
+            self._preparing = self._spawn(self._prepare(after=self._preparing))
+        elif not running:
+            self._preparing = self._spawn(self._prepare())
 
-    async def _prepare_turn(self) -> None:
-        done = ""
-        while self._partial and self._partial != done and not self._closed:
-            done = self._partial
-            try:
-                model = self.deps.resolve_model(self.config.model)
+    def _answered(self, audio_ms: float) -> None:
+        """A response of the conversation has ended: the input's idle timer starts, and
+        the model evaluates the conversation as it now is while its audio plays (the
+        next turn then starts from it)."""
+        self.input.arm_idle(audio_ms)
+        if self._preparing is None or self._preparing.done():
+            self._preparing = self._spawn(self._prepare(history=True))
+
+    async def _prepare(
+        self, after: asyncio.Task[None] | None = None, *, history: bool = False
+    ) -> None:
+        """Evaluate the turn to come ahead of it: the conversation (``history``), then
+        each latest partial transcript (see :meth:`_heard`), after the preparation it
+        replaces (``after``) has stopped."""
+        if after is not None:
+            await asyncio.gather(after, return_exceptions=True)
+        try:
+            model = self.deps.resolve_model(self.config.model)
+            request = self._chat_request(model, list(self.conversation.items))
+            # the words of the turn just taken are in the conversation: not a turn to come
+            done = self._prepared = next(
+                (m.content or "" for m in reversed(request.messages) if m.role == "user"), ""
+            )
+            if history:
+                await model.warm(request)
+            while self._partial and self._partial != done and not self._closed:
+                done = self._prepared = self._partial
                 request = self._chat_request(model, list(self.conversation.items))
                 user = ChatMessage("user", done)
-                await model.warm(replace(request, messages=(*request.messages, user)))
-            except EngineError as exc:
-                log.debug("the model could not prepare the turn: %s", exc)
-                return
+                await model.warm(
+                    replace(request, messages=(*request.messages, user)), whole=_whole(done)
+                )
+        except EngineError as exc:
+            log.debug("the model could not prepare the turn: %s", exc)
 
     async def _warm_model(self) -> None:
         """Let the model prepare the start every request of this session shares (an
@@ -415,3 +448,8 @@ class VoiceSession:
 
 async def _gone(_event: ev.Event) -> None:
     """The ``emit`` of a closed session: its transport is gone."""
+
+
+def _whole(words: str) -> bool:
+    """Whether a partial transcript reads as a whole sentence (recognizers punctuate)."""
+    return words.rstrip().endswith((".", "?", "!"))
