@@ -34,6 +34,7 @@ from voxgate.bench.agent_questions import (
 from voxgate.engines.base import EngineUnavailable
 from voxgate.engines.llm import LLMError
 from voxgate.engines.local_llm import (
+    CALL_RATIO,
     CallOrWords,
     DecodeGate,
     FirstTokens,
@@ -268,7 +269,8 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
 async def test_a_request_for_a_tool_deep_in_a_conversation_still_calls_it() -> None:
     """After 20 questions answered in words, Qwen2.5-Coder-1.5B answers "what is the
     weather like in London?" in words (first-token call ratio 0.003); judged alone, the
-    request calls the tool. A question at the same depth is still answered in words."""
+    request calls the tool. A question at the same depth is still answered in words,
+    and one that would call a function the session does not have is no call."""
     workers = EngineWorkers(threads=2)
     engine = LocalLLM(LocalLLMSettings(contexts=1), cache_dir=CACHE, workers=workers)
     tools = tuple(FunctionSpec(t["name"], t["description"], t["parameters"]) for t in TOOLS)
@@ -285,6 +287,18 @@ async def test_a_request_for_a_tool_deep_in_a_conversation_still_calls_it() -> N
         events = await answer(engine, question)
         assert not [e for e in events if isinstance(e, ToolCallDelta)]
         assert "pacific" in text_of(events).lower()
+        # asked alone, "What is 7 times 8?" opens a call (0.33) — of multiply, which the
+        # session does not have: judged as a call of its own functions, it is not one
+        for said, calls in (("What is 7 times 8?", False), (TOOL_PROMPTS[0].text, True)):
+            request = conversation_of(20, said, tools=tools)
+            alone = await model._alone(request, model._prompt(request))
+            assert alone is not None
+            assert alone.naming is not None
+            ratio = await engine.judge_alone(
+                alone.tokens, alone.start, owner=None, naming=alone.naming
+            )
+            assert ratio is not None
+            assert (ratio > CALL_RATIO) is calls, (said, ratio)
     finally:
         await engine.close()
         workers.shutdown()

@@ -283,6 +283,10 @@ class _Job:
 CALL_RATIO = 0.25
 #: How a call can begin: with Qwen's tag, as bare JSON or in a code fence.
 CALL_OPENINGS = ("<tool_call>", '{"', "{", "{\n", "```", "[{")
+#: What a call writes before its function's name (Qwen's tool format).
+CALL_NAMING = '<tool_call>\n{"name": "'
+#: Sets of function names whose :class:`Naming` is kept.
+MAX_NAMINGS = 32
 
 
 @dataclass(frozen=True)
@@ -296,12 +300,32 @@ class FirstTokens:
     silent: npt.NDArray[np.intc]
 
 
+@dataclass(frozen=True)
+class Naming:
+    """How a call names one of a session's functions, as tokens: what it writes before
+    the name (:data:`CALL_NAMING`), and the first token of each function's name."""
+
+    prefix: tuple[int, ...]
+    first: npt.NDArray[np.intc]
+
+
+def _probabilities(logits: npt.NDArray[np.single]) -> npt.NDArray[np.float64]:
+    p = np.exp(logits.astype(np.float64) - float(logits.max()))
+    p /= p.sum()
+    return p
+
+
+def named_share(logits: npt.NDArray[np.single], naming: Naming) -> float:
+    """How likely a call whose name's first token has ``logits`` names one of the
+    session's functions (not, say, a ``multiply`` it does not have)."""
+    return float(_probabilities(logits)[naming.first].sum())
+
+
 def call_ratio(logits: npt.NDArray[np.single], first: FirstTokens) -> float:
     """How likely an answer whose first token has ``logits`` opens a call: the summed
     probability of ``first.calls`` over that of the most likely other first token that
     says something (an answer's end is not one: see :class:`Opening`)."""
-    p = np.exp(logits.astype(np.float64) - float(logits.max()))
-    p /= p.sum()
+    p = _probabilities(logits)
     call = float(p[first.calls].sum())
     p[first.calls] = 0.0
     p[first.silent] = 0.0
@@ -525,6 +549,7 @@ class LocalLLM:
         self._growing = 0
         self._installed = False
         self._first: FirstTokens | None = None
+        self._namings: OrderedDict[tuple[str, ...], Naming | None] = OrderedDict()
         self._loading = threading.Lock()
         self.prefixes = Prefixes()
         #: Session starts being evaluated, and when each is done (see :meth:`prepare`).
@@ -840,6 +865,28 @@ class LocalLLM:
             )
         return self._first
 
+    async def naming(self, names: tuple[str, ...]) -> Naming | None:
+        """How a call names one of the functions ``names`` (kept for the last
+        :data:`MAX_NAMINGS` sets); ``None`` when a name's first token cannot be told
+        apart from what comes before it (they tokenize together)."""
+        if names in self._namings:
+            self._namings.move_to_end(names)
+            return self._namings[names]
+        prefix = await self.tokenize(CALL_NAMING)
+        first: set[int] = set()
+        naming: Naming | None = None
+        for name in names:
+            tokens = await self.tokenize(CALL_NAMING + name)
+            if tokens[: len(prefix)] != prefix or len(tokens) == len(prefix):
+                break
+            first.add(tokens[len(prefix)])
+        else:
+            naming = Naming(tuple(prefix), np.array(sorted(first), dtype=np.intc))
+        self._namings[names] = naming
+        if len(self._namings) > MAX_NAMINGS:
+            self._namings.popitem(last=False)
+        return naming
+
     async def tokenize(self, text: str) -> list[int]:
         await self.load()
         llama = self._contexts[0].llama
@@ -860,6 +907,7 @@ class LocalLLM:
         after: asyncio.Event | None = None,
         judged_only: bool = False,
         priority: Priority = Priority.BACKGROUND,
+        naming: Naming | None = None,
     ) -> float | None:
         """:func:`call_ratio` at the end of ``tokens``: a request asked alone, its
         session's start (the first ``start`` tokens, a kept one: :class:`Prefixes`) and
@@ -874,7 +922,10 @@ class LocalLLM:
         (the turn's own prompt evaluated: side by side, two contexts evaluating a few
         tokens each took 2–3× as long on these CPUs), then runs beside the answer's
         first tokens. ``judged_only``: only a judgment made ahead is returned (none is
-        made). ``None`` when the request cannot be judged cheaply: its start is
+        made). With ``naming``, a ratio over :data:`CALL_RATIO` is weighed by how likely
+        the call names one of the session's functions (:func:`named_share`): asked
+        alone, "What is 7 times 8?" opens a call at 0.35, of ``multiply``, which the
+        session does not have. ``None`` when the request cannot be judged cheaply: its start is
         not kept (evaluating it would take seconds), it is over :data:`ALONE_TOKENS`, or
         no small context is free."""
         size = min(ALONE_TOKENS, self.settings.context_tokens)
@@ -899,7 +950,7 @@ class LocalLLM:
             context.warming, context.boost, context.judging = stop, boost, key
             judge = self._judge_alone
             ratio: float | None = await self._until_stopped(
-                stop, judge, context, tokens, start, first, stop, ahead, boost, priority
+                stop, judge, context, tokens, start, first, stop, ahead, boost, priority, naming
             )
             return ratio
         finally:
@@ -975,28 +1026,39 @@ class LocalLLM:
         ahead: bool,
         boost: threading.Event,
         priority: Priority,
+        naming: Naming | None,
     ) -> float | None:
         head = tokens[:start]
         if max(context.shared_prefix(head), self.prefixes.longest(head)) < start:
             return None
         started = time.perf_counter()
-        if ahead:
-            cached = self.evaluate(
-                context, tokens, priority, stop, PREPARE_CHUNK, last=True, boost=boost
-            )
-        else:
-            cached = self.evaluate(context, tokens, Priority.URGENT, stop, last=True)
+        now, chunk = (priority, PREPARE_CHUNK) if ahead else (Priority.URGENT, PROMPT_CHUNK)
+        cached = self.evaluate(context, tokens, now, stop, chunk, last=True, boost=boost)
         if stop.is_set() or context.shared_prefix(tokens) < len(tokens):
             return None
         llama = context.llama
-        logits = np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),))
-        ratio = call_ratio(logits, first)
+
+        def logits() -> npt.NDArray[np.single]:
+            return np.ctypeslib.as_array(llama._ctx.get_logits(), shape=(llama.n_vocab(),))
+
+        ratio = call_ratio(logits(), first)
+        named = ""
+        if naming is not None and ratio > CALL_RATIO:
+            # which function would it call? (a few tokens more, only for a likely call)
+            calling = [*tokens, *naming.prefix]
+            self.evaluate(context, calling, now, stop, chunk, boost=boost)
+            if stop.is_set() or context.shared_prefix(calling) < len(calling):
+                return None
+            share = named_share(logits(), naming)
+            named = f" ({ratio:.3f} × {share:.2f} a call of its own functions)"
+            ratio *= share
         context.judged = (tuple(tokens), ratio)
         log.debug(
-            "alone: %d tokens (%d cached) judged %.3f in %.0f ms%s",
+            "alone: %d tokens (%d cached) judged %.3f%s in %.0f ms%s",
             len(tokens),
             cached,
             ratio,
+            named,
             1000 * (time.perf_counter() - started),
             " ahead" if ahead else "",
         )
@@ -1198,6 +1260,16 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _Alone:
+    """A request asked alone (see :meth:`LocalLLM.judge_alone`): its tokens, how many
+    of them are the session's start, and how a call names the session's functions."""
+
+    tokens: list[int]
+    start: int
+    naming: Naming | None
+
+
 class LocalModel(LanguageModel):
     """``voxgate/local`` as one session sees it (resolved per response: holds nothing)."""
 
@@ -1244,11 +1316,10 @@ class LocalModel(LanguageModel):
             and request.tool_choice == "auto"
         )
 
-    async def _alone(self, request: ChatRequest, prompt: Prompt) -> tuple[list[int], int] | None:
-        """``request`` asked alone — its start and the user's last turn — as tokens, and
-        how many are the start, when a call is judged on them (:class:`CallOrWords`):
-        tools offered with ``tool_choice`` ``auto``, the user spoke last, and there is
-        conversation before."""
+    async def _alone(self, request: ChatRequest, prompt: Prompt) -> _Alone | None:
+        """``request`` asked alone — its start and the user's last turn — when a call
+        is judged on it (:class:`CallOrWords`): tools offered with ``tool_choice``
+        ``auto``, the user spoke last, and there is conversation before."""
         if (
             not self._judged(request)
             or not request.messages
@@ -1258,7 +1329,10 @@ class LocalModel(LanguageModel):
             return None
         tokens = await self._engine.tokenize(Prompt(prompt.system, prompt.turns[-1:]).text)
         start = await self._start(prompt, tokens)
-        return (tokens, start) if start else None
+        if not start:
+            return None
+        naming = await self._engine.naming(tuple(t.name for t in request.tools))
+        return _Alone(tokens, start, naming)
 
     async def warm(self, request: ChatRequest, *, whole: bool = False) -> None:
         """Evaluate what every turn of ``request``'s session starts with — the system
@@ -1284,7 +1358,14 @@ class LocalModel(LanguageModel):
         )
         # after, not beside it (each would take twice as long); not once the turn runs
         if alone is not None and prepared:
-            await engine.judge_alone(*alone, owner=owner, ahead=True, priority=priority)
+            await engine.judge_alone(
+                alone.tokens,
+                alone.start,
+                owner=owner,
+                ahead=True,
+                priority=priority,
+                naming=alone.naming,
+            )
         elif not prompt.turns and prepared and self._judged(request):
             await engine.open_alone(owner)
 
@@ -1313,7 +1394,7 @@ class LocalModel(LanguageModel):
             # with other conversations' turns under way the cores are theirs: only a
             # judgment made ahead counts (4 sessions: p95 5.8 s → 8.9–11.6 s)
             busy = engine.answering(request.conversation)
-            judging = asyncio.ensure_future(self._judge(*alone, request, evaluated, busy))
+            judging = asyncio.ensure_future(self._judge(alone, request, evaluated, busy))
         try:
             answer = self._answer(request, job, tokens, first, judging)
             async with contextlib.aclosing(answer) as events:
@@ -1327,21 +1408,21 @@ class LocalModel(LanguageModel):
 
     async def _judge(
         self,
-        tokens: list[int],
-        start: int,
+        alone: _Alone,
         request: ChatRequest,
         evaluated: asyncio.Event,
         judged_only: bool,
     ) -> float | None:
-        """How the request alone (``tokens``) opens, judged once the turn's prompt is
+        """How the request ``alone`` opens, judged once the turn's prompt is
         ``evaluated`` (see :meth:`LocalLLM.judge_alone`); ``None`` when it cannot be."""
         try:
             return await self._engine.judge_alone(
-                tokens,
-                start,
+                alone.tokens,
+                alone.start,
                 owner=request.conversation,
                 after=evaluated,
                 judged_only=judged_only,
+                naming=alone.naming,
             )
         except (ValueError, RuntimeError) as exc:
             log.warning("%s: the request alone could not be judged: %s", NAME, exc)
