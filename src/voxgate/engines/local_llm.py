@@ -1338,22 +1338,21 @@ class LocalModel(LanguageModel):
         """Evaluate what every turn of ``request``'s session starts with — the system
         prompt and tools, the history, and a user message still being spoken (a partial
         transcript) — so the turn evaluates only what is new. A user message is also
-        judged alone (:meth:`_alone`), as if it were the turn's. A ``whole`` one is
-        evaluated to where the answer starts, and both at normal priority (beside speech
-        work, before other work ahead of a turn) unless another conversation's turn is
-        being answered."""
+        judged alone (:meth:`_alone`), as if it were the turn's. A ``whole`` one, while
+        no other conversation's turn is being answered, is evaluated to where the answer
+        starts, and both at normal priority (beside speech work, before other work ahead
+        of a turn)."""
         prompt = self._prompt(request)
         text = prompt.system + "".join(prompt.turns)
         await self._engine.first_tokens()  # once per process: not in the first answer
         speaking = bool(prompt.turns and request.messages and request.messages[-1].role == "user")
         engine, owner = self._engine, request.conversation
         priority = Priority.BACKGROUND
-        if speaking and whole:
-            text = prompt.text
-            # sooner only while no other conversation's turn is being answered: then the
-            # cores are that turn's (4 sessions: p50 1.9 → 2.3 s, p95 3.5 → 4.1 s)
-            if not engine.answering(owner):
-                priority = Priority.NORMAL
+        if speaking and whole and not engine.answering(owner):
+            # only while no other conversation's turn is being answered: the cores are
+            # then that turn's, and tiny.en ends most partials with "?", so the answer's
+            # start would be evaluated again and again for words that go on
+            text, priority = prompt.text, Priority.NORMAL
         elif speaking:
             text = text.removesuffix(f"{END}\n")
         alone = await self._alone(request, prompt) if speaking else None
