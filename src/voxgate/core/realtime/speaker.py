@@ -95,8 +95,8 @@ class Speaker:
                         audio = await r.workers.run(converter.convert, pcm)
                     if not audio:
                         continue
-                    r.mark("audio")
                     if not started:
+                        r.mark("audio")
                         started = True
                         delta = clause if not said else " " + clause
                         said += delta

@@ -183,13 +183,12 @@ class VoiceSession:
         self._partial = partial
         if not partial:
             return
-        running = self._preparing is not None and not self._preparing.done()
-        if running and _whole(partial) and partial != self._prepared:
-            assert self._preparing is not None
-            self._preparing.cancel()
-            self._preparing = self._spawn(self._prepare(after=self._preparing))
-        elif not running:
+        old = self._preparing
+        if old is None or old.done():
             self._preparing = self._spawn(self._prepare())
+        elif _whole(partial) and partial != self._prepared:
+            old.cancel()
+            self._preparing = self._spawn(self._prepare(after=old))
 
     def _answered(self, audio_ms: float) -> None:
         """A response of the conversation has ended: the input's idle timer starts, and
