@@ -209,7 +209,7 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
     first = conversation_of(0, "Hello.", tools=(WEATHER,))
     await model.warm(replace(first, messages=first.messages[:1]))  # the session's start
     # its small context is opened with the start, not at the turn that first needs it
-    [opened] = small._alone
+    [opened] = small.alone.contexts
     assert opened.owner == "c1"
     assert not opened.busy
     await answer(small, first)
@@ -221,7 +221,7 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
 
     partial = conversation_of(3, "What is the weather like in", tools=(WEATHER,))
     await model.warm(partial)
-    [alone] = small._alone
+    [alone] = small.alone.contexts
     assert alone.owner == "c1"
     assert not alone.busy
     spoken = await small.tokenize(alone_text(partial))
@@ -240,7 +240,7 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
     assert judged[0] == tuple(await small.tokenize(alone_text(last)))
     await answer(small, last)
     assert alone.judged is judged
-    assert len(small._alone) == 1
+    assert len(small.alone.contexts) == 1
     # while another conversation's turn runs, the cores are its: only a judgment made
     # ahead counts, none is made at the turn
     other = await small.acquire([1, 2, 3], owner="c2")
@@ -260,9 +260,9 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
     # another session starting opens its own (contexts=2), but takes none from another
     start = replace(first, messages=first.messages[:1], conversation="c2")
     await model.warm(start)
-    assert [c.owner for c in small._alone] == ["c1", "c2"]
+    assert [c.owner for c in small.alone.contexts] == ["c1", "c2"]
     await model.warm(replace(start, conversation="c3"))
-    assert [c.owner for c in small._alone] == ["c1", "c2"]
+    assert [c.owner for c in small.alone.contexts] == ["c1", "c2"]
 
 
 @needs_default
@@ -294,7 +294,7 @@ async def test_a_request_for_a_tool_deep_in_a_conversation_still_calls_it() -> N
             alone = await model._alone(request, model._prompt(request))
             assert alone is not None
             assert alone.naming is not None
-            ratio = await engine.judge_alone(
+            ratio = await engine.alone.judge(
                 alone.tokens, alone.start, owner=None, naming=alone.naming
             )
             assert ratio is not None
@@ -725,6 +725,6 @@ async def test_contexts_opened_at_once_leave_the_log_where_it_was(small: LocalLL
     same time must not leave it there (the server's log is stderr)."""
     await small.load()
     before = os.fstat(2)
-    await asyncio.gather(*(small._run(small._open, 256) for _ in range(4)))
+    await asyncio.gather(*(small.run(small.open_context, 256) for _ in range(4)))
     after = os.fstat(2)
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)

@@ -153,11 +153,17 @@ async def test_barge_in_in_a_call_truncates_the_history_to_what_was_played(
     played = int(truncated["audio_end_ms"])  # type: ignore[call-overload]
     assert 800 <= played < 4000, truncated
     assert any(e["type"] == "output_audio_buffer.cleared" for e in watched)
-    done = next(
-        e["response"]
-        for e in watched
-        if e["type"] == "response.done" and e["response"]["output"][0]["id"] == answer_item  # type: ignore[index]
-    )
+
+    def answer_done() -> list[dict[str, object]]:
+        return [
+            e["response"]  # type: ignore[misc]
+            for e in watched
+            if e["type"] == "response.done" and e["response"]["output"][0]["id"] == answer_item  # type: ignore[index]
+        ]
+
+    # the truncation may reach the watcher before the cancelled response's end does
+    await wait_for(lambda: bool(answer_done()), 10)
+    [done] = answer_done()
     assert done["status"] == "cancelled"  # type: ignore[index]
     # the history holds the words of the audio the call heard, not the whole answer
     item = agent._voice.conversation.get(str(answer_item))  # type: ignore[attr-defined, union-attr]
