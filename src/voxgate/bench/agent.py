@@ -370,6 +370,13 @@ async def measure(http: aiohttp.ClientSession, base: str, args: argparse.Namespa
     asked = [(q.text, clips[q.text]) for q in questions]
     requests = [(p.text, clips[p.text]) for p in prompts]
     warm_up = clips[WARM_UP] if args.warm_up else None
+    if not args.one_session:
+        print(f"## model {args.model} · questions: {len(questions)} (piper, 24 kHz, real time)")
+        if warm_up is not None:  # the sessions' shared start evaluated, as it is below
+            await conversation(http, base, args, [], warm_up=warm_up)
+        missed = await loaded(http, base, args, asked) if args.sessions > 0 else []
+        print(f"targets: {'all met' if not missed else 'MISSED ' + ', '.join(missed)}")
+        return
     turns = await conversation(
         http, base, args, [*asked, *requests], warm_up=warm_up, config=config
     )
@@ -439,6 +446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voxgate bench agent", description=__doc__)
     p.add_argument("--model", default="voxgate/local", help="the session's model")
     p.add_argument("--sessions", type=int, default=4, help="sessions at once, 2nd run (0: none)")
+    p.add_argument(
+        "--no-one-session",
+        dest="one_session",
+        action="store_false",
+        help="only the concurrent sessions (not the single session and its tool requests)",
+    )
     p.add_argument("--questions", type=int, default=len(QUESTIONS), help="the first N questions")
     p.add_argument("--tool-prompts", type=int, default=len(TOOL_PROMPTS), metavar="N")
     p.add_argument("--silence-ms", type=int, default=500, help="server VAD silence_duration_ms")

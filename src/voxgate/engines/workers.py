@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import heapq
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,9 +53,22 @@ class Priority(IntEnum):
 
 
 def _lower_priority(nice: int) -> None:
+    """Set this thread's nice value, and give the OS its name (``top -H`` and
+    ``/proc/PID/task`` then tell engine threads apart; threads that native libraries
+    start from it inherit both)."""
     # Linux keeps a nice value per thread; PRIO_PROCESS with a thread id sets it.
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    _name_thread(threading.current_thread().name.removeprefix("voxgate-"))
+
+
+def _name_thread(name: str) -> None:
+    """The calling thread's name as the OS shows it (Linux: at most 15 bytes)."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
 
 
 @dataclass(order=True)
