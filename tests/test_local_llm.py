@@ -728,3 +728,28 @@ async def test_contexts_opened_at_once_leave_the_log_where_it_was(small: LocalLL
     await asyncio.gather(*(small.run(small.open_context, 256) for _ in range(4)))
     after = os.fstat(2)
     assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+
+
+@needs_small
+async def test_the_log_is_not_silenced_while_a_context_loads(small: LocalLLM) -> None:
+    """What another thread logs while a context loads reaches the log (llama-cpp-python
+    pointed stderr at /dev/null for the whole load: 4 sessions starting lost 27 s of the
+    server's log)."""
+    await small.load()
+    logged = os.fstat(2)
+    seen: set[tuple[int, int]] = set()
+    loading = threading.Event()
+
+    def watch() -> None:
+        while not loading.is_set():
+            now = os.fstat(2)
+            seen.add((now.st_dev, now.st_ino))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        await asyncio.gather(*(small.run(small.open_context, 256) for _ in range(2)))
+    finally:
+        loading.set()
+        watcher.join()
+    assert seen == {(logged.st_dev, logged.st_ino)}

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
+import io
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("voxgate.engines")
+
+#: llama.cpp's log levels (ggml_log_level): what is worth the server's log.
+_LLAMA_ERROR, _LLAMA_WARN, _LLAMA_CONT = 4, 3, 5
+#: The one log callback llama.cpp has per process (a C global: it must outlive every
+#: context, so it is kept here rather than by an object).
+_LLAMA_LOG: list[Any] = []
+_QUIET = threading.Lock()
 
 #: Prompt starts whose KV cache is kept (each ~28 KiB a token for the 1.5B model: a
 #: system prompt with six tools is ~13 MiB).
@@ -167,3 +178,46 @@ async def joined(thread: asyncio.Future[Any]) -> None:
         thread.exception()  # retrieved: the caller has raised or returned on its own
     if cancelled:
         raise asyncio.CancelledError
+
+
+def _route_llama_log() -> None:
+    """llama.cpp's own log into the server's: its errors, and its warnings at debug; not
+    the thousand lines a context's load writes at the levels below. Once per process."""
+    import llama_cpp
+
+    if _LLAMA_LOG:
+        return
+    last = [0]
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def routed(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        level = last[0] if level == _LLAMA_CONT else level
+        last[0] = level
+        if level == _LLAMA_ERROR:
+            log.error("llama.cpp: %s", text.decode(errors="replace").rstrip())
+        elif level == _LLAMA_WARN:  # each load warns of benign things in the model file
+            log.debug("llama.cpp: %s", text.decode(errors="replace").rstrip())
+
+    _LLAMA_LOG.append(routed)
+    llama_cpp.llama_log_set(routed, ctypes.c_void_p(0))
+
+
+@contextlib.contextmanager
+def quiet_load() -> Iterator[None]:
+    """Around ``Llama(..., verbose=True)``: what llama-cpp-python prints while a context
+    loads does not reach the server's log, and nothing else is lost meanwhile.
+
+    With ``verbose=False`` it points file descriptor 2 at /dev/null for the whole load,
+    and every log line any thread wrote meanwhile was lost (4 sessions starting lost 27
+    s of the server's log). Instead, llama.cpp's log goes through a callback
+    (:func:`_route_llama_log`) and the prints of llama-cpp-python itself, to
+    ``sys.stderr`` and ``sys.stdout``, go nowhere: the log's handler keeps the stream it
+    was given. One load at a time (they swap the same two names)."""
+    _route_llama_log()
+    with _QUIET:
+        out, err = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = io.StringIO()
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = out, err

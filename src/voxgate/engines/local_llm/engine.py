@@ -28,7 +28,15 @@ from voxgate.engines.local_llm.calls import (
     FirstTokens,
     Naming,
 )
-from voxgate.engines.local_llm.contexts import Context, Prefixes, Start, joined, llama_eog, log
+from voxgate.engines.local_llm.contexts import (
+    Context,
+    Prefixes,
+    Start,
+    joined,
+    llama_eog,
+    log,
+    quiet_load,
+)
 from voxgate.engines.local_llm.files import HINT, NAME, installed, model_file
 from voxgate.engines.local_llm.gate import PREPARE_CHUNK, PROMPT_CHUNK, SMALL_CHUNK, DecodeGate, Job
 from voxgate.engines.workers import EngineWorkers, Priority, _lower_priority
@@ -72,7 +80,6 @@ class LocalLLM:
         self._installed = False
         self._first: FirstTokens | None = None
         self._namings: OrderedDict[tuple[str, ...], Naming | None] = OrderedDict()
-        self._loading = threading.Lock()
         self.prefixes = Prefixes()
         #: Session starts being evaluated, and when each is done (see :meth:`prepare`).
         self._starting: dict[tuple[int, ...], Start] = {}
@@ -115,22 +122,23 @@ class LocalLLM:
 
         assert self._path is not None
         threads = self.settings.threads
-        # One at a time: while it loads, llama-cpp-python points file descriptor 2 at
-        # /dev/null (verbose=False) and then back at what it found; two loads at once
-        # left the server's log (stderr) pointing at /dev/null for good.
-        with self._loading:
+        # verbose: llama-cpp-python would otherwise point file descriptor 2 (the server's
+        # log) at /dev/null while it loads (see quiet_load)
+        with quiet_load():
             try:
-                return Llama(
+                llama = Llama(
                     model_path=str(self._path),
                     n_ctx=tokens or self.settings.context_tokens,
                     n_batch=PROMPT_CHUNK * 4,
                     # one token on one thread, a prompt chunk on all (see DecodeGate)
                     n_threads=1,
                     n_threads_batch=threads,
-                    verbose=False,
+                    verbose=True,
                 )
             except (ValueError, RuntimeError) as exc:
                 raise EngineUnavailable(f"{NAME}: cannot load {self._path.name}: {exc}") from exc
+        llama.verbose = False  # no timings printed after each generation
+        return llama
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
