@@ -26,6 +26,7 @@ from voxgate.engines.local_stt import RecognitionCore
 from voxgate.engines.registry import EngineRegistry
 from voxgate.engines.vad import Segmenter, SegmenterSettings, make_vad
 from voxgate.engines.whisper import (
+    PartialBudget,
     WhisperDecoder,
     WhisperPartials,
     WhisperSTT,
@@ -258,6 +259,32 @@ async def test_tiny_partials_cost_and_window_stay_bounded_on_a_long_utterance(
     assert wer(reference, got[-1]) <= 0.5, got[-1]
     assert len(words(got[-1])) <= 1.3 * len(words(reference)), got[-1]
     assert partials.end() == ("", 0.0)
+
+
+async def test_partials_of_streams_speaking_at_once_share_one_budget(
+    speech_engines: EngineRegistry, tiny: WhisperWindow
+) -> None:
+    """Four people speaking at once: each stream's partials get a quarter of the total
+    share of a core, not each the share one stream gets alone."""
+    budget = PartialBudget(per_stream=0.3, total=0.5)
+    assert budget.share() == 0.3  # alone
+    others = 3
+    for _ in range(others):
+        budget.enter()
+    pcm = await say(speech_engines, *HARVARD[10:14])
+    ticks = itertools.count(step=0.6)  # every decode "costs" 0.6 s of CPU
+    partials = WhisperPartials(tiny, language="en", clock=lambda: next(ticks), budget=budget)
+    partials.begin()
+    assert budget.share() == 0.5 / 4
+    got = [p for chunk in _chunks(pcm, 0.1) if (p := partials.add(chunk))]
+    # a 0.6 s decode now waits for 0.6 / 0.125 = 4.8 s of new audio (alone: 2 s)
+    assert 1 <= len(got) <= len(pcm) / 32000 / 4.8 + 1, got
+    partials.end()
+    assert budget.share() == 0.5 / others
+    partials.close()  # ended already: it leaves the budget once
+    for _ in range(others):
+        budget.leave()
+    assert budget.share() == 0.3
 
 
 def test_window_and_partials_options_are_validated(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ checked against its SHA-256, or any CTranslate2 whisper model directory by path.
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +80,8 @@ DEFAULT_PARTIALS = "whisper-tiny"
 PARTIAL_STEP_SECONDS = 0.4
 PARTIAL_WINDOW_SECONDS = 8.0
 PARTIAL_COST_SHARE = 0.3
+#: ... and all streams' partials together at most this share of a core.
+PARTIAL_TOTAL_SHARE = 0.5
 
 
 def tiny_model_path() -> Path:
@@ -194,14 +197,43 @@ class WhisperDecoder(UtteranceDecoder):
             self._partials.close()
 
 
+class PartialBudget:
+    """The share of a core that tiny.en partials may take: ``per_stream`` for each
+    stream in an utterance, and ``total`` for all of them together (four people speaking
+    at once each get a quarter of it). Shared by the streams of one engine; they call
+    :meth:`enter` when an utterance starts and :meth:`leave` when it ends, from any
+    thread."""
+
+    def __init__(
+        self, per_stream: float = PARTIAL_COST_SHARE, total: float = PARTIAL_TOTAL_SHARE
+    ) -> None:
+        self.per_stream = per_stream
+        self.total = total
+        self._lock = threading.Lock()
+        self._speaking = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self._speaking += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._speaking = max(0, self._speaking - 1)
+
+    def share(self) -> float:
+        """Each stream's share now."""
+        return min(self.per_stream, self.total / max(1, self._speaking))
+
+
 class WhisperPartials(UtteranceDecoder):
     """Partial hypotheses from re-decoding the utterance so far with a small whisper
     model (tiny.en), greedy, on a short window.
 
     Throttled so that its cost per second of audio stays bounded whatever the load: a
     decode runs once ``step_seconds`` of new audio has arrived, and no sooner than after
-    ``1 / cost_share`` times as much audio as the last decode took seconds to compute
-    (so partials use at most ``cost_share`` of a core per stream, and back off when the
+    ``1 / share`` times as much audio as the last decode took seconds to compute, where
+    ``share`` is the stream's part of the ``budget`` (so partials use at most that share
+    of a core per stream and all streams together, and back off when the
     machine is busy). One decode never reads more than ``window_seconds``: past that,
     the head of the utterance (cut at a pause) is decoded once and its text kept as the
     start of every later partial.
@@ -215,7 +247,7 @@ class WhisperPartials(UtteranceDecoder):
         clock: Callable[[], float] = time.perf_counter,
         step_seconds: float = PARTIAL_STEP_SECONDS,
         window_seconds: float = PARTIAL_WINDOW_SECONDS,
-        cost_share: float = PARTIAL_COST_SHARE,
+        budget: PartialBudget | None = None,
         busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self._model = model
@@ -226,7 +258,8 @@ class WhisperPartials(UtteranceDecoder):
         self._clock = clock
         self._step = int(step_seconds * SAMPLE_RATE)
         self._window = window_seconds
-        self._cost_share = cost_share
+        self._budget = budget or PartialBudget()
+        self._in_utterance = False
         self._audio: list[bytes] = []
         self._samples = 0  # in the utterance so far
         self._start = 0  # the first sample of the part decoded again each time
@@ -234,10 +267,21 @@ class WhisperPartials(UtteranceDecoder):
         self._next = self._step  # decode again once the utterance has this many samples
 
     def begin(self) -> None:
+        self._reset()
+        if not self._in_utterance:
+            self._in_utterance = True
+            self._budget.enter()
+
+    def _reset(self) -> None:
         self._audio.clear()
         self._samples = self._start = 0
         self._prefix = ""
         self._next = self._step
+
+    def _left(self) -> None:
+        if self._in_utterance:
+            self._in_utterance = False
+            self._budget.leave()
 
     def add(self, pcm: bytes) -> str | None:
         self._audio.append(pcm)
@@ -258,7 +302,8 @@ class WhisperPartials(UtteranceDecoder):
             samples = samples[len(head) :]
         decoded = self._model.decode(samples, language=self._language, beam_size=1)
         cost = self._clock() - began
-        self._next = self._samples + max(self._step, int(cost / self._cost_share * SAMPLE_RATE))
+        share = self._budget.share()
+        self._next = self._samples + max(self._step, int(cost / share * SAMPLE_RATE))
         if decoded.looped:
             return None
         return _join(self._prefix, decoded.text) or None
@@ -269,8 +314,12 @@ class WhisperPartials(UtteranceDecoder):
         self._samples += len(pcm) // 2
 
     def end(self) -> tuple[str, float]:
-        self.begin()
+        self._reset()
+        self._left()
         return "", 0.0
+
+    def close(self) -> None:
+        self._left()
 
 
 def _join(a: str, b: str) -> str:
@@ -314,6 +363,8 @@ class WhisperSTT(SpeechToText):
         self._sphinx_pool = sphinx_pool or DecoderPool(sphinx_processes(self._shared, workers))
         self._model: WhisperWindow | None = None
         self._tiny: WhisperWindow | None = None
+        #: What the streams' tiny.en partials may take of the cores, all together.
+        self._budget = PartialBudget()
         self.model_id = "whisper-base" if model is None else Path(model).name
 
     @property
@@ -354,7 +405,10 @@ class WhisperSTT(SpeechToText):
                 partials = SphinxDecoder(self._sphinx_pool)
             elif kind == "whisper-tiny" and tiny is not None:
                 partials = WhisperPartials(
-                    tiny, language=language, busy=lambda: self._workers.urgent_pending > 0
+                    tiny,
+                    language=language,
+                    budget=self._budget,
+                    busy=lambda: self._workers.urgent_pending > 0,
                 )
             decoder = WhisperDecoder(
                 model,
