@@ -703,6 +703,25 @@ def test_a_step_that_finds_the_cores_free_takes_them_all() -> None:
     assert order == ["token"]
 
 
+def test_urgent_steps_go_in_the_order_of_their_turns() -> None:
+    """Turns ending together: the oldest's steps first, not all of them in turn (each
+    would come late); other steps keep taking turns."""
+    gate = DecodeGate(1)
+    order: list[str] = []
+    with gate.step(Priority.NORMAL):  # the core is busy
+        newer = stepping(gate, Priority.URGENT, order, "newer turn", since=2.0)
+        time.sleep(0.05)
+        older = stepping(gate, Priority.URGENT, order, "older turn", since=1.0)
+        time.sleep(0.05)
+        first = stepping(gate, Priority.NORMAL, order, "normal, first", since=0.0)
+        time.sleep(0.05)
+        second = stepping(gate, Priority.NORMAL, order, "normal, second", since=-1.0)
+        time.sleep(0.05)
+    for thread in (newer, older, first, second):
+        thread.join(2)
+    assert order == ["older turn", "newer turn", "normal, first", "normal, second"]
+
+
 def test_work_ahead_of_a_turn_does_not_start_beside_an_urgent_step() -> None:
     gate = DecodeGate(2)
     order: list[str] = []

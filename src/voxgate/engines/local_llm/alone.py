@@ -4,6 +4,7 @@ start before it, opens a call (see :class:`~voxgate.engines.local_llm.calls.Call
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -50,6 +51,7 @@ class AloneJudge:
         judged_only: bool = False,
         priority: Priority = Priority.BACKGROUND,
         naming: Naming | None = None,
+        since: float | None = None,
     ) -> float | None:
         """:func:`call_ratio` at the end of ``tokens``: a request asked alone, its
         session's start (the first ``start`` tokens, a kept one: :class:`Prefixes`) and
@@ -67,9 +69,10 @@ class AloneJudge:
         made). With ``naming``, a ratio over :data:`CALL_RATIO` is weighed by how likely
         the call names one of the session's functions (:func:`named_share`): asked
         alone, "What is 7 times 8?" opens a call at 0.35, of ``multiply``, which the
-        session does not have. ``None`` when the request cannot be judged cheaply: its start is
-        not kept (evaluating it would take seconds), it is over :data:`ALONE_TOKENS`, or
-        no small context is free."""
+        session does not have. ``since``: when the turn it is made for began (its urgent
+        steps go in the order of the turns: :class:`DecodeGate`). ``None`` when the
+        request cannot be judged cheaply: its start is not kept (evaluating it would take
+        seconds), it is over :data:`ALONE_TOKENS`, or no small context is free."""
         size = min(ALONE_TOKENS, self._engine.settings.context_tokens)
         if not 0 < start < len(tokens) < size:
             return None
@@ -92,7 +95,18 @@ class AloneJudge:
             context.warming, context.boost, context.judging = stop, boost, key
             judge = self._judge
             ratio: float | None = await self._engine.until_stopped(
-                stop, judge, context, tokens, start, first, stop, ahead, boost, priority, naming
+                stop,
+                judge,
+                context,
+                tokens,
+                start,
+                first,
+                stop,
+                ahead,
+                boost,
+                priority,
+                naming,
+                since,
             )
             return ratio
         finally:
@@ -161,13 +175,15 @@ class AloneJudge:
         boost: threading.Event,
         priority: Priority,
         naming: Naming | None,
+        since: float | None,
     ) -> float | None:
         head = tokens[:start]
         if max(context.shared_prefix(head), self._engine.prefixes.longest(head)) < start:
             return None
         started = time.perf_counter()
         now, chunk = (priority, PREPARE_CHUNK) if ahead else (Priority.URGENT, PROMPT_CHUNK)
-        cached = self._engine.evaluate(context, tokens, now, stop, chunk, last=True, boost=boost)
+        evaluate = functools.partial(self._engine.evaluate, boost=boost, since=since)
+        cached = evaluate(context, tokens, now, stop, chunk, last=True)
         if stop.is_set() or context.shared_prefix(tokens) < len(tokens):
             return None
         llama = context.llama
@@ -180,7 +196,7 @@ class AloneJudge:
         if naming is not None and ratio > CALL_RATIO:
             # which function would it call? (a few tokens more, only for a likely call)
             calling = [*tokens, *naming.prefix]
-            self._engine.evaluate(context, calling, now, stop, chunk, boost=boost)
+            evaluate(context, calling, now, stop, chunk)
             if stop.is_set() or context.shared_prefix(calling) < len(calling):
                 return None
             share = named_share(logits(), naming)

@@ -66,12 +66,17 @@ class LocalLLM:
         self._cache_dir = cache_dir
         self._workers = workers
         self.gate = DecodeGate(settings.threads, idle=lambda: not workers.running)
+        # A thread for every context, a session's and a small one (work waiting in the
+        # gate holds its thread), and one to open contexts: with one a context, four
+        # sessions' preparations waiting in the gate left a turn's decode waiting for a
+        # thread. Tokenizing, which every turn does first, has a thread of its own.
         self._pool = ThreadPoolExecutor(
-            max_workers=settings.contexts + 1,
+            max_workers=2 * settings.contexts + 1,
             thread_name_prefix="voxgate-llm",
             initializer=_lower_priority,
             initargs=(10,),
         )
+        self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-tok")
         self._contexts: list[Context] = []
         self.changed = asyncio.Condition()
         self._path: Path | None = None
@@ -142,6 +147,7 @@ class LocalLLM:
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._tokenizer.shutdown(wait=False, cancel_futures=True)
         self._contexts.clear()
         self.alone.contexts.clear()
 
@@ -422,8 +428,8 @@ class LocalLLM:
     async def tokenize(self, text: str) -> list[int]:
         await self.load()
         llama = self._contexts[0].llama
-        out: list[int] = await self.run(
-            lambda: llama.tokenize(text.encode(), add_bos=False, special=True)
+        out: list[int] = await asyncio.get_running_loop().run_in_executor(
+            self._tokenizer, lambda: llama.tokenize(text.encode(), add_bos=False, special=True)
         )
         return out
 
@@ -445,6 +451,7 @@ class LocalLLM:
         *,
         last: bool = False,
         boost: threading.Event | None = None,
+        since: float | None = None,
     ) -> int:
         """Bring ``context`` to ``tokens``, in chunks through the gate (what it holds
         already of them is kept, what follows is dropped); ``stop`` ends it early. Work
@@ -468,7 +475,7 @@ class LocalLLM:
                 return held
             piece = tokens[i : i + chunk]
             threads = 1 if len(piece) <= SMALL_CHUNK else self.settings.threads
-            with self.gate.step(now, stop, threads, spread=True) as granted:
+            with self.gate.step(now, stop, threads, spread=True, since=since) as granted:
                 if not granted:
                     return held
                 context.use_threads(granted)
@@ -502,10 +509,10 @@ class LocalLLM:
         start = job.tokens[: job.start]
         if start and max(context.shared_prefix(start), self.prefixes.longest(start)) < len(start):
             # a start no one has kept: evaluated on its own first, and kept for others
-            self.evaluate(context, start, Priority.URGENT)
+            self.evaluate(context, start, Priority.URGENT, since=job.since)
             self.prefixes.keep(context, len(start))
         # the whole prompt: generate() then samples at once from its last token's logits
-        cached = self.evaluate(context, job.tokens, Priority.URGENT, last=True)
+        cached = self.evaluate(context, job.tokens, Priority.URGENT, last=True, since=job.since)
         evaluated = time.perf_counter()
         if job.evaluated is not None:
             job.evaluated()
@@ -528,7 +535,8 @@ class LocalLLM:
             if not urgent:
                 first_clause.close()
                 self._workers.pause_for_urgent(MAX_YIELD_SECONDS)
-            with self.gate.step(Priority.URGENT if urgent else Priority.NORMAL, spread=True) as n:
+            now = Priority.URGENT if urgent else Priority.NORMAL
+            with self.gate.step(now, spread=True, since=job.since) as n:
                 context.use_threads(n)
                 token = next(generator, None)
             if token is None or llama_eog(llama, token):

@@ -169,7 +169,7 @@ class LocalModel(LanguageModel):
             # with other conversations' turns under way the cores are theirs: only a
             # judgment made ahead counts (4 sessions: p95 5.8 s → 8.9–11.6 s)
             busy = engine.answering(request.conversation)
-            judging = asyncio.ensure_future(self._judge(alone, request, evaluated, busy))
+            judging = asyncio.ensure_future(self._judge(alone, request, evaluated, busy, job.since))
         try:
             answer = self._answer(request, job, tokens, first, judging)
             async with contextlib.aclosing(answer) as events:
@@ -187,6 +187,7 @@ class LocalModel(LanguageModel):
         request: ChatRequest,
         evaluated: asyncio.Event,
         judged_only: bool,
+        since: float,
     ) -> float | None:
         """How the request ``alone`` opens, judged once the turn's prompt is
         ``evaluated`` (see :meth:`AloneJudge.judge`); ``None`` when it cannot be."""
@@ -198,6 +199,7 @@ class LocalModel(LanguageModel):
                 after=evaluated,
                 judged_only=judged_only,
                 naming=alone.naming,
+                since=since,
             )
         except (ValueError, RuntimeError) as exc:
             log.warning("%s: the request alone could not be judged: %s", NAME, exc)
