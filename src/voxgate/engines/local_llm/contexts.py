@@ -182,7 +182,8 @@ async def joined(thread: asyncio.Future[Any]) -> None:
 
 def _route_llama_log() -> None:
     """llama.cpp's own log into the server's: its errors, and its warnings at debug; not
-    the thousand lines a context's load writes at the levels below. Once per process."""
+    the thousand lines a context's load writes at the levels below. Once per process;
+    call with ``_QUIET`` held."""
     import llama_cpp
 
     if _LLAMA_LOG:
@@ -213,8 +214,8 @@ def quiet_load() -> Iterator[None]:
     (:func:`_route_llama_log`) and the prints of llama-cpp-python itself, to
     ``sys.stderr`` and ``sys.stdout``, go nowhere: the log's handler keeps the stream it
     was given. One load at a time (they swap the same two names)."""
-    _route_llama_log()
     with _QUIET:
+        _route_llama_log()
         out, err = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = io.StringIO()
         try:
