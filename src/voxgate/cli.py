@@ -232,8 +232,15 @@ def _cmd_bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import importlib
 
     bench = importlib.import_module(BENCHES[args.which])
+    # a bench stopped with SIGTERM (``timeout``, ``kill``) unwinds like one stopped with
+    # ^C: its ``finally`` blocks stop the servers it started, which would otherwise live on
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     code: int = bench.main(args.bench_args)
     return code
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 async def _with_server(args: argparse.Namespace, environ: Mapping[str, str], work: Any) -> Any:
