@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -43,7 +45,10 @@ from voxgate.engines.local_llm import (
     Opening,
     call_ratio,
     installed,
+    model_file,
+    probe,
 )
+from voxgate.engines.local_llm.probe import check_runs, cpu_library, has_amx
 from voxgate.engines.workers import EngineWorkers, Priority
 from voxgate.protocols.chat import (
     ChatDone,
@@ -112,6 +117,35 @@ def test_missing_model_or_runtime_is_engine_unavailable(monkeypatch: pytest.Monk
     with pytest.raises(EngineUnavailable, match=r"pip install 'voxgate\[llm\]'") as info:
         LocalLLM(LocalLLMSettings(), cache_dir=CACHE, workers=workers).model()
     assert info.value.code == "engine_unavailable"
+
+
+def test_a_llama_build_that_crashes_on_this_machine_is_refused_not_run() -> None:
+    """A child that dies of SIGILL (as llama.cpp compiled with AMX does on a VM that
+    reports AMX and faults on it) makes the engine unavailable, with how to rebuild; a
+    child that runs, or fails on its own, does not."""
+    model = Path("/nonexistent/model.gguf")
+    crash = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGILL)"]
+    with pytest.raises(EngineUnavailable, match=r"SIGILL.*make llama-wheel") as info:
+        check_runs(model, child=crash)
+    assert info.value.code == "engine_unavailable"
+    check_runs(model, child=[sys.executable, "-c", "pass"])
+    check_runs(model, child=[sys.executable, "-c", "raise SystemExit(3)"])
+    # a library without llama.cpp's AMX code is not checked: nothing is started
+    assert not has_amx(Path("/nonexistent/libggml-cpu.so"))
+    check_runs(model, library=Path("/nonexistent/libggml-cpu.so"))
+
+
+@needs_small
+def test_the_check_that_llama_runs_evaluates_a_prompt_in_a_child() -> None:
+    """The child the check starts by default loads the model and evaluates a prompt,
+    and exits 0 where llama.cpp runs (a script that broke would pass every build)."""
+    model = model_file(SMALL, CACHE / "llm")
+    done = subprocess.run(
+        [sys.executable, "-c", probe.CHILD, str(model)], capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert cpu_library() is not None
+    check_runs(model, child=[sys.executable, "-c", probe.CHILD])
 
 
 @needs_small

@@ -39,6 +39,7 @@ from voxgate.engines.local_llm.contexts import (
 )
 from voxgate.engines.local_llm.files import HINT, NAME, installed, model_file
 from voxgate.engines.local_llm.gate import PREPARE_CHUNK, PROMPT_CHUNK, SMALL_CHUNK, DecodeGate, Job
+from voxgate.engines.local_llm.probe import check_runs
 from voxgate.engines.workers import EngineWorkers, Priority, _lower_priority
 from voxgate.protocols.chatml import STOP
 from voxgate.settings import LocalLLMSettings
@@ -115,6 +116,8 @@ class LocalLLM:
             if importlib.util.find_spec("llama_cpp") is None:
                 raise EngineUnavailable(f"{NAME} is not installed: {HINT}")
             self._path = await self.run(model_file, self.settings, self._cache_dir / "llm")
+            # a build whose code this machine faults on is refused, not run in the server
+            await self.run(check_runs, self._path)
             self._contexts.append(Context(await self.run(self.open_context)))
 
     def open_context(self, tokens: int | None = None) -> Any:
