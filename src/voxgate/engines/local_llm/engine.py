@@ -84,6 +84,8 @@ class LocalLLM:
         self._load_lock = asyncio.Lock()
         self._growing = 0
         self._installed = False
+        #: Why llama.cpp cannot run here, once :func:`check_runs` found it (not checked again).
+        self._cannot_run: str | None = None
         self._first: FirstTokens | None = None
         self._namings: OrderedDict[tuple[str, ...], Naming | None] = OrderedDict()
         self.prefixes = Prefixes()
@@ -117,7 +119,13 @@ class LocalLLM:
                 raise EngineUnavailable(f"{NAME} is not installed: {HINT}")
             self._path = await self.run(model_file, self.settings, self._cache_dir / "llm")
             # a build whose code this machine faults on is refused, not run in the server
-            await self.run(check_runs, self._path)
+            if self._cannot_run is None:
+                try:
+                    await self.run(check_runs, self._path)
+                except EngineUnavailable as exc:
+                    self._cannot_run = str(exc)
+            if self._cannot_run is not None:
+                raise EngineUnavailable(self._cannot_run)
             self._contexts.append(Context(await self.run(self.open_context)))
 
     def open_context(self, tokens: int | None = None) -> Any:
