@@ -89,7 +89,7 @@ async def test_short_window_finals_have_the_sentences_words(
     "Ramboos"; on a Sapphire Rapids VM the short window heard "Rises often serve in round
     balls.", "Place your member to water…" and "one month" for "a long lunch", 10 words
     of these 44 wrong, where faster-whisper's 30 s window got 3 wrong (``voxgate bench
-    speech`` there: 16–21 against 11 of the 159 words of the Harvard set)."""
+    speech`` there: 17–21 against 11 of the 159 words of the Harvard set)."""
     texts = ["Rice is often served in round bowls.", *TWELVE_WORDS[:3]]
     decoder = WhisperDecoder(
         base, workers, language="en", beam_size=5, window="short", partials=None

@@ -19,7 +19,7 @@ encoder's cost falls with the window; the beam search (beam 5, ~250 ms here) doe
 which is why a 3 s utterance still takes ~0.6 s on this CPU (AVX2, no VNNI). The short
 window's accuracy depends on the CPU: on a Sapphire Rapids VM (AVX-512) it was the faster
 by 4× (245 vs 1,005 ms on the sentences) but made more errors, 51 against 35 of 397
-words over the three sets in one run (16–21 against 11 of 159 on the sentences over four
+words over the three sets in one run (17–21 against 11 of 159 on the sentences over three
 runs). Neither a longer silence tail (12 s: 43 errors against 41 at 8 s) nor float32
 (16 of 159, at 441 ms) brought it back.
 
