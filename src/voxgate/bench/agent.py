@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import math
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -433,8 +434,13 @@ async def run(args: argparse.Namespace) -> int:
         print(f"(the server's log: {log})", file=sys.stderr)
         return 1
     except Exception:
-        print(f"(the server's log: {log})", file=sys.stderr)
-        raise
+        died = gateway.p.poll()
+        if died is None:
+            print(f"(the server's log: {log})", file=sys.stderr)
+            raise
+        how = f"was killed by {signal.Signals(-died).name}" if died < 0 else f"exited {died}"
+        print(f"the server {how} during the run; its log: {log}", file=sys.stderr)
+        return 1
     finally:
         gateway.stop()
     if args.server_log != "warning":
