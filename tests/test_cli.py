@@ -179,3 +179,30 @@ def test_tls_serves_wss_and_json_logs_hold_no_secrets(
         assert any(orjson.loads(ln)["msg"] == "relay open" for ln in lines)
 
     asyncio.run(session())
+
+
+def test_a_bench_stopped_with_sigterm_stops_the_servers_it_started() -> None:
+    """``timeout`` or ``kill`` on a bench: the servers it started go with it (they lived
+    on, one of 15 GB, and spoiled the next run's figures)."""
+    import psutil
+
+    bench = subprocess.Popen(
+        [*VOXGATE, "bench", "relay", "--only", "latency", "--rounds", "1000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert bench.stdout is not None
+        for line in bench.stdout:  # the servers are up once it says what it measures
+            if line.startswith("## round trip"):
+                break
+        servers = psutil.Process(bench.pid).children()
+        assert len(servers) == 3, servers  # the echo upstream, the bare relay, voxgate
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+        _gone, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive
+    finally:
+        bench.kill()
