@@ -14,7 +14,10 @@ BIN    := $(VENV)/bin
 LLAMA       := llama-cpp-python==0.3.36
 WHEELS      ?= $(HOME)/.cache/voxgate/wheels
 LLAMA_BUILD := $(WHEELS)/llama-cpp-python-0.3.36-native-noamx
-LLAMA_FLAGS := $(if $(filter x86_64 amd64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+# (a compiler that does not know these flags, gcc before 11, does not emit AMX either)
+NO_AMX      := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_FLAGS := $(if $(filter x86_64 amd64,$(shell uname -m)),$(shell echo 'int x;' | \
+                 cc $(NO_AMX) -x c -c -o /dev/null - >/dev/null 2>&1 && echo '$(NO_AMX)'))
 
 .PHONY: run test lint system-deps bench clean llama-wheel
 
