@@ -183,15 +183,17 @@ def test_tls_serves_wss_and_json_logs_hold_no_secrets(
 
 def test_a_bench_stopped_with_sigterm_stops_the_servers_it_started() -> None:
     """``timeout`` or ``kill`` on a bench: the servers it started go with it (they lived
-    on, one of 15 GB, and spoiled the next run's figures)."""
+    on, one of 15 GB, and spoiled the next run's figures). Started as a shell starts a
+    background job, with SIGINT ignored (asyncio's runner then does not handle it)."""
     import psutil
 
     bench = subprocess.Popen(
         [*VOXGATE, "bench", "relay", "--only", "latency", "--rounds", "1000000"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     try:
         assert bench.stdout is not None
@@ -201,8 +203,37 @@ def test_a_bench_stopped_with_sigterm_stops_the_servers_it_started() -> None:
         servers = psutil.Process(bench.pid).children()
         assert len(servers) == 3, servers  # the echo upstream, the bare relay, voxgate
         bench.send_signal(signal.SIGTERM)
-        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+        _out, err = bench.communicate(timeout=60)
+        assert bench.returncode == 130, err  # as after ^C
         _gone, alive = psutil.wait_procs(servers, timeout=30)
-        assert not alive
+        assert not alive, err
     finally:
         bench.kill()
+
+
+def test_a_bench_whose_server_does_not_start_stops_those_it_started() -> None:
+    """voxgate refuses its config (here a state backend it does not know): the echo
+    upstream and the bare relay started before it are stopped, not left running."""
+    import uuid
+
+    import psutil
+
+    mark = uuid.uuid4().hex
+    done = subprocess.run(
+        [*VOXGATE, "bench", "relay", "--only", "latency"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "VOXGATE_STATE__URL": "bogus://", "VOXGATE_TEST_MARK": mark},
+    )
+    assert done.returncode != 0
+    assert "voxgate did not start" in done.stderr
+
+    def marked(p: psutil.Process) -> bool:
+        try:
+            return p.environ().get("VOXGATE_TEST_MARK") == mark
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return False
+
+    left = [p for p in psutil.process_iter() if marked(p)]
+    assert not left, [p.cmdline() for p in left]

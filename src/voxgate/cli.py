@@ -232,15 +232,20 @@ def _cmd_bench(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import importlib
 
     bench = importlib.import_module(BENCHES[args.which])
-    # a bench stopped with SIGTERM (``timeout``, ``kill``) unwinds like one stopped with
-    # ^C: its ``finally`` blocks stop the servers it started, which would otherwise live on
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # a bench stopped with SIGTERM (``timeout``, ``kill``) unwinds as one stopped with ^C:
+    # asyncio's runner cancels the main task, whose ``finally`` blocks stop the servers it
+    # started (they would otherwise live on). An exception raised by the handler itself
+    # could land inside uvloop's C code and skip them. SIGINT first gets Python's own
+    # handler back: a shell starts a background job with SIGINT ignored, and asyncio's
+    # runner then leaves it alone, so the SIGINT raised here would be lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _sigint_on_sigterm)
     code: int = bench.main(args.bench_args)
     return code
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)
+def _sigint_on_sigterm(_signum: int, _frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)
 
 
 async def _with_server(args: argparse.Namespace, environ: Mapping[str, str], work: Any) -> Any:
