@@ -282,8 +282,14 @@ async def run(args: argparse.Namespace) -> None:
     echo = Proc("echo upstream", _mode_argv("--echo-server"))
     cfg.write_text(_config(echo.port, tmp / "usage.db"))
     upstream_url = f"ws://127.0.0.1:{echo.port}/echo"
-    bare = Proc("bare relay", _mode_argv("--bare-relay", upstream_url))
-    gateway = voxgate_proc(cfg)
+    started = [echo]
+    try:  # a server that does not start stops those started before it
+        started.append(bare := Proc("bare relay", _mode_argv("--bare-relay", upstream_url)))
+        gateway = voxgate_proc(cfg)
+    except BaseException:
+        for p in started:
+            p.stop()
+        raise
     urls = {
         "direct": upstream_url,
         "bare relay": f"ws://127.0.0.1:{bare.port}/",

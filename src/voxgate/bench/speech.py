@@ -327,7 +327,11 @@ async def run(args: argparse.Namespace) -> None:
     echo = Proc("echo upstream", _mode_argv("--echo-server"))
     cfg = tmp / "voxgate.toml"
     cfg.write_text(_config(echo.port, tmp / "usage.db") + bench_config(args.engines))
-    gateway = voxgate_proc(cfg)
+    try:
+        gateway = voxgate_proc(cfg)
+    except BaseException:  # the echo server must not outlive the bench
+        echo.stop()
+        raise
     base = f"ws://127.0.0.1:{gateway.port}"
     try:
         print(f"# voxgate bench speech — {os.cpu_count()} cores, python {sys.version.split()[0]}")
@@ -359,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--engines",
         nargs="+",
+        choices=[*STT_ENGINES, "whisper"],
         default=STT_ENGINES,
         help=f"STT engines (default: {' '.join(STT_ENGINES)}; also whisper, its defaults)",
     )
