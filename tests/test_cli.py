@@ -237,3 +237,10 @@ def test_a_bench_whose_server_does_not_start_stops_those_it_started() -> None:
 
     left = [p for p in psutil.process_iter() if marked(p)]
     assert not left, [p.cmdline() for p in left]
+
+
+def test_bench_speech_refuses_an_unknown_engine_before_starting_anything() -> None:
+    done = run(["bench", "speech", "--sections", "stt", "--engines", "whisper-30s"])
+    assert done.returncode == 2
+    assert "--engines: invalid choice: 'whisper-30s'" in done.stderr
+    assert "whisper-tiny" in done.stderr  # the names it takes

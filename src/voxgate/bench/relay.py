@@ -279,23 +279,18 @@ async def run(args: argparse.Namespace) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = Path(tempfile.mkdtemp(prefix="voxgate-bench-"))
     cfg = tmp / "voxgate.toml"
-    echo = Proc("echo upstream", _mode_argv("--echo-server"))
-    cfg.write_text(_config(echo.port, tmp / "usage.db"))
-    upstream_url = f"ws://127.0.0.1:{echo.port}/echo"
-    started = [echo]
-    try:  # a server that does not start stops those started before it
-        started.append(bare := Proc("bare relay", _mode_argv("--bare-relay", upstream_url)))
-        gateway = voxgate_proc(cfg)
-    except BaseException:
-        for p in started:
-            p.stop()
-        raise
-    urls = {
-        "direct": upstream_url,
-        "bare relay": f"ws://127.0.0.1:{bare.port}/",
-        "voxgate": f"ws://127.0.0.1:{gateway.port}/v1/local/default/echo",
-    }
+    started: list[Proc] = []  # stopped at the end, also when a later one does not start
     try:
+        started.append(echo := Proc("echo upstream", _mode_argv("--echo-server")))
+        cfg.write_text(_config(echo.port, tmp / "usage.db"))
+        upstream_url = f"ws://127.0.0.1:{echo.port}/echo"
+        started.append(bare := Proc("bare relay", _mode_argv("--bare-relay", upstream_url)))
+        started.append(gateway := voxgate_proc(cfg))
+        urls = {
+            "direct": upstream_url,
+            "bare relay": f"ws://127.0.0.1:{bare.port}/",
+            "voxgate": f"ws://127.0.0.1:{gateway.port}/v1/local/default/echo",
+        }
         print(f"# voxgate bench relay — {os.cpu_count()} cores, python {sys.version.split()[0]}")
         sections = set(args.only or ("latency", "throughput", "idle"))
         if "latency" in sections:
@@ -330,7 +325,7 @@ async def run(args: argparse.Namespace) -> None:
             per = await idle_rss(proc, urls[name], args.idle)
             print(f"{name:<11} RSS per idle session {per / 1024:6.1f} KiB")
     finally:
-        for p in (gateway, bare, echo):
+        for p in reversed(started):
             p.stop()
 
 

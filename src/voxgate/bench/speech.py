@@ -324,16 +324,13 @@ def bench_config(engines: Sequence[str]) -> str:
 
 async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="voxgate-bench-speech-"))
-    echo = Proc("echo upstream", _mode_argv("--echo-server"))
     cfg = tmp / "voxgate.toml"
-    cfg.write_text(_config(echo.port, tmp / "usage.db") + bench_config(args.engines))
+    started: list[Proc] = []  # stopped at the end, also when the gateway does not start
     try:
-        gateway = voxgate_proc(cfg)
-    except BaseException:  # the echo server must not outlive the bench
-        echo.stop()
-        raise
-    base = f"ws://127.0.0.1:{gateway.port}"
-    try:
+        started.append(echo := Proc("echo upstream", _mode_argv("--echo-server")))
+        cfg.write_text(_config(echo.port, tmp / "usage.db") + bench_config(args.engines))
+        started.append(gateway := voxgate_proc(cfg))
+        base = f"ws://127.0.0.1:{gateway.port}"
         print(f"# voxgate bench speech — {os.cpu_count()} cores, python {sys.version.split()[0]}")
         async with aiohttp.ClientSession() as http:
             await speak(http, base, "Warming up the voice.")  # first call allocates buffers
@@ -353,8 +350,8 @@ async def run(args: argparse.Namespace) -> None:
             if "deepgram" in args.sections:
                 await deepgram_figures(http, base, speech)
     finally:
-        gateway.stop()
-        echo.stop()
+        for p in reversed(started):
+            p.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
