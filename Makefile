@@ -11,9 +11,9 @@ BIN    := $(VENV)/bin
 # (-march=native), except for AMX on x86: a CPU and kernel can report AMX while the
 # virtual machine faults on its first tile instruction (seen here: SIGILL in a prompt's
 # evaluation on a Sapphire Rapids VM), and AMX only speeds up long prompts.
-LLAMA       := llama-cpp-python==0.3.36
+LLAMA_VERSION := 0.3.36# as pyproject.toml's llm extra pins it
 WHEELS      ?= $(HOME)/.cache/voxgate/wheels
-LLAMA_BUILD := $(WHEELS)/llama-cpp-python-0.3.36-native-noamx
+LLAMA_BUILD := $(WHEELS)/llama-cpp-python-$(LLAMA_VERSION)-native-noamx
 # (a compiler that does not know these flags, gcc before 11, does not emit AMX either)
 NO_AMX      := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_FLAGS := $(if $(filter x86_64 amd64,$(shell uname -m)),$(shell echo 'int x;' | \
@@ -52,7 +52,7 @@ llama-wheel: | $(BIN)/activate
 	  echo "make: compiling llama-cpp-python for this CPU into $(LLAMA_BUILD) (once: about 5 minutes on 2 cores)"; \
 	  rm -rf $(LLAMA_BUILD).tmp && \
 	  CMAKE_ARGS="-DGGML_NATIVE=ON" CFLAGS="$(LLAMA_FLAGS)" CXXFLAGS="$(LLAMA_FLAGS)" \
-	    $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_BUILD).tmp '$(LLAMA)' && \
+	    $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_BUILD).tmp 'llama-cpp-python==$(LLAMA_VERSION)' && \
 	  rm -rf $(LLAMA_BUILD) && mv $(LLAMA_BUILD).tmp $(LLAMA_BUILD); \
 	fi
 
