@@ -40,6 +40,12 @@ class AloneJudge:
         self.contexts: list[Context] = []
         self._growing = 0
 
+    @property
+    def size(self) -> int:
+        """The tokens of a small context: :data:`ALONE_TOKENS`, or fewer when a
+        session's context is smaller."""
+        return min(ALONE_TOKENS, self._engine.settings.context_tokens)
+
     async def judge(
         self,
         tokens: list[int],
@@ -73,7 +79,7 @@ class AloneJudge:
         steps go in the order of the turns: :class:`DecodeGate`). ``None`` when the
         request cannot be judged cheaply: its start is not kept (evaluating it would take
         seconds), it is over :data:`ALONE_TOKENS`, or no small context is free."""
-        size = min(ALONE_TOKENS, self._engine.settings.context_tokens)
+        size = self.size
         if not 0 < start < len(tokens) < size:
             return None
         key = tuple(tokens)
@@ -120,8 +126,7 @@ class AloneJudge:
         it."""
         if owner is None or len(self.contexts) + self._growing >= self._engine.settings.contexts:
             return
-        size = min(ALONE_TOKENS, self._engine.settings.context_tokens)
-        context = await self._take((), owner, True, size)
+        context = await self._take((), owner, True, self.size)
         if context is not None:
             await self._engine.release(context)
 
