@@ -61,6 +61,35 @@ async def test_a_free_thread_takes_the_most_urgent_job_first() -> None:
         w.shutdown()
 
 
+async def test_jobs_on_every_core_run_one_at_a_time() -> None:
+    """Two syntheses side by side each took 3–5× as long as alone: a job on every core
+    (``whole``) waits for the one running, even when it is more urgent; other jobs go
+    beside it. ``queued`` counts what waits."""
+    w = EngineWorkers(threads=3)
+    gate = threading.Event()
+    started: list[str] = []
+    try:
+        later_clause = asyncio.ensure_future(
+            w.run(lambda: (started.append("later clause"), gate.wait(5)), whole=True)
+        )
+        await asyncio.sleep(0.05)
+        first_clause = asyncio.ensure_future(
+            w.run(started.append, "first clause", priority=Priority.URGENT, whole=True)
+        )
+        await asyncio.sleep(0.05)
+        assert started == ["later clause"]  # a thread is free, but the cores are not
+        assert w.queued == 1
+        await w.run(started.append, "voice activity")  # not on every core: beside it
+        assert started == ["later clause", "voice activity"]
+        gate.set()
+        await asyncio.gather(later_clause, first_clause)
+        assert started == ["later clause", "voice activity", "first clause"]
+        assert w.queued == 0
+    finally:
+        gate.set()
+        w.shutdown()
+
+
 async def test_a_cancelled_queued_job_never_runs() -> None:
     w = EngineWorkers(threads=1)
     gate = threading.Event()

@@ -11,8 +11,9 @@ Two kinds of fairness apply:
 - **Between sessions.** Jobs carry a :class:`Priority`. A free thread takes the most
   urgent queued job first (in order of submission within a priority): a response's first
   clause and a turn's final transcript (``URGENT``) go before later clauses and partial
-  transcripts of other sessions (``NORMAL``). Long loops that run beside the pool — a
-  language model decoding token by token in its own thread — call
+  transcripts of other sessions (``NORMAL``). Jobs that compute on every core (``whole``:
+  speech synthesis) run one at a time, in that order. Long loops that run beside the
+  pool — a language model decoding token by token in its own thread — call
   :meth:`EngineWorkers.pause_for_urgent` between tokens: while urgent work is queued or
   running they wait (at most ``max_wait``), which hands the cores to it.
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import heapq
 import itertools
 import logging
 import os
@@ -78,6 +78,8 @@ class _Job:
     fn: Callable[[], Any] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
+    #: It computes on every core (a model with a thread pool of its own).
+    whole: bool = field(default=False, compare=False)
     #: Set (under the lock) when the caller stopped waiting before a thread took it.
     dropped: bool = field(default=False, compare=False)
 
@@ -106,8 +108,9 @@ class EngineWorkers:
         self._seq = itertools.count()
         #: Urgent jobs queued or running, plus open :meth:`urgent` stretches.
         self._urgent = 0
-        #: Jobs a thread is computing now.
+        #: Jobs a thread is computing now, and those of them that compute on every core.
         self._running = 0
+        self._whole_running = 0
         self._started: list[threading.Thread] = []
         self._closed = False
 
@@ -116,21 +119,24 @@ class EngineWorkers:
         fn: Callable[..., T],
         *args: Any,
         priority: Priority = Priority.NORMAL,
+        whole: bool = False,
         **kwargs: Any,
     ) -> T:
         """``fn(*args, **kwargs)`` in a worker thread, after every more urgent job queued.
+        ``whole``: it computes on every core (a model with a thread pool of its own, like
+        piper's onnxruntime session): two such jobs do not run at once.
 
         Cancelling the caller drops a job no thread has taken yet; one already running
         finishes and its result is discarded."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        job = _Job(int(priority), next(self._seq), lambda: fn(*args, **kwargs), loop, future)
+        job = _Job(int(priority), next(self._seq), lambda: fn(*args, **kwargs), loop, future, whole)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the engine workers are shut down")
             if len(self._started) < self.threads:
                 self._start_thread()
-            heapq.heappush(self._queue, job)
+            self._queue.append(job)
             if job.priority == Priority.URGENT:
                 self._urgent += 1
             self._cond.notify_all()
@@ -163,6 +169,11 @@ class EngineWorkers:
         """Jobs being computed now (of any priority): while none are, the cores are free
         for work that runs beside the pool."""
         return self._running
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a thread."""
+        return sum(not j.dropped for j in self._queue)
 
     @property
     def urgent_pending(self) -> int:
@@ -207,16 +218,23 @@ class EngineWorkers:
         thread.start()
 
     def _take(self) -> _Job | None:
+        """The next job: the most urgent queued that may start. A job on every core
+        (``whole``) waits for the one running: side by side, two syntheses took 300–440
+        ms each where one alone took 90, so both came later than one after the other."""
         with self._cond:
             while True:
                 if self._closed:
                     return None
-                while self._queue:
-                    job = heapq.heappop(self._queue)
-                    if not job.dropped:
-                        self._running += 1
-                        return job
-                self._cond.wait()
+                self._queue = [j for j in self._queue if not j.dropped]
+                may = [j for j in self._queue if not (j.whole and self._whole_running)]
+                if not may:
+                    self._cond.wait()
+                    continue
+                job = min(may)
+                self._queue.remove(job)
+                self._running += 1
+                self._whole_running += job.whole
+                return job
 
     def _work(self) -> None:
         _lower_priority(self._nice)
@@ -232,8 +250,10 @@ class EngineWorkers:
             finally:
                 with self._cond:
                     self._running -= 1
+                    self._whole_running -= job.whole
                     if job.priority == Priority.URGENT:
                         self._urgent -= 1
+                    if job.priority == Priority.URGENT or job.whole:
                         self._cond.notify_all()
             try:
                 job.loop.call_soon_threadsafe(_settle, job.future, result, error)
