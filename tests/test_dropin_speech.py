@@ -276,6 +276,38 @@ async def test_voice_aliases_from_the_config(
         assert "missing" in err["message"]  # the alias's target is named
 
 
+def _broken_voices(folder: Path) -> tuple[Path, Path]:
+    """Two voices' model files: one whose config is not JSON, one whose model is not
+    ONNX (with the bundled voice's config)."""
+    not_json, not_onnx = folder / "not_json.onnx", folder / "not_onnx.onnx"
+    for model in (not_json, not_onnx):
+        model.write_bytes(b"\0" * 1024)
+    (folder / "not_json.onnx.json").write_text("{ not json")
+    (folder / "not_onnx.onnx.json").write_bytes(Path(f"{_piper_model()}.json").read_bytes())
+    return not_json, not_onnx
+
+
+async def test_a_voice_whose_files_are_broken_is_unavailable_and_others_go_on(
+    gateway: GatewayFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """voxgate builds piper's onnxruntime sessions itself: a voice's config that is not
+    JSON, or a model that is not ONNX, is a clear error for the session that asks for
+    it, and the server's other voices go on."""
+    not_json, not_onnx = _broken_voices(tmp_path)
+    gw = await gateway(
+        "[speech.engines.piper]\n"
+        f'voices = {{ not_json = "{not_json}", not_onnx = "{not_onnx}" }}\n',
+        own_engines=True,
+    )
+    for voice in ("not_json", "not_onnx"):
+        async with http.ws_connect(gw.ws("/v1/tts/piper")) as ws:
+            await ws.send_json({"type": "init", "voice_id": voice})
+            err = (await receive_until(ws, "error"))[-1]
+            assert err["code"] == "engine_unavailable", err
+            assert f"piper voice {voice}.onnx cannot be loaded" in err["message"], err
+    assert (await _ready(http, gw.ws("/v1/tts/piper")))["voice_id"] == DEFAULT_VOICE
+
+
 async def test_config_refuses_bad_voice_aliases(tmp_path: Path) -> None:
     from conftest import make_settings
     from voxgate.errors import ConfigError

@@ -160,6 +160,7 @@ def _load_voice(files: PiperVoiceFiles) -> _Voice:
     thread, for synthesis while other work waits (:meth:`_PiperStream._synthesize`)."""
     try:
         import onnxruntime
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
         from piper import PiperVoice
         from piper.config import PiperConfig
     except ImportError as exc:
@@ -167,20 +168,28 @@ def _load_voice(files: PiperVoiceFiles) -> _Voice:
     if not files.model.is_file() or not files.config.is_file():
         raise EngineUnavailable(f"piper voice files not found: {files.model} / {files.config}")
     voices = []
-    for threads in (0, 1):  # 0: onnxruntime's default, a thread a core
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            config = PiperConfig.from_dict(orjson.loads(files.config.read_bytes()))
+    try:
+        config = PiperConfig.from_dict(orjson.loads(files.config.read_bytes()))
+        for threads in (0, 1):  # 0: onnxruntime's default, a thread a core
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = onnxruntime.InferenceSession(
                 str(files.model), sess_options=options, providers=["CPUExecutionProvider"]
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise EngineUnavailable(
-                f"piper voice {files.model.name} cannot be loaded: {exc}"
-            ) from exc
-        voices.append(PiperVoice(session=session, config=config))
+            voices.append(PiperVoice(session=session, config=config))
+    except (
+        orjson.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        # onnxruntime's own, which derive from Exception alone (a model that is not ONNX)
+        ort_errors.InvalidProtobuf,
+        ort_errors.InvalidGraph,
+        ort_errors.Fail,
+    ) as exc:
+        raise EngineUnavailable(f"piper voice {files.model.name} cannot be loaded: {exc}") from exc
     return _Voice(*voices)
 
 
