@@ -141,7 +141,7 @@ async def test_a_pause_decodes_the_utterance_and_its_end_takes_that_text(
     loud = np.nonzero(np.abs(np.frombuffer(speech, dtype="<i2")) > 100)[0]
     speech = speech[: 2 * (int(loud[-1]) + 1)]  # without piper's own trailing silence
     events = [e for chunk in _chunks(speech, 0.02) for e in core.feed(chunk)]
-    # silence until the pause (224 ms, short of the end at 500 ms): the model decodes the
+    # silence until the pause (128 ms, short of the end at 500 ms): the model decodes the
     # utterance then (it may have at a pause inside the sentence before, too)
     spoken = model.decodes
     for _ in range(20):

@@ -3,7 +3,7 @@
 Whisper is not streaming: the stream segments audio with a VAD (silero by default) and
 decodes each utterance when it ends, or when the client finalizes, inside
 ``workers.urgent()`` (a language model decoding beside it pauses meanwhile). When the
-speech pauses (``pause_ms``, 224 ms of silence by default) the utterance is decoded at
+speech pauses (``pause_ms``, 128 ms of silence by default) the utterance is decoded at
 once: if no speech follows, that is its final (whose wait then overlaps the silence
 that ends the turn), and meanwhile it is the newest partial.
 
