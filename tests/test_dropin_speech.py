@@ -308,6 +308,16 @@ async def test_a_voice_whose_files_are_broken_is_unavailable_and_others_go_on(
     assert (await _ready(http, gw.ws("/v1/tts/piper")))["voice_id"] == DEFAULT_VOICE
 
 
+async def test_config_refuses_a_first_piece_of_no_words(tmp_path: Path) -> None:
+    from conftest import make_settings
+    from voxgate.errors import ConfigError
+
+    for value in ("0", "'four'"):
+        with pytest.raises(ConfigError) as exc:
+            make_settings(f"[speech.engines.piper]\nfirst_clause_words_busy = {value}\n", tmp_path)
+        assert "first_clause_words_busy" in str(exc.value)
+
+
 async def test_config_refuses_bad_voice_aliases(tmp_path: Path) -> None:
     from conftest import make_settings
     from voxgate.errors import ConfigError

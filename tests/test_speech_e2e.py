@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 from tests.conftest import GatewayFactory, settled
 
 from voxgate.audio import AudioFormat, Encoding, chunks, from_pcm16, resample, to_pcm16
+from voxgate.engines.base import SynthesisOptions
+from voxgate.engines.registry import EngineRegistry
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -104,6 +107,30 @@ async def test_piper_to_pocketsphinx_and_whisper(
     metrics = await (await http.get(f"{gw.base}/metrics")).text()
     assert 'voxgate_speech_sessions_total{kind="tts",engine="piper"} 1' in metrics
     assert 'voxgate_speech_characters_total{kind="tts",engine="piper"} 36' in metrics
+
+
+async def test_piper_speaks_a_shorter_first_piece_while_other_engine_work_runs(
+    speech_engines: EngineRegistry,
+) -> None:
+    """A listener's first audio waits for other sessions' engine work too: while some
+    runs, piper's first piece has ``first_clause_words_busy`` words (4), not 6; the
+    text is spoken whole either way."""
+    tts = await speech_engines.tts("piper")
+    stream = await tts.open(SynthesisOptions())
+    text = "The morning train was late again so we walked to the office."
+    idle = [pcm async for pcm in stream.synthesize(text)]
+    gate = threading.Event()
+    other = asyncio.ensure_future(speech_engines.workers.run(gate.wait, 10))
+    try:
+        await asyncio.sleep(0.05)
+        busy = [pcm async for pcm in stream.synthesize(text)]
+    finally:
+        gate.set()
+        await other
+    seconds = [len(pcm) / (2 * stream.sample_rate) for pcm in (idle[0], busy[0])]
+    assert seconds[1] < 0.8 * seconds[0], seconds  # "The morning train was" | "... again"
+    whole = [sum(map(len, pieces)) for pieces in (idle, busy)]
+    assert abs(whole[1] - whole[0]) < 0.15 * whole[0], whole
 
 
 async def test_tts_formats_binary_and_first_audio_before_the_end(

@@ -90,6 +90,51 @@ async def test_jobs_on_every_core_run_one_at_a_time() -> None:
         w.shutdown()
 
 
+async def test_an_urgent_job_goes_beside_a_later_clause_on_one_thread() -> None:
+    """A job on every core computes on one thread when others wait as it starts
+    (``wide`` false). An urgent one then goes beside it, on one thread too, where a
+    normal one waits: a first clause no longer waits for another session's later clause
+    to end. A job that starts alone may use every core."""
+    w = EngineWorkers(threads=2)
+    gate_a, gate_b, gate_later = threading.Event(), threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def synth(name: str, gate: threading.Event | None = None) -> None:
+        seen[name] = w.wide
+        if gate is not None:
+            gate.wait(5)
+
+    try:
+        a = asyncio.ensure_future(w.run(gate_a.wait, 5))
+        b = asyncio.ensure_future(w.run(gate_b.wait, 5))
+        await asyncio.sleep(0.05)  # both threads busy
+        later = asyncio.ensure_future(w.run(synth, "later clause", gate_later, whole=True))
+        partial = asyncio.ensure_future(w.run(time.sleep, 0))
+        await asyncio.sleep(0.05)
+        gate_b.set()  # the later clause starts while the partial waits: on one thread
+        await asyncio.sleep(0.05)
+        assert seen == {"later clause": False}
+        gate_a.set()
+        await asyncio.gather(a, b, partial)
+        other_later = asyncio.ensure_future(w.run(synth, "other later clause", whole=True))
+        await asyncio.sleep(0.05)
+        assert "other later clause" not in seen  # a thread is free: it waits all the same
+        async with asyncio.timeout(2):
+            await w.run(synth, "first clause", priority=Priority.URGENT, whole=True)
+        assert seen == {"later clause": False, "first clause": False}
+        assert not later.done()
+        gate_later.set()
+        await asyncio.gather(later, other_later)
+        assert seen["other later clause"] is True  # alone: every core
+        await w.run(synth, "alone", whole=True)
+        assert seen["alone"] is True
+        assert not w.wide  # outside a worker thread
+    finally:
+        for gate in (gate_a, gate_b, gate_later):
+            gate.set()
+        w.shutdown()
+
+
 async def test_a_cancelled_queued_job_never_runs() -> None:
     w = EngineWorkers(threads=1)
     gate = threading.Event()

@@ -31,6 +31,7 @@ ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
         "voices": dict,
         "default_voice": str,
         "first_clause_words": int,
+        "first_clause_words_busy": int,
         "noise_scale": float,
         "noise_w_scale": float,
         "voice_aliases": dict,

@@ -68,11 +68,20 @@ class PiperTTS(TextToSpeech):
         voices: Mapping[str, str] | None = None,
         default_voice: str | None = None,
         first_clause_words: int = 6,
+        first_clause_words_busy: int = 4,
         noise_scale: float | None = None,
         noise_w_scale: float | None = None,
         voice_aliases: Mapping[str, str] | None = None,
     ) -> None:
-        """``noise_scale`` / ``noise_w_scale`` override each voice's own (its ``.onnx.json``).
+        """A text's first piece (:func:`~voxgate.core.text.split_clauses`) has at most
+        ``first_clause_words`` words, or ``first_clause_words_busy`` while other engine
+        work waits or runs: a listener's first audio then waits for other sessions' work
+        too, and a shorter piece is sooner done. ``bench speech``, 4 sessions, first audio
+        p95: 413–548 ms over four runs with this and urgent clauses going beside others
+        (:meth:`EngineWorkers._may_start`), 539–762 with either alone, 594–907 with
+        neither.
+
+        ``noise_scale`` / ``noise_w_scale`` override each voice's own (its ``.onnx.json``).
 
         The noise comes from a generator inside the ONNX model, seeded once per process
         and advanced by every synthesis, so the same text sounds a little different each
@@ -92,6 +101,7 @@ class PiperTTS(TextToSpeech):
         if self.default_voice not in self._files:
             raise EngineUnavailable(f"TTS 'piper': default voice {self.default_voice!r} unknown")
         self.first_clause_words = first_clause_words
+        self.first_clause_words_busy = first_clause_words_busy
         self.noise_scale = noise_scale
         self.noise_w_scale = noise_w_scale
         self.voice_aliases = dict(voice_aliases or {})
@@ -208,25 +218,25 @@ class _PiperStream(SynthesisStream):
         )
 
     async def synthesize(self, text: str, *, first: bool = True) -> AsyncIterator[bytes]:
-        clauses = split_clauses(text, first_max_words=self._engine.first_clause_words)
-        for i, clause in enumerate(clauses):
+        engine, workers = self._engine, self._engine._workers
+        busy = workers.queued or workers.running
+        words = engine.first_clause_words_busy if busy else engine.first_clause_words
+        for i, clause in enumerate(split_clauses(text, first_max_words=words)):
             # the clause a listener waits for goes ahead of other sessions' later clauses
             priority = Priority.URGENT if first and i == 0 else Priority.NORMAL
-            pcm = await self._engine._workers.run(
-                self._synthesize, clause, priority=priority, whole=True
-            )
+            pcm = await workers.run(self._synthesize, clause, priority=priority, whole=True)
             if pcm:
                 yield pcm
 
     def _synthesize(self, text: str) -> bytes:
         """Phonemize ``text``, then run the model on bounded windows of phonemes: on every
         core while no other engine work waits (a first clause in 90 ms instead of 150),
-        else on this thread, which leaves the other core to the event loop and the work
-        that waits (``bench speech``, 4 sessions: first audio p95 ~600 ms with the relay's
-        p99 as when idle, where every synthesis on both cores gave ~600 ms and 3.5× the
-        relay's p99, and the sessions' syntheses side by side ~1,200 ms)."""
-        workers = self._engine._workers
-        voice = self._voice.narrow if workers.queued else self._voice.wide
+        else on this thread (:attr:`EngineWorkers.wide`), which leaves the other core to
+        the event loop and the work that waits (``bench speech``, 4 sessions: first audio
+        p95 ~600 ms with the relay's p99 as when idle, where every synthesis on both cores
+        gave ~600 ms and 3.5× the relay's p99, and the sessions' syntheses side by side
+        ~1,200 ms)."""
+        voice = self._voice.wide if self._engine._workers.wide else self._voice.narrow
         config = self._config
         parts = []
         for sentence in voice.phonemize(text):

@@ -189,6 +189,7 @@ class EngineRegistry:
                 voices=opts.get("voices"),
                 default_voice=opts.get("default_voice"),
                 first_clause_words=opts.get("first_clause_words", 6),
+                first_clause_words_busy=opts.get("first_clause_words_busy", 4),
                 noise_scale=opts.get("noise_scale"),
                 noise_w_scale=opts.get("noise_w_scale"),
                 voice_aliases=opts.get("voice_aliases"),

@@ -11,11 +11,13 @@ Two kinds of fairness apply:
 - **Between sessions.** Jobs carry a :class:`Priority`. A free thread takes the most
   urgent queued job first (in order of submission within a priority): a response's first
   clause and a turn's final transcript (``URGENT``) go before later clauses and partial
-  transcripts of other sessions (``NORMAL``). Jobs that compute on every core (``whole``:
-  speech synthesis) run one at a time, in that order. Long loops that run beside the
-  pool — a language model decoding token by token in its own thread — call
-  :meth:`EngineWorkers.pause_for_urgent` between tokens: while urgent work is queued or
-  running they wait (at most ``max_wait``), which hands the cores to it.
+  transcripts of other sessions (``NORMAL``). Jobs that can compute on every core
+  (``whole``: speech synthesis) run one at a time, in that order, and on every core only
+  when nothing waits (:attr:`EngineWorkers.wide`); an urgent one does not wait for one
+  that computes on one thread: it goes beside it, on one thread too. Long
+  loops that run beside the pool — a language model decoding token by token in its own
+  thread — call :meth:`EngineWorkers.pause_for_urgent` between tokens: while urgent work
+  is queued or running they wait (at most ``max_wait``), which hands the cores to it.
 
 Work that starts as a normal job but turns urgent part-way (a recognition feed that
 reaches the end of an utterance) marks the urgent stretch with :meth:`urgent`.
@@ -78,8 +80,10 @@ class _Job:
     fn: Callable[[], Any] = field(compare=False)
     loop: asyncio.AbstractEventLoop = field(compare=False)
     future: asyncio.Future[Any] = field(compare=False)
-    #: It computes on every core (a model with a thread pool of its own).
+    #: It can compute on every core (a model with a thread pool of its own) ...
     whole: bool = field(default=False, compare=False)
+    #: ... and may, this time: nothing waited and no such job ran when it started.
+    wide: bool = field(default=False, compare=False)
     #: Set (under the lock) when the caller stopped waiting before a thread took it.
     dropped: bool = field(default=False, compare=False)
 
@@ -108,9 +112,11 @@ class EngineWorkers:
         self._seq = itertools.count()
         #: Urgent jobs queued or running, plus open :meth:`urgent` stretches.
         self._urgent = 0
-        #: Jobs a thread is computing now, and those of them that compute on every core.
+        #: Jobs a thread is computing now, and those of them that can compute on every core.
         self._running = 0
-        self._whole_running = 0
+        self._whole_running: list[_Job] = []
+        #: Per worker thread: the job it computes (``wide``).
+        self._local = threading.local()
         self._started: list[threading.Thread] = []
         self._closed = False
 
@@ -123,8 +129,10 @@ class EngineWorkers:
         **kwargs: Any,
     ) -> T:
         """``fn(*args, **kwargs)`` in a worker thread, after every more urgent job queued.
-        ``whole``: it computes on every core (a model with a thread pool of its own, like
-        piper's onnxruntime session): two such jobs do not run at once.
+        ``whole``: it can compute on every core (a model with a thread pool of its own,
+        like piper's onnxruntime session): it reads :attr:`wide` to know whether it may,
+        and two such jobs do not run at once, but for an urgent one beside one on one
+        thread.
 
         Cancelling the caller drops a job no thread has taken yet; one already running
         finishes and its result is discarded."""
@@ -176,6 +184,15 @@ class EngineWorkers:
         return sum(not j.dropped for j in self._queue)
 
     @property
+    def wide(self) -> bool:
+        """In a worker thread: whether its job (``whole``) may compute on every core.
+        It may when nothing waited and no other such job ran as it started; else it
+        computes on its own thread, leaving the other cores to the loop and to the work
+        that waits."""
+        job: _Job | None = getattr(self._local, "job", None)
+        return job is not None and job.wide
+
+    @property
     def urgent_pending(self) -> int:
         """Urgent jobs queued or running, and urgent stretches open."""
         return self._urgent
@@ -218,29 +235,42 @@ class EngineWorkers:
         thread.start()
 
     def _take(self) -> _Job | None:
-        """The next job: the most urgent queued that may start. A job on every core
-        (``whole``) waits for the one running: side by side, two syntheses took 300–440
-        ms each where one alone took 90, so both came later than one after the other."""
+        """The next job: the most urgent queued that may start (:meth:`_may_start`)."""
         with self._cond:
             while True:
                 if self._closed:
                     return None
                 self._queue = [j for j in self._queue if not j.dropped]
-                may = [j for j in self._queue if not (j.whole and self._whole_running)]
+                may = [j for j in self._queue if self._may_start(j)]
                 if not may:
                     self._cond.wait()
                     continue
                 job = min(may)
                 self._queue.remove(job)
                 self._running += 1
-                self._whole_running += job.whole
+                if job.whole:
+                    job.wide = not self._queue and not self._whole_running
+                    self._whole_running.append(job)
                 return job
+
+    def _may_start(self, job: _Job) -> bool:
+        """A job on every core (``whole``) waits for the one running: side by side, two
+        syntheses on every core took 300–440 ms each where one alone took 90, so both
+        came later than one after the other. But an urgent one goes beside one that
+        computes on one thread (both then have a core): waiting for another session's
+        later clause had made a first clause wait up to 400 ms, and four first clauses at
+        once each wait for all before it (``bench speech``, 4 sessions)."""
+        running = self._whole_running
+        if not job.whole or not running:
+            return True
+        return job.priority == Priority.URGENT and len(running) == 1 and not running[0].wide
 
     def _work(self) -> None:
         _lower_priority(self._nice)
         while (job := self._take()) is not None:
             result: Any = None
             error: BaseException | None = None
+            self._local.job = job
             try:
                 result = job.fn()
             except StopIteration as exc:  # a future cannot hold one
@@ -250,7 +280,9 @@ class EngineWorkers:
             finally:
                 with self._cond:
                     self._running -= 1
-                    self._whole_running -= job.whole
+                    self._local.job = None
+                    if job.whole:
+                        self._whole_running.remove(job)
                     if job.priority == Priority.URGENT:
                         self._urgent -= 1
                     if job.priority == Priority.URGENT or job.whole:
