@@ -230,12 +230,12 @@ class _PiperStream(SynthesisStream):
 
     def _synthesize(self, text: str) -> bytes:
         """Phonemize ``text``, then run the model on bounded windows of phonemes: on every
-        core while no other engine work waits (a first clause in 90 ms instead of 150),
-        else on this thread (:attr:`EngineWorkers.wide`), which leaves the other core to
-        the event loop and the work that waits (``bench speech``, 4 sessions: first audio
-        p95 ~600 ms with the relay's p99 as when idle, where every synthesis on both cores
-        gave ~600 ms and 3.5× the relay's p99, and the sessions' syntheses side by side
-        ~1,200 ms)."""
+        core while no other engine work waits and no other synthesis runs (a first clause
+        in 90 ms instead of 150), else on this thread (:attr:`EngineWorkers.wide`), which
+        leaves the other core to the event loop and the work that waits (``bench speech``,
+        4 sessions: first audio p95 ~600 ms with the relay's p99 as when idle, where every
+        synthesis on both cores gave ~600 ms and 3.5× the relay's p99, and the sessions'
+        syntheses side by side ~1,200 ms)."""
         voice = self._voice.wide if self._engine._workers.wide else self._voice.narrow
         config = self._config
         parts = []

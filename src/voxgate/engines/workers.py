@@ -14,10 +14,10 @@ Two kinds of fairness apply:
   transcripts of other sessions (``NORMAL``). Jobs that can compute on every core
   (``whole``: speech synthesis) run one at a time, in that order, and on every core only
   when nothing waits (:attr:`EngineWorkers.wide`); an urgent one does not wait for one
-  that computes on one thread: it goes beside it, on one thread too. Long
-  loops that run beside the pool — a language model decoding token by token in its own
-  thread — call :meth:`EngineWorkers.pause_for_urgent` between tokens: while urgent work
-  is queued or running they wait (at most ``max_wait``), which hands the cores to it.
+  that computes on one thread: it goes beside it, on one thread too. Long loops that run
+  beside the pool — a language model decoding token by token in its own thread — call
+  :meth:`EngineWorkers.pause_for_urgent` between tokens: while urgent work is queued or
+  running they wait (at most ``max_wait``), which hands the cores to it.
 
 Work that starts as a normal job but turns urgent part-way (a recognition feed that
 reaches the end of an utterance) marks the urgent stretch with :meth:`urgent`.
