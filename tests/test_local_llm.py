@@ -48,6 +48,8 @@ from voxgate.engines.local_llm import (
     model_file,
     probe,
 )
+from voxgate.engines.local_llm.alone import TIMED_JUDGMENTS
+from voxgate.engines.local_llm.calls import ALONE_WAIT_MAX_SECONDS, ALONE_WAIT_SECONDS, call_verdict
 from voxgate.engines.local_llm.probe import check_runs, cpu_library, has_amx
 from voxgate.engines.workers import EngineWorkers, Priority
 from voxgate.protocols.chat import (
@@ -264,9 +266,12 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
     assert alone.judged[0] == tuple(spoken)
     request = conversation_of(3, "What is the weather like in London?", tools=(WEATHER,))
     asked = await small.tokenize(alone_text(request))
+    timed = small.alone.took
     await answer(small, request)
     assert alone.cached() == asked
     assert alone.judged[0] == tuple(asked)  # judged again: its words were new
+    assert small.alone.took != timed  # and how long that took counts (AloneJudge.wait)
+    timed = small.alone.took
     # the speaker paused: the partial was the final; the turn reuses its judgment
     last = conversation_of(4, "Is it going to rain in Paris?", tools=(WEATHER,))
     await model.warm(last)
@@ -274,6 +279,7 @@ async def test_a_spoken_turn_is_judged_alone_in_a_context_of_its_own(small: Loca
     assert judged[0] == tuple(await small.tokenize(alone_text(last)))
     await answer(small, last)
     assert alone.judged is judged
+    assert small.alone.took == timed  # a judgment made ahead is not a turn's wait
     assert len(small.alone.contexts) == 1
     # while another conversation's turn runs, the cores are its: only a judgment made
     # ahead counts, none is made at the turn
@@ -427,6 +433,44 @@ def test_an_answer_cannot_end_before_its_first_token() -> None:
     assert call_ratio(logits, first) == pytest.approx(np.exp(-1.0))
     forced = CallOrWords(first)(None, np.array([0.5, 0.0, -1.0, 5.0], dtype=np.single))
     assert list(forced) == [-np.inf, 0.0, -np.inf, -np.inf]  # e^-0.5 = 0.61 > CALL_RATIO
+
+
+async def test_an_answer_waits_for_its_judgment_as_long_as_judgments_take_here(
+    tmp_path: Path,
+) -> None:
+    """An answer's first words wait for its turn's judgment alone at most 2.5 times the
+    median time the latest turns' judgments took, within 1–4 s (1 s before any): a fixed
+    second lost 3–5 of ``bench agent``'s 8 calls on a CPU 2–2.5× slower than the one it
+    was fitted on, where the judgments that said call took 0.6–1.7 s."""
+    workers = EngineWorkers(threads=1)
+    engine = LocalLLM(LocalLLMSettings(), cache_dir=tmp_path, workers=workers)
+    judge = engine.alone
+    try:
+        assert judge.wait == ALONE_WAIT_SECONDS
+        for seconds in (0.2, 0.3, 0.25):
+            judge.timed(seconds)
+        assert judge.wait == ALONE_WAIT_SECONDS  # 2.5 × 0.25 s is under a second
+        for seconds in (0.8, 0.9, 0.7, 1.6):
+            judge.timed(seconds)
+        assert judge.wait == pytest.approx(2.5 * 0.7)  # the median of the seven
+        for _ in range(TIMED_JUDGMENTS):
+            judge.timed(3.0)
+        assert judge.took == (3.0,) * TIMED_JUDGMENTS  # the latest only
+        assert judge.wait == ALONE_WAIT_MAX_SECONDS
+    finally:
+        await engine.close()
+        workers.shutdown()
+    loop = asyncio.get_running_loop()
+
+    def judged_in(seconds: float, ratio: float | None) -> asyncio.Future[float | None]:
+        judging: asyncio.Future[float | None] = loop.create_future()
+        loop.call_later(seconds, judging.set_result, ratio)
+        return judging
+
+    assert await call_verdict(judged_in(0.05, 0.4), 2.0) == 0.4  # a call, in time
+    assert await call_verdict(judged_in(0.05, 0.1), 2.0) is None  # words
+    assert await call_verdict(judged_in(0.05, None), 2.0) is None  # could not be judged
+    assert await call_verdict(judged_in(0.5, 0.4), 0.05) is None  # too late: words
 
 
 @needs_small

@@ -4,7 +4,9 @@ start before it, opens a call (see :class:`~voxgate.engines.local_llm.calls.Call
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import statistics
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -13,6 +15,8 @@ import numpy as np
 import numpy.typing as npt
 
 from voxgate.engines.local_llm.calls import (
+    ALONE_WAIT_MAX_SECONDS,
+    ALONE_WAIT_SECONDS,
     CALL_RATIO,
     FirstTokens,
     Naming,
@@ -29,6 +33,8 @@ if TYPE_CHECKING:
 #: Tokens a context that judges a request alone holds (a session's start, ~470 tokens
 #: with six tools, and the user's last turn: see :meth:`AloneJudge.judge`).
 ALONE_TOKENS = 1024
+#: The turns' judgments whose durations set :attr:`AloneJudge.wait`: the latest ones.
+TIMED_JUDGMENTS = 16
 
 
 class AloneJudge:
@@ -39,6 +45,32 @@ class AloneJudge:
         self._engine = engine
         self.contexts: list[Context] = []
         self._growing = 0
+        self._took: collections.deque[float] = collections.deque(maxlen=TIMED_JUDGMENTS)
+
+    @property
+    def wait(self) -> float:
+        """How long an answer's first words wait for its turn's judgment (see
+        :func:`~voxgate.engines.local_llm.calls.call_verdict`): 2.5 times the median
+        time the latest turns' judgments took on this machine, within
+        :data:`ALONE_WAIT_SECONDS` and :data:`ALONE_WAIT_MAX_SECONDS`. A judgment that
+        says call evaluates the call's opening too, about twice the tokens. A fixed
+        second fitted the machine it was measured on (judgments 0.3–0.7 s); on a
+        2-vCPU Xeon 2–2.5× slower they took 0.24–1.7 s (median 0.6–0.85 s, those that
+        said call 0.6–1.7 s), and ``voxgate bench agent`` lost 3 to 5 of its 8 calls
+        to answers in words ("I will add milk to your shopping list.")."""
+        if not self._took:
+            return ALONE_WAIT_SECONDS
+        seconds = 2.5 * statistics.median(self._took)
+        return min(max(seconds, ALONE_WAIT_SECONDS), ALONE_WAIT_MAX_SECONDS)
+
+    @property
+    def took(self) -> tuple[float, ...]:
+        """How long the latest turns' judgments took, in seconds, oldest first."""
+        return tuple(self._took)
+
+    def timed(self, seconds: float) -> None:
+        """Record that a turn's judgment took ``seconds`` (see :attr:`wait`)."""
+        self._took.append(seconds)
 
     @property
     def size(self) -> int:
@@ -208,13 +240,16 @@ class AloneJudge:
             named = f" ({ratio:.3f} × {share:.2f} a call of its own functions)"
             ratio *= share
         context.judged = (tuple(tokens), ratio)
+        took = time.perf_counter() - started
+        if not ahead:
+            self.timed(took)
         log.debug(
             "alone: %d tokens (%d cached) judged %.3f%s in %.0f ms%s",
             len(tokens),
             cached,
             ratio,
             named,
-            1000 * (time.perf_counter() - started),
+            1000 * took,
             " ahead" if ahead else "",
         )
         return ratio

@@ -125,8 +125,10 @@ class CallOrWords(Opening):
         return only
 
 
-#: The longest an answer's first words wait for the judgment of its request alone.
+#: The longest an answer's first words wait for the judgment of its request alone, at
+#: least and at most (:attr:`~voxgate.engines.local_llm.alone.AloneJudge.wait`).
 ALONE_WAIT_SECONDS = 1.0
+ALONE_WAIT_MAX_SECONDS = 4.0
 
 
 @dataclass(frozen=True)
@@ -155,11 +157,11 @@ def answered_calls(request: ChatRequest) -> set[tuple[str, str]]:
     return out
 
 
-async def call_verdict(judging: asyncio.Future[float | None]) -> float | None:
+async def call_verdict(judging: asyncio.Future[float | None], seconds: float) -> float | None:
     """The ratio of the request judged alone when it says call (:class:`CallOrWords`),
-    waiting for it at most :data:`ALONE_WAIT_SECONDS`; else ``None``."""
+    waiting for it at most ``seconds``; else ``None``."""
     try:
-        ratio = await asyncio.wait_for(asyncio.shield(judging), ALONE_WAIT_SECONDS)
+        ratio = await asyncio.wait_for(asyncio.shield(judging), seconds)
     except TimeoutError:
         return None
     return ratio if ratio is not None and ratio > CALL_RATIO else None

@@ -229,7 +229,7 @@ class LocalModel(LanguageModel):
                             break  # a function it does not have: its arguments do not matter
                         continue
                     if judging is not None:
-                        again, judging = await call_verdict(judging), None
+                        again, judging = await call_verdict(judging, self._engine.alone.wait), None
                         if again is not None:
                             break
                     said = True
@@ -237,7 +237,7 @@ class LocalModel(LanguageModel):
             produced += job.produced
             if again is None and judging is not None and not said and reader.blank:
                 # it ended with nothing said: was it a call after all?
-                again, judging = await call_verdict(judging), None
+                again, judging = await call_verdict(judging, self._engine.alone.wait), None
             if again is None:
                 break
             log.debug("alone: the answer starts again as a call (%.3f)", again)
