@@ -439,14 +439,14 @@ async def test_an_answer_waits_for_its_judgment_as_long_as_judgments_take_here(
     tmp_path: Path,
 ) -> None:
     """An answer's first words wait for its turn's judgment alone at most 2.5 times the
-    median time the latest turns' judgments took, within 1–4 s (1 s before any): a fixed
+    median time the latest turns' judgments took, within 1–4 s (4 s before any): a fixed
     second lost 3–5 of ``bench agent``'s 8 calls on a CPU 2–2.5× slower than the one it
     was fitted on, where the judgments that said call took 0.6–1.7 s."""
     workers = EngineWorkers(threads=1)
     engine = LocalLLM(LocalLLMSettings(), cache_dir=tmp_path, workers=workers)
     judge = engine.alone
     try:
-        assert judge.wait == ALONE_WAIT_SECONDS
+        assert judge.wait == ALONE_WAIT_MAX_SECONDS  # nothing known yet: the longest
         for seconds in (0.2, 0.3, 0.25):
             judge.timed(seconds)
         assert judge.wait == ALONE_WAIT_SECONDS  # 2.5 × 0.25 s is under a second

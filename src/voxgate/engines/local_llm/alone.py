@@ -52,14 +52,16 @@ class AloneJudge:
         """How long an answer's first words wait for its turn's judgment (see
         :func:`~voxgate.engines.local_llm.calls.call_verdict`): 2.5 times the median
         time the latest turns' judgments took on this machine, within
-        :data:`ALONE_WAIT_SECONDS` and :data:`ALONE_WAIT_MAX_SECONDS`. A judgment that
+        :data:`ALONE_WAIT_SECONDS` and :data:`ALONE_WAIT_MAX_SECONDS`; the most before
+        any was timed (a cold first judgment on that Xeon took over a second, and the
+        server's first request of a tool was answered in words). A judgment that
         says call evaluates the call's opening too, about twice the tokens. A fixed
         second fitted the machine it was measured on (judgments 0.3–0.7 s); on a
         2-vCPU Xeon 2–2.5× slower they took 0.24–1.7 s (median 0.6–0.85 s, those that
         said call 0.6–1.7 s), and ``voxgate bench agent`` lost 3 to 5 of its 8 calls
         to answers in words ("I will add milk to your shopping list.")."""
         if not self._took:
-            return ALONE_WAIT_SECONDS
+            return ALONE_WAIT_MAX_SECONDS
         seconds = 2.5 * statistics.median(self._took)
         return min(max(seconds, ALONE_WAIT_SECONDS), ALONE_WAIT_MAX_SECONDS)
 
