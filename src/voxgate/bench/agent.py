@@ -23,7 +23,9 @@ function call (``response.function_call_arguments.done``).
 
 One session over the questions and the tool requests (after one untimed warm-up turn),
 then N concurrent sessions (4 by default) that each ask the questions, each starting at
-a different one.
+a different one. A session asks its next question once the answer's audio would have
+played to its end, as a person who listens to the answer does (``--no-listen``: as soon
+as the answer is generated, talking over it; the sessions then load the server more).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pybase64
 
 from voxgate.audio import resample
 from voxgate.bench.agent_questions import (
@@ -106,11 +110,15 @@ class _Marks:
 
     stopped: tuple[float, float] | None = None  # (wall time, audio_end_ms)
     at: dict[str, float] = field(default_factory=dict)
+    #: When the answer's audio would have finished playing: each delta plays from when
+    #: it arrived or the one before it ended, whichever is later (wall time).
+    played: float = 0.0
 
 
 async def _response(s: Session, t: Turn, marks: _Marks) -> list[dict[str, Any]]:
     """The turn's events until a response ends that no barge-in cut (a question the
     VAD split in two is answered once, after its second part); its function calls."""
+    rate = float(s.config.get("audio", {}).get("output", {}).get("format", {}).get("rate", RATE))
     while True:
         at, ev = await s.events.get()
         kind = ev["type"]
@@ -125,6 +133,8 @@ async def _response(s: Session, t: Turn, marks: _Marks) -> list[dict[str, Any]]:
             marks.at.setdefault(kind, at)
         elif kind == "response.output_audio.delta":
             marks.at.setdefault("audio", at)
+            seconds = len(pybase64.b64decode(ev["delta"])) / 2 / rate
+            marks.played = max(marks.played, at) + seconds
         elif kind == "error":
             t.error = str(ev["error"].get("message", ev["error"]))
         elif kind == "response.done":
@@ -132,6 +142,7 @@ async def _response(s: Session, t: Turn, marks: _Marks) -> list[dict[str, Any]]:
             if r["status"] == "cancelled":
                 for k in ("response.created", "audio", "response.function_call_arguments.done"):
                     marks.at.pop(k, None)
+                marks.played = 0.0  # cut off: not heard to its end
                 continue
             calls = []
             for out in r.get("output") or ():
@@ -159,9 +170,11 @@ async def _answer_calls(s: Session, t: Turn, calls: list[dict[str, Any]]) -> Non
     await s.send("response.create")
 
 
-async def turn(s: Session, clip: bytes, said: str, *, within: float) -> Turn:
-    """Speak ``clip`` (then silence) until the agent has answered it; raises TimeoutError
-    when the answer takes longer than ``within`` seconds."""
+async def turn(s: Session, clip: bytes, said: str, *, within: float, listen: bool = True) -> Turn:
+    """Speak ``clip`` (then silence) until the agent has answered it, and with ``listen``
+    until its answer's audio would have played to the end (a user who hears the answer
+    before asking again); raises TimeoutError when the answer takes longer than
+    ``within`` seconds."""
     t = Turn(said)
     marks = _Marks()
     speech_end = s.position_ms + speech_bounds_ms(clip)[1]
@@ -175,6 +188,8 @@ async def turn(s: Session, clip: bytes, said: str, *, within: float) -> Turn:
                     break
                 await _answer_calls(s, t, calls)
                 calls = await _response(s, t, marks)
+        if listen:  # the sender streams silence meanwhile
+            await asyncio.sleep(max(0.0, marks.played - time.perf_counter()))
     finally:
         done.set()
         await sender
@@ -225,10 +240,10 @@ async def conversation(
     try:
         await s.stream(bytes(CHUNK * 25))  # half a second of room tone first
         if warm_up is not None:
-            await turn(s, warm_up, WARM_UP, within=args.turn_timeout)
+            await turn(s, warm_up, WARM_UP, within=args.turn_timeout, listen=args.listen)
         for said, clip in prompts:
             try:
-                t = await turn(s, clip, said, within=args.turn_timeout)
+                t = await turn(s, clip, said, within=args.turn_timeout, listen=args.listen)
             except TimeoutError:
                 out.append(Turn(said, error=f"no answer within {args.turn_timeout:.0f} s"))
                 print(f"  session ended: no answer to {said!r}", file=sys.stderr)
@@ -477,6 +492,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--fresh", action="store_true", help="delete each turn's items after it")
     p.add_argument("--no-warm-up", dest="warm_up", action="store_false")
+    p.add_argument(
+        "--no-listen",
+        dest="listen",
+        action="store_false",
+        help="ask the next question as soon as an answer is generated, not once its audio"
+        " would have played (a user who talks over every answer: more load at once)",
+    )
     p.add_argument("--turn-timeout", type=float, default=60.0, help="seconds")
     p.add_argument("-v", "--verbose", action="store_true", help="every prompt, heard, answer")
     return asyncio.run(run(p.parse_args(argv)))
