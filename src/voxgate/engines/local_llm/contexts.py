@@ -156,6 +156,52 @@ class Context:
         return n
 
 
+def on_model_of(owner: Any, tokens: int) -> Any:
+    """A new llama.cpp context of ``tokens`` on the model ``owner`` (a ``Llama``) loaded:
+    a ``Llama`` of its own for everything this package calls (``eval``, ``generate``,
+    ``input_ids``, ``n_tokens``, ``_ctx``), that shares the model's weights.
+
+    A second ``Llama(model_path=...)`` loads the model again: on CPUs whose llama.cpp
+    repacks the weights (``CPU_REPACK``, AVX-512 and AVX2 builds) each load took 0.7-2.8
+    s of one core and ~1.9 GB (four sessions and their judges held eight copies); this
+    takes ~45 ms and the KV cache and compute buffer (~230 MB at 4096 tokens).
+    llama-cpp-python has no public way to do it: the object is made as ``Llama.__init__``
+    makes it after loading the model (written against 0.3.36, the version pinned;
+    ``copy.copy`` would not do, it reloads through ``__setstate__``), and
+    ``test_contexts_share_the_model_and_answer_as_a_model_of_their_own`` checks that it
+    answers token for token like the owner. The new object keeps ``owner`` referenced:
+    the model is freed with ``owner``, so it must outlive every context on it."""
+    import numpy as np
+    from llama_cpp import Llama
+    from llama_cpp import _internals as internals
+
+    llama: Any = Llama.__new__(Llama)
+    llama.__dict__.update(owner.__dict__)  # the model, its vocabulary and settings
+    llama._model_owner = owner
+    llama._stack = contextlib.ExitStack()  # closes this context's parts, not the model
+    params = type(owner.context_params).from_buffer_copy(owner.context_params)
+    params.n_ctx = tokens
+    llama.context_params = params
+    llama._ctx = llama._stack.enter_context(
+        contextlib.closing(internals.LlamaContext(model=owner._model, params=params, verbose=False))
+    )
+    llama._batch = llama._stack.enter_context(
+        contextlib.closing(
+            internals.LlamaBatch(n_tokens=owner.n_batch, embd=0, n_seq_max=tokens, verbose=False)
+        )
+    )
+    llama._n_ctx = llama.n_ctx()
+    llama._candidates = internals.LlamaTokenDataArray(n_vocab=owner._n_vocab)
+    llama.n_tokens = 0
+    llama._requires_eval = True
+    llama.input_ids = np.ndarray((tokens,), dtype=np.intc)
+    llama.scores = np.ndarray((owner.n_batch, owner._n_vocab), dtype=np.single)
+    llama._mirostat_mu = ctypes.c_float(2.0 * 5.0)
+    llama._sampler = None
+    llama.cache = None
+    return llama
+
+
 def llama_eog(llama: Any, token: int) -> bool:
     """``token`` ends generation (``<|im_end|>``, ``<|endoftext|>``, EOS)."""
     import llama_cpp

@@ -35,6 +35,7 @@ from voxgate.engines.local_llm.contexts import (
     joined,
     llama_eog,
     log,
+    on_model_of,
     quiet_load,
 )
 from voxgate.engines.local_llm.files import HINT, NAME, installed, model_file
@@ -79,6 +80,9 @@ class LocalLLM:
         )
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-tok")
         self._contexts: list[Context] = []
+        #: The ``Llama`` that loaded the model; every other context shares its weights.
+        self._owner: Any = None
+        self._opening = threading.Lock()
         self.changed = asyncio.Condition()
         self._path: Path | None = None
         self._load_lock = asyncio.Lock()
@@ -129,7 +133,17 @@ class LocalLLM:
             self._contexts.append(Context(await self.run(self.open_context)))
 
     def open_context(self, tokens: int | None = None) -> Any:
-        """A new llama.cpp context of ``tokens`` (``context_tokens`` by default)."""
+        """A new llama.cpp context of ``tokens`` (``context_tokens`` by default): the
+        first loads the model, the others share it (:func:`on_model_of`)."""
+        with self._opening:
+            if self._owner is None:
+                self._owner = self.load_model(tokens or self.settings.context_tokens)
+                return self._owner
+        return on_model_of(self._owner, tokens or self.settings.context_tokens)
+
+    def load_model(self, tokens: int) -> Any:
+        """The model loaded anew, with a context of ``tokens`` (a ``Llama`` of its own:
+        :meth:`open_context` loads it once)."""
         # llama.cpp's OpenMP threads must sleep, not spin, while they wait: with two
         # cores shared by synthesis and recognition a spinning thread holds the core the
         # other needs (measured: 1.7 tokens/s instead of 10 beside a busy core).
@@ -144,7 +158,7 @@ class LocalLLM:
             try:
                 llama = Llama(
                     model_path=str(self._path),
-                    n_ctx=tokens or self.settings.context_tokens,
+                    n_ctx=tokens,
                     n_batch=PROMPT_CHUNK * 4,
                     # one token on one thread, a prompt chunk on all (see DecodeGate)
                     n_threads=1,
@@ -161,6 +175,7 @@ class LocalLLM:
         self._tokenizer.shutdown(wait=False, cancel_futures=True)
         self._contexts.clear()
         self.alone.contexts.clear()
+        self._owner = None  # the model: freed once the last context on it is
 
     # -- contexts ------------------------------------------------------------------------
 
