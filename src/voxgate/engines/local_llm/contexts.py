@@ -161,10 +161,11 @@ def on_model_of(owner: Any, tokens: int) -> Any:
     a ``Llama`` of its own for everything this package calls (``eval``, ``generate``,
     ``input_ids``, ``n_tokens``, ``_ctx``), that shares the model's weights.
 
-    A second ``Llama(model_path=...)`` loads the model again: on CPUs whose llama.cpp
-    repacks the weights (``CPU_REPACK``, AVX-512 and AVX2 builds) each load took 0.7-2.8
-    s of one core and ~1.9 GB (four sessions and their judges held eight copies); this
-    takes ~45 ms and the KV cache and compute buffer (~230 MB at 4096 tokens).
+    A second ``Llama(model_path=...)`` loads the model again, and where llama.cpp
+    repacks the weights for the CPU (``CPU_REPACK``: a copy per load, as on a Zen 5
+    EPYC) each load took 0.7-2.8 s of one core and ~1.9 GB (four sessions and their
+    judges held eight copies); this takes ~45 ms and the KV cache and compute buffer
+    (~230 MB at 4096 tokens).
     llama-cpp-python has no public way to do it: the object is made as ``Llama.__init__``
     makes it after loading the model (written against 0.3.36, the version pinned;
     ``copy.copy`` would not do, it reloads through ``__setstate__``), and
