@@ -123,6 +123,7 @@ async def talk_state(page: Page) -> dict[str, Any]:
           const err = document.querySelector('#talk-error');
           return {
             state: v.dataset.state, audioMs: Number(v.dataset.audioMs || 0),
+            rtc: v.dataset.rtc || null,
             session: v.dataset.session || null,
             user: [...document.querySelectorAll('#transcript li.user .text')].map(e => e.textContent),
             agent: [...document.querySelectorAll('#transcript li.assistant .text')].map(e => e.textContent),
@@ -140,14 +141,19 @@ async def talk_until_answered(page: Page, mode: str) -> dict[str, Any]:
     await page.check(f"input[name=mode][value={mode}]")
     await page.click("#talk-start")
     state: dict[str, Any] = {}
-    async with asyncio.timeout(TALK_SECONDS):
-        while True:
-            state = await talk_state(page)
-            assert state["error"] is None, state
-            heard = any(w in " ".join(state["user"]) for w in QUESTION_WORDS)
-            if heard and state["agent"] and state["audioMs"] > 1000 and state["latency"]:
-                return state
-            await asyncio.sleep(0.25)
+    try:
+        async with asyncio.timeout(TALK_SECONDS):
+            while True:
+                state = await talk_state(page)
+                assert state["error"] is None, state
+                heard = any(w in " ".join(state["user"]) for w in QUESTION_WORDS)
+                if heard and state["agent"] and state["audioMs"] > 1000 and state["latency"]:
+                    return state
+                await asyncio.sleep(0.25)
+    except TimeoutError:
+        # the page's last state says how far it got (WebRTC modes: each connection
+        # state the PeerConnection went through, as "connectionState/iceConnectionState")
+        raise AssertionError(f"no answer heard within {TALK_SECONDS:.0f} s: {state}") from None
 
 
 async def show_gateway(page: Page, session: str) -> None:
@@ -187,6 +193,8 @@ async def test_talk_through_the_media_server(gateway: GatewayFactory, launch: La
     gw = await gateway()
     page = await launch(gw)
     state = await talk_until_answered(page, "rtc")
+    # the connection's states are on the page for a failure's message to show
+    assert "connected/connected" in (state["rtc"] or ""), state
     agent_id = state["session"]
     assert agent_id in gw.services.media.agents, state
     assert any("superlative" in a for a in state["agent"]), state

@@ -163,6 +163,7 @@ class SfuSession:
 
     def _on_state(self) -> None:
         state = self.pc.connectionState
+        log.info("session %s: connection %s (ICE %s)", self.id, state, self.pc.iceConnectionState)
         if state == "connected":
             self.disconnected_since = None
         elif state in ("disconnected", "failed", "closed") and self.disconnected_since is None:

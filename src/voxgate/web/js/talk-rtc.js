@@ -47,7 +47,9 @@ export class PeerTalk {
     this.ctx = ctx;
     const pc = new RTCPeerConnection();
     this.pc = pc;
+    delete document.getElementById("view-talk").dataset.rtc;
     pc.onconnectionstatechange = () => this.onConnectionState();
+    pc.oniceconnectionstatechange = () => this.noteState();
     pc.ontrack = (e) => this.onTrack(e.streams[0] || new MediaStream([e.track]));
     return pc;
   }
@@ -110,8 +112,17 @@ export class PeerTalk {
     }
   }
 
+  /** Each state the connection goes through, as "connection/ICE" in the talk view's
+   * data-rtc, for whoever debugs a call that never connected. */
+  noteState() {
+    const view = document.getElementById("view-talk");
+    const now = `${this.pc.connectionState}/${this.pc.iceConnectionState}`;
+    view.dataset.rtc = view.dataset.rtc ? `${view.dataset.rtc} ${now}` : now;
+  }
+
   onConnectionState() {
     const state = this.pc.connectionState;
+    this.noteState();
     if (this.stopped) return;
     if (state === "failed") {
       this.ui.fail(
