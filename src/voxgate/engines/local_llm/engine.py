@@ -338,7 +338,9 @@ class LocalLLM:
         try:
             context = await self.acquire(tokens, owner=owner, warm=True, grow=grow)
             if context is None:
+                log.debug("prepare: %d tokens, no context free for them", len(tokens))
                 return False
+            held, started = context.shared_prefix(tokens), time.perf_counter()
             context.warming = stop = threading.Event()
             context.boost = start.boost if grow else None
             # a partial transcript in small chunks: a turn taking the context over waits
@@ -358,7 +360,17 @@ class LocalLLM:
                 )
             finally:
                 context.warming = context.boost = None
+                evaluated = context.shared_prefix(tokens) - held  # before a turn takes it
                 await self.release(context)
+            log.debug(
+                "prepare: %d tokens (%d held), %d evaluated at %s priority in %.0f ms%s",
+                len(tokens),
+                held,
+                evaluated,
+                priority.name.lower(),
+                1000 * (time.perf_counter() - started),
+                "" if finished else ", stopped",
+            )
         finally:
             if self._starting.get(key) is start:
                 del self._starting[key]
