@@ -112,12 +112,13 @@ export class PeerTalk {
     }
   }
 
-  /** Each state the connection goes through, as "connection/ICE" in the talk view's
-   * data-rtc, for whoever debugs a call that never connected. */
+  /** Each state the connection goes through (the latest 16), as "connection/ICE" in the
+   * talk view's data-rtc, for whoever debugs a call that never connected. */
   noteState() {
     const view = document.getElementById("view-talk");
-    const now = `${this.pc.connectionState}/${this.pc.iceConnectionState}`;
-    view.dataset.rtc = view.dataset.rtc ? `${view.dataset.rtc} ${now}` : now;
+    const states = view.dataset.rtc ? view.dataset.rtc.split(" ") : [];
+    states.push(`${this.pc.connectionState}/${this.pc.iceConnectionState}`);
+    view.dataset.rtc = states.slice(-16).join(" ");
   }
 
   onConnectionState() {
