@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psutil
 import pytest
 from openai import AsyncOpenAI
 
@@ -872,10 +873,6 @@ def _greedy(llama: Any, tokens: list[int], n: int = 16) -> list[int]:
     return out
 
 
-def _resident_mib() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
-
-
 @needs_small
 async def test_contexts_share_the_model_and_answer_as_a_model_of_their_own(
     small: LocalLLM,
@@ -886,9 +883,10 @@ async def test_contexts_share_the_model_and_answer_as_a_model_of_their_own(
     the model outlives the context that loaded it while another uses it."""
     await small.load()
     owner = small._contexts[0].llama
-    before = _resident_mib()
+    me = psutil.Process()
+    before = me.memory_info().rss
     shared = [await small.run(small.open_context, 512) for _ in range(3)]
-    grown = _resident_mib() - before
+    grown = (me.memory_info().rss - before) >> 20
     alone = await small.run(small.load_model, 512)
     assert all(s._model is owner._model for s in shared)
     assert alone._model is not owner._model
