@@ -135,11 +135,12 @@ class LocalLLM:
     def open_context(self, tokens: int | None = None) -> Any:
         """A new llama.cpp context of ``tokens`` (``context_tokens`` by default): the
         first loads the model, the others share it (:func:`on_model_of`)."""
+        tokens = tokens or self.settings.context_tokens
         with self._opening:
             if self._owner is None:
-                self._owner = self.load_model(tokens or self.settings.context_tokens)
+                self._owner = self.load_model(tokens)
                 return self._owner
-        return on_model_of(self._owner, tokens or self.settings.context_tokens)
+        return on_model_of(self._owner, tokens)
 
     def load_model(self, tokens: int) -> Any:
         """The model loaded anew, with a context of ``tokens`` (a ``Llama`` of its own:
