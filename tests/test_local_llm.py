@@ -49,9 +49,16 @@ from voxgate.engines.local_llm import (
     model_file,
     probe,
 )
+from voxgate.engines.local_llm import model as local_model
 from voxgate.engines.local_llm.alone import TIMED_JUDGMENTS
-from voxgate.engines.local_llm.calls import ALONE_WAIT_MAX_SECONDS, ALONE_WAIT_SECONDS, call_verdict
+from voxgate.engines.local_llm.calls import (
+    ALONE_WAIT_MAX_SECONDS,
+    ALONE_WAIT_SECONDS,
+    Alone,
+    call_verdict,
+)
 from voxgate.engines.local_llm.contexts import llama_eog
+from voxgate.engines.local_llm.gate import Job
 from voxgate.engines.local_llm.probe import check_runs, cpu_library, has_amx
 from voxgate.engines.workers import EngineWorkers, Priority
 from voxgate.protocols.chat import (
@@ -206,6 +213,64 @@ async def test_warm_then_the_turn_evaluates_only_what_is_new(small: LocalLLM) ->
     assert context.shared_prefix(tokens) >= spoken - 1  # the turn adds only its last words
     await answer(small, request)
     assert len(small._contexts) == 1  # the turn took the prepared context
+
+
+@needs_small
+@pytest.mark.parametrize("judging", [0.05, 1.5], ids=["some words", "all its words"])
+async def test_a_call_not_made_after_all_is_answered_with_the_words_begun_before_it(
+    small: LocalLLM, monkeypatch: pytest.MonkeyPatch, judging: float
+) -> None:
+    """The request judged alone says call while the answer has begun in words; the
+    answer starts again as a call, and that call is not made after all (made up, or of
+    a function it does not have). The answer is then the words it had begun and what
+    follows them, not a new answer from the prompt: "Which planet is known as the red
+    planet?" judged 0.28 on the Xeon took 4.4 s to its first audio, a call decoded for
+    nothing and then a new first clause."""
+
+    async def alone(self: LocalModel, request: ChatRequest, prompt: Prompt) -> Alone:
+        return Alone([1, 2], 1, None)
+
+    async def judge(
+        self: LocalModel, alone: Alone, request: ChatRequest, evaluated: asyncio.Event, *_: Any
+    ) -> float:
+        await evaluated.wait()
+        await asyncio.sleep(judging)  # the answer decodes on meanwhile
+        return 1.0
+
+    decoded: list[Job] = []
+    decode = LocalModel._decode
+
+    def spy(self: LocalModel, job: Job) -> Any:
+        decoded.append(job)
+        return decode(self, job)
+
+    monkeypatch.setattr(LocalModel, "_alone", alone)
+    monkeypatch.setattr(LocalModel, "_judge", judge)
+    monkeypatch.setattr(LocalModel, "_decode", spy)
+    monkeypatch.setattr(local_model, "grounded", lambda call, request: False)
+    request = ask("What is the capital of France?", tools=(WEATHER,), temperature=0.0)
+    events = await answer(small, request)
+    assert not any(isinstance(e, ToolCallDelta) for e in events)
+    first, call, *going_on = decoded
+    assert isinstance(call.opening, CallOrWords)
+    begun = "".join(first.text)
+    assert begun.strip()
+    assert first.produced > 1
+    said = text_of(events)
+    assert said.startswith(begun), (begun, said)
+    if going_on:  # the words begun were not all of it: the answer goes on from them
+        [rest] = going_on
+        assert rest.opening is None
+        assert rest.tokens[: len(first.tokens)] == first.tokens
+        assert len(rest.tokens) > len(first.tokens)
+        assert said == begun + "".join(rest.text)
+    else:
+        assert first.ended
+        assert said == begun
+    done = events[-1]
+    assert isinstance(done, ChatDone)
+    assert done.finish_reason in ("stop", "length")
+    assert done.output_tokens == sum(j.produced for j in decoded)
 
 
 @needs_small

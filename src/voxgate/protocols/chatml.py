@@ -46,6 +46,9 @@ TOOLS_RULE = (
 #: A grammar for an answer in words: it cannot open with JSON, a fence or a tag. Used
 #: when a model wrote a call to a function it does not have and must answer again.
 WORDS_ONLY_GBNF = 'root ::= [^{<\\[`" \\t\\n] [^<]*'
+#: Words that go on from words said already: no tag (no call) among them, and they may
+#: end at once.
+GOING_ON_GBNF = "root ::= [^<]*"
 
 
 @dataclass(frozen=True)

@@ -565,7 +565,7 @@ class LocalLLM:
             min_p=0.05,
             repeat_penalty=1.05,
             grammar=job.grammar,
-            logits_processor=[job.opening],
+            logits_processor=[job.opening] if job.opening is not None else None,
         )
         while True:
             if cancel.is_set():
@@ -596,6 +596,7 @@ class LocalLLM:
             if job.produced >= job.max_tokens:
                 job.finish = "length"
                 break
+        job.ended = True
         held += text.decode(b"", final=True)
         if held:
             emit(held)

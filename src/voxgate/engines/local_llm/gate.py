@@ -121,14 +121,19 @@ class Job:
     max_tokens: int
     temperature: float
     grammar: Any
-    #: Its first token: anything but an end; :class:`CallOrWords` for ``tool_choice: auto``.
-    opening: Opening
+    #: Its first token: anything but an end; :class:`CallOrWords` for ``tool_choice: auto``;
+    #: ``None`` when it goes on from words said already (``tokens`` end with them).
+    opening: Opening | None
     #: The conversation it continues (``ChatRequest.conversation``).
     owner: str | None = None
     #: How many of ``tokens`` are the session's start (instructions and tools).
     start: int = 0
     produced: int = 0
     finish: str = "stop"
+    #: The text it decoded, as handed on.
+    text: list[str] = field(default_factory=list)
+    #: It came to its end (an end token, a stop string or ``max_tokens``), not stopped.
+    ended: bool = False
     #: Called (in the decode thread) once the prompt is evaluated.
     evaluated: Callable[[], object] | None = None
     #: When its turn began (``time.monotonic``): urgent steps go oldest turn first.
