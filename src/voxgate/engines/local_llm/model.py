@@ -171,7 +171,7 @@ class LocalModel(LanguageModel):
             grammar=await self._grammar(call_schema(request)),
             owner=request.conversation,
             start=await self._start(prompt, tokens),
-            opening=CallOrWords(first) if auto else Opening(first),
+            opening=CallOrWords(first) if auto and not _results_last(request) else Opening(first),
         )
         judging: asyncio.Future[float | None] | None = None
         if auto and (alone := await self._alone(request, prompt)) is not None:
@@ -377,3 +377,13 @@ class LocalModel(LanguageModel):
             return await self._engine.run(build)
         except (ValueError, RuntimeError, KeyError, TypeError) as exc:
             raise EngineError(f"{NAME}: cannot constrain the call to these tools: {exc}") from exc
+
+
+def _results_last(request: ChatRequest) -> bool:
+    """Whether ``request`` ends with the results of calls: the answer is not pushed
+    toward a call (:class:`CallOrWords`), though it may make one (a call that needs
+    another's result). Pushed, Qwen 1.5B made the call it had the result of again in 5
+    of ``bench agent``'s 8 tool rounds; dropped as answered, the answer in words came
+    after it: its first words 2.37 s (median) after the result instead of 1.01 s on a
+    2-vCPU Xeon."""
+    return bool(request.messages) and request.messages[-1].role == "tool"
