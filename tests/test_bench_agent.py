@@ -127,6 +127,7 @@ def test_a_short_run_against_the_echo_model_prints_every_figure(
     assert "## model voxgate/echo · STT pocketsphinx · TTS piper" in out
     assert "1 session   answers right 0/1 (0%) (≥ 80%: MISSED)" in out
     assert "1 session   tool calls right 0/1 (≥ 1/1: MISSED)" in out
+    assert "results to first audio p50" in out  # the answer to the call's result
     assert "calls get_weather({})" in out
     assert "answer 'The function returned: {" in out
     lines = out.splitlines()

@@ -19,7 +19,8 @@ window* (the audio the turn detector waited after the speech) and the *processin
 the moment the client sent the audio at ``speech_stopped.audio_end_ms``). Stages of the
 processing, from the same moment: ``response.created`` and the input transcript
 (``conversation.item.input_audio_transcription.completed``); for a tool request, the
-function call (``response.function_call_arguments.done``).
+function call (``response.function_call_arguments.done``), and from sending the call's
+result (``response.create``) to the first audio of the answer to it.
 
 One session over the questions and the tool requests (after one untimed warm-up turn),
 then N concurrent sessions (4 by default) that each ask the questions, each starting at
@@ -99,6 +100,9 @@ class Turn:
     window: float | None = None
     processing: float | None = None
     stages: dict[str, float] = field(default_factory=dict)
+    #: From sending the results of the first calls (``response.create``) to the first
+    #: audio of the answer to them.
+    after_results: float | None = None
     items: list[str] = field(default_factory=list)
     error: str = ""
     right: bool = False
@@ -113,6 +117,9 @@ class _Marks:
     #: When the answer's audio would have finished playing: each delta plays from when
     #: it arrived or the one before it ended, whichever is later (wall time).
     played: float = 0.0
+    #: When the results of the first calls were sent, and the first audio after them.
+    results: float | None = None
+    results_audio: float | None = None
 
 
 async def _response(s: Session, t: Turn, marks: _Marks) -> list[dict[str, Any]]:
@@ -133,6 +140,8 @@ async def _response(s: Session, t: Turn, marks: _Marks) -> list[dict[str, Any]]:
             marks.at.setdefault(kind, at)
         elif kind == "response.output_audio.delta":
             marks.at.setdefault("audio", at)
+            if marks.results is not None and marks.results_audio is None:
+                marks.results_audio = at
             seconds = len(pybase64.b64decode(ev["delta"])) / 2 / rate
             marks.played = max(marks.played, at) + seconds
         elif kind == "error":
@@ -186,6 +195,8 @@ async def turn(s: Session, clip: bytes, said: str, *, within: float, listen: boo
             for _ in range(TOOL_ROUNDS):
                 if not calls:
                     break
+                if marks.results is None:
+                    marks.results = time.perf_counter()
                 await _answer_calls(s, t, calls)
                 calls = await _response(s, t, marks)
         if listen:  # the sender streams silence meanwhile
@@ -199,6 +210,8 @@ async def turn(s: Session, clip: bytes, said: str, *, within: float, listen: boo
         t.window = (audio_end - speech_end) / 1000
         t.stages = {k: v - sent for k, v in marks.at.items()}
         t.processing = t.stages.get("audio")
+    if marks.results is not None and marks.results_audio is not None:
+        t.after_results = marks.results_audio - marks.results
     return t
 
 
@@ -342,6 +355,9 @@ def tools_row(turns: Sequence[Turn], prompts: Sequence[ToolPrompt]) -> list[str]
     when = [t.stages.get("response.function_call_arguments.done") for t in turns]
     called = [w for w in when if w is not None]
     took = f" · processing to the call p50 {ms(statistics.median(called))}" if called else ""
+    answered = [t.after_results for t in turns if t.after_results is not None]
+    if answered:
+        took += f" · results to first audio p50 {ms(statistics.median(answered))}"
     print(
         f"{'1 session':<11} tool calls right {n}/{total} (≥ {need}/{total}:"
         f" {_met(n >= need)}){took}"
