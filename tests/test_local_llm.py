@@ -279,8 +279,8 @@ async def test_an_answer_to_the_results_of_calls_is_not_pushed_toward_a_call(
 ) -> None:
     """A user's request opens a call when calling is likely enough (:class:`CallOrWords`);
     an answer to the results of calls is not pushed that way (pushed, Qwen 1.5B made the
-    call it had the result of again in 5 of the bench's 8 tool rounds, and its words came
-    1.4 s later), though it may still open one of its own accord."""
+    call it had the result of again after 5 of the bench's 8 tool requests, and its words
+    came 1.4 s later), though it may still open one of its own accord."""
     decoded: list[Job] = []
     decode = LocalModel._decode
 

@@ -382,8 +382,8 @@ class LocalModel(LanguageModel):
 def _results_last(request: ChatRequest) -> bool:
     """Whether ``request`` ends with the results of calls: the answer is not pushed
     toward a call (:class:`CallOrWords`), though it may make one (a call that needs
-    another's result). Pushed, Qwen 1.5B made the call it had the result of again in 5
-    of ``bench agent``'s 8 tool rounds; dropped as answered, the answer in words came
-    after it: its first words 2.37 s (median) after the result instead of 1.01 s on a
-    2-vCPU Xeon."""
+    another's result). Pushed, Qwen 1.5B made the call it had the result of again after
+    5 of ``bench agent``'s 8 tool requests, each asked in a new conversation (2 of 9 in
+    a bench session); dropped as answered, the answer in words came after it: its first
+    words 2.37 s (median) after the result instead of 1.01 s on a 2-vCPU Xeon."""
     return bool(request.messages) and request.messages[-1].role == "tool"
