@@ -215,6 +215,19 @@ async def test_warm_then_the_turn_evaluates_only_what_is_new(small: LocalLLM) ->
     assert len(small._contexts) == 1  # the turn took the prepared context
 
 
+def decodes(monkeypatch: pytest.MonkeyPatch) -> list[Job]:
+    """The jobs :class:`LocalModel` decodes from now on, in order."""
+    decoded: list[Job] = []
+    decode = LocalModel._decode
+
+    def spy(self: LocalModel, job: Job) -> Any:
+        decoded.append(job)
+        return decode(self, job)
+
+    monkeypatch.setattr(LocalModel, "_decode", spy)
+    return decoded
+
+
 @needs_small
 @pytest.mark.parametrize("judging", [0.05, 1.5], ids=["some words", "all its words"])
 async def test_a_call_not_made_after_all_is_answered_with_the_words_begun_before_it(
@@ -237,16 +250,9 @@ async def test_a_call_not_made_after_all_is_answered_with_the_words_begun_before
         await asyncio.sleep(judging)  # the answer decodes on meanwhile
         return 1.0
 
-    decoded: list[Job] = []
-    decode = LocalModel._decode
-
-    def spy(self: LocalModel, job: Job) -> Any:
-        decoded.append(job)
-        return decode(self, job)
-
+    decoded = decodes(monkeypatch)
     monkeypatch.setattr(LocalModel, "_alone", alone)
     monkeypatch.setattr(LocalModel, "_judge", judge)
-    monkeypatch.setattr(LocalModel, "_decode", spy)
     monkeypatch.setattr(local_model, "grounded", lambda call, request: False)
     request = ask("What is the capital of France?", tools=(WEATHER,), temperature=0.0)
     events = await answer(small, request)
@@ -281,14 +287,7 @@ async def test_an_answer_to_the_results_of_calls_is_not_pushed_toward_a_call(
     an answer to the results of calls is not pushed that way (pushed, Qwen 1.5B made the
     call it had the result of again after 5 of the bench's 8 tool requests, and its words
     came 1.4 s later), though it may still open one of its own accord."""
-    decoded: list[Job] = []
-    decode = LocalModel._decode
-
-    def spy(self: LocalModel, job: Job) -> Any:
-        decoded.append(job)
-        return decode(self, job)
-
-    monkeypatch.setattr(LocalModel, "_decode", spy)
+    decoded = decodes(monkeypatch)
     asked = ask("What is the weather in Paris?", tools=(WEATHER,))
     await answer(small, asked)
     assert isinstance(decoded[0].opening, CallOrWords)
