@@ -262,22 +262,25 @@ class LocalModel(LanguageModel):
                 held = Held(words, job.ended and CALL_OPEN not in "".join(job.text), job.finish)
             job = replace(job, opening=CallOrWords(first, alone=again))
         rest, calls = reader.end()
+        repeated = made_up = False
         if calls and request.tool_choice == "auto":
             done = answered_calls(request)
-            calls = [c for c in calls if grounded(c, request) and (c.name, c.arguments) not in done]
+            fresh = [c for c in calls if (c.name, c.arguments) not in done]
+            repeated = not fresh
+            calls = [c for c in fresh if grounded(c, request)]
             made_up = not calls
-        else:
-            made_up = False
         silent = not (said or rest.strip() or calls)
         if reader.looked_like_call or made_up or silent:
-            # a call of a function it does not have, or with made-up arguments, or nothing
-            # said: answered in words (the same prompt: what the context holds is used
-            # again)
+            # a call of a function it does not have, one it has the result of, one with
+            # made-up arguments, or nothing said: answered in words (the same prompt:
+            # what the context holds is used again)
             log.debug(
                 "answered in words%s: %s",
                 ", from the words it had begun" if held is not None else " again",
                 "a call of no function it has"
                 if reader.looked_like_call
+                else "a call it has the result of"
+                if repeated
                 else "a call with made-up arguments"
                 if made_up
                 else "nothing said",
