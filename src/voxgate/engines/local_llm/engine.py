@@ -7,6 +7,7 @@ import asyncio
 import codecs
 import contextlib
 import importlib.util
+import logging
 import os
 import threading
 import time
@@ -341,7 +342,9 @@ class LocalLLM:
             if context is None:
                 log.debug("prepare: %d tokens, no context free for them", len(tokens))
                 return False
-            held, started = context.shared_prefix(tokens), time.perf_counter()
+            # what it held and evaluated is counted for the debug line alone
+            debug = log.isEnabledFor(logging.DEBUG)
+            held, started = context.shared_prefix(tokens) if debug else 0, time.perf_counter()
             context.warming = stop = threading.Event()
             context.boost = start.boost if grow else None
             # a partial transcript in small chunks: a turn taking the context over waits
@@ -361,7 +364,8 @@ class LocalLLM:
                 )
             finally:
                 context.warming = context.boost = None
-                evaluated = context.shared_prefix(tokens) - held  # before a turn takes it
+                # before a turn takes it
+                evaluated = context.shared_prefix(tokens) - held if debug else 0
                 await self.release(context)
             log.debug(
                 "prepare: %d tokens (%d held), %d evaluated at %s priority in %.0f ms%s",

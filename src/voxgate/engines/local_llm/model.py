@@ -257,9 +257,10 @@ class LocalModel(LanguageModel):
                 break
             log.debug("alone: the answer starts again as a call (%.3f)", again)
             # the words it had decoded (the decode has stopped: all of them are here)
-            words = "".join(job.text).split(CALL_OPEN)[0]
+            text = "".join(job.text)
+            words = text.split(CALL_OPEN)[0]
             if words.strip():
-                held = Held(words, job.ended and CALL_OPEN not in "".join(job.text), job.finish)
+                held = Held(words, job.ended and words == text, job.finish)
             job = replace(job, opening=CallOrWords(first, alone=again))
         rest, calls = reader.end()
         repeated = made_up = False
