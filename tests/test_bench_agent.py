@@ -163,3 +163,12 @@ def test_twelve_tokens_at_once_take_longer_than_one() -> None:
     speed = measure(model_file(SMALL, Path.home() / ".cache" / "voxgate" / "llm"), repeats=3)
     assert 0 < speed.token_one < speed.turn_one
     assert 0 < speed.token_all < speed.turn_all
+
+
+@pytest.mark.skipif(not installed(SMALL), reason="llama-cpp-python not installed (make test)")
+async def test_a_model_that_does_not_load_is_named_not_timed(tmp_path: Path) -> None:
+    model = tmp_path / "broken.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))  # not a model llama.cpp can load
+    cfg = tmp_path / "voxgate.toml"
+    cfg.write_text(f'[local_llm]\nmodel = "{model}"\n')
+    assert (await model_speed(cfg)).startswith("# the model could not be timed: ")
