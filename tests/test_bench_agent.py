@@ -22,7 +22,7 @@ from voxgate.bench.agent_questions import (
     words,
 )
 from voxgate.config import load_settings
-from voxgate.engines.local_llm.files import installed
+from voxgate.engines.local_llm.files import installed, model_file
 from voxgate.engines.local_llm.speed import measure
 from voxgate.settings import LocalLLMSettings
 
@@ -158,8 +158,6 @@ async def test_the_bench_first_times_the_model_the_server_will_load(tmp_path: Pa
 
 @needs_small
 def test_twelve_tokens_at_once_take_longer_than_one() -> None:
-    from voxgate.engines.local_llm.files import model_file
-
     speed = measure(model_file(SMALL, Path.home() / ".cache" / "voxgate" / "llm"), repeats=3)
     assert 0 < speed.token_one < speed.turn_one
     assert 0 < speed.token_all < speed.turn_all

@@ -453,9 +453,9 @@ async def loaded(
     return missed + latency(label, turns, TARGET_P95_LOADED)
 
 
-async def model_speed(cfg: Path) -> str:
-    """A line saying how fast this CPU runs the model the server will load (timed here,
-    before the server starts; see :mod:`voxgate.engines.local_llm.speed`)."""
+async def model_speed(cfg: Path, *, label: str = "this CPU") -> str:
+    """A line saying how fast this CPU runs the model the server loads (timed here while
+    no server runs; see :mod:`voxgate.engines.local_llm.speed`)."""
     from voxgate.engines.base import EngineUnavailable
     from voxgate.engines.local_llm.files import installed, model_file
     from voxgate.engines.local_llm.probe import check_runs
@@ -472,7 +472,7 @@ async def model_speed(cfg: Path) -> str:
         speed = await asyncio.to_thread(measure, path, threads=llm.threads)
     except (EngineUnavailable, ValueError, RuntimeError) as exc:
         return f"# the model could not be timed: {exc}"
-    return f"# this CPU, {path.name}: {speed.describe()}"
+    return f"# {label}, {path.name}: {speed.describe()}"
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -505,7 +505,7 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         gateway.stop()
     if args.model == LOCAL and args.speed:  # a shared machine's speed drifts within a run
-        print((await model_speed(cfg)).replace("# this CPU,", "# this CPU after the run,"))
+        print(await model_speed(cfg, label="this CPU after the run"))
     if args.server_log != "warning":
         print(f"(the server's log: {log})", file=sys.stderr)
     return 0
