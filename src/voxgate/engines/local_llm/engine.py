@@ -344,7 +344,8 @@ class LocalLLM:
                 return False
             # what it held and evaluated is counted for the debug line alone
             debug = log.isEnabledFor(logging.DEBUG)
-            held, started = context.shared_prefix(tokens) if debug else 0, time.perf_counter()
+            held = context.shared_prefix(tokens) if debug else 0
+            started = time.perf_counter()
             context.warming = stop = threading.Event()
             context.boost = start.boost if grow else None
             # a partial transcript in small chunks: a turn taking the context over waits
