@@ -25,9 +25,11 @@ _IDS = itertools.count(1)
 
 
 def init(nice: int) -> None:
-    """Process initializer: a lower scheduling priority than the server's event loop."""
+    """Process initializer: the engine threads' nice value (a lower scheduling priority
+    than the server's event loop). Set, not added: the process is started from an
+    engine thread and inherits its value (``os.nice`` had made 10 + 10 = 19)."""
     with contextlib.suppress(OSError):
-        os.nice(nice)
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
 
 
 def _decoder(second_pass: bool) -> Any:
