@@ -113,6 +113,13 @@ def test_cli_overrides_win(tmp_path: Path) -> None:
         ("[server]\ndrain_seconds = -1\n", {}, r"server\.drain_seconds: must be >= 0"),
         ("[cluster]\nsecret_env = 3\n", {}, r"cluster\.secret_env: expected a string"),
         ("[cluster]\nsecret = 'inline'\n", {}, r"cluster\.secret: unknown key"),
+        ("[speech]\nnice = -5\n", {}, r"speech\.nice: must be between 0 and 19"),
+        (
+            "",
+            {"VOXGATE_SPEECH__NICE": "20"},
+            r"speech\.nice: must be between 0 and 19; got 20 \(from VOXGATE_SPEECH__NICE\)",
+        ),
+        ("[speech]\nnice = 'low'\n", {}, r"speech\.nice: expected an integer"),
         ("[local_llm]\nmodel = '7b'\n", {}, r"local_llm\.model: must be one of 1\.5b, 0\.5b"),
         ("[local_llm]\nthreads = 0\n", {}, r"local_llm\.threads: must be between 1 and 256"),
         ("[local_llm]\ncontexts = 100\n", {}, r"local_llm\.contexts: must be between 1 and 64"),

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
 import pytest
 
+from voxgate.engines.registry import EngineRegistry
+from voxgate.engines.sphinx import sphinx_processes
 from voxgate.engines.workers import EngineWorkers, Priority
+from voxgate.settings import SpeechSettings
 
 
 async def test_result_and_error_reach_the_caller() -> None:
@@ -220,3 +224,29 @@ async def test_running_counts_the_jobs_being_computed() -> None:
         assert w.urgent_pending == 0
     finally:
         w.shutdown()
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_engine_threads_and_processes_run_at_the_configured_nice_value() -> None:
+    """``speech.nice`` reaches the engine threads and the pocketsphinx processes; the
+    loop's thread keeps the server's own."""
+    if os.getpriority(os.PRIO_PROCESS, 0) != 0:
+        pytest.skip("the test process does not run at nice 0")
+    assert SpeechSettings().nice == 4  # not 10: see its comment
+    registry = EngineRegistry(SpeechSettings(nice=13))
+    try:
+        assert await registry.workers.run(_nice) == 13
+        processes = sphinx_processes({}, registry.workers)
+        try:
+            niced = await registry.workers.run(
+                processes.call, 0, os.getpriority, os.PRIO_PROCESS, 0
+            )
+        finally:
+            processes.shutdown()
+        assert niced == 13
+    finally:
+        registry.workers.shutdown()
+    assert _nice() == 0

@@ -309,6 +309,7 @@ def _speech(sp: _Reader) -> SpeechSettings:
         default_tts=sp.string("default_tts", d.default_tts),
         default_stt=sp.string("default_stt", d.default_stt),
         workers=sp.integer("workers", d.workers, minimum=1, maximum=64),
+        nice=sp.integer("nice", d.nice, minimum=0, maximum=19),
         preload=sp.string_list("preload") or (),
         cache_dir=sp.string("cache_dir", d.cache_dir),
         engines=engines,

@@ -57,7 +57,7 @@ class EngineRegistry:
         workers: EngineWorkers | None = None,
     ) -> None:
         self.settings = settings
-        self.workers = workers or EngineWorkers(threads=settings.workers)
+        self.workers = workers or EngineWorkers(threads=settings.workers, nice=settings.nice)
         self._types = engine_types(settings)
         self._options: dict[str, Mapping[str, Any]] = {
             e.name: e.options for e in settings.engines.values()

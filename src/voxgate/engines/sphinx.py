@@ -48,7 +48,7 @@ class SphinxProcesses:
     (an engine worker, never the event loop) until it returns. A process is started on
     first use, and again after one ended."""
 
-    def __init__(self, processes: int, *, nice: int = 10) -> None:
+    def __init__(self, processes: int, *, nice: int = 4) -> None:
         self._slots: list[ProcessPoolExecutor | None] = [None] * max(1, processes)
         self._lock = threading.Lock()
         self._nice = nice
@@ -242,5 +242,5 @@ def sphinx_processes(shared: dict[str, Any], workers: EngineWorkers) -> SphinxPr
     """The decoder processes the engines of one registry share (one per engine thread)."""
     processes = shared.get("sphinx_processes")
     if not isinstance(processes, SphinxProcesses):
-        processes = shared["sphinx_processes"] = SphinxProcesses(workers.threads)
+        processes = shared["sphinx_processes"] = SphinxProcesses(workers.threads, nice=workers.nice)
     return processes

@@ -5,9 +5,15 @@ threads and releases the GIL while it computes, so the event loop never waits on
 Two kinds of fairness apply:
 
 - **Against the event loop.** Worker threads — and the threads the engine libraries
-  start from them, which inherit it — get a higher nice value, so when both cores are
-  busy, the loop's thread still gets a core the moment a frame arrives: relay latency
-  does not suffer from a model computing beside it.
+  start from them, which inherit it — get a higher nice value (``speech.nice``, 4), so
+  when both cores are busy, the loop's thread still gets a core the moment a frame
+  arrives. Not much higher: the nice value weighs the engines against every other
+  program on the machine too, and at 7 or 10 two busy programs on 2 cores left them
+  so little CPU that recognition fell behind the speech and no turn was ever answered
+  (at 4 they get ~30 % of a core each: turns are answered, later). The price is the
+  relay's tail while engines compute: ``bench speech``, 4 TTS sessions, relay p99
+  ~2.0 ms at 4 against ~1.0 ms at 10 (idle ~0.5–1 ms); first audio p95 ~490 against
+  ~700 ms, since the bench's own client, a program at nice 0, competes with them too.
 - **Between sessions.** Jobs carry a :class:`Priority`. A free thread takes the most
   urgent queued job first (in order of submission within a priority): a response's first
   clause and a turn's final transcript (``URGENT``) go before later clauses and partial
@@ -104,9 +110,9 @@ class EngineWorkers:
     threads: a job stuck in native code does not hold the process at exit.
     """
 
-    def __init__(self, *, threads: int, nice: int = 10) -> None:
+    def __init__(self, *, threads: int, nice: int = 4) -> None:
         self.threads = threads
-        self._nice = nice
+        self.nice = nice
         self._cond = threading.Condition()
         self._queue: list[_Job] = []
         self._seq = itertools.count()
@@ -266,7 +272,7 @@ class EngineWorkers:
         return job.priority == Priority.URGENT and len(running) == 1 and not running[0].wide
 
     def _work(self) -> None:
-        _lower_priority(self._nice)
+        _lower_priority(self.nice)
         while (job := self._take()) is not None:
             result: Any = None
             error: BaseException | None = None

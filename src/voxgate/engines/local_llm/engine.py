@@ -77,7 +77,7 @@ class LocalLLM:
             max_workers=2 * settings.contexts + 1,
             thread_name_prefix="voxgate-llm",
             initializer=_lower_priority,
-            initargs=(10,),
+            initargs=(workers.nice,),
         )
         self._tokenizer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voxgate-tok")
         self._contexts: list[Context] = []
