@@ -225,9 +225,9 @@ class SpeechSettings:
     workers: int = 2
     #: The nice value of engine threads and processes (the event loop keeps the
     #: server's own): higher gives the loop a core sooner when a frame arrives, and
-    #: leaves the engines less of the machine whenever another program computes (at 7
-    #: or more, two busy programs on a 2-core machine kept every spoken turn from
-    #: being answered).
+    #: leaves the engines less of the machine whenever another program computes (at
+    #: 10, two busy programs on a 2-core machine kept every spoken turn from being
+    #: answered).
     nice: int = 4
     #: Engines loaded at start-up instead of on first use.
     preload: tuple[str, ...] = ()

@@ -27,7 +27,7 @@ _IDS = itertools.count(1)
 def init(nice: int) -> None:
     """Process initializer: the engine threads' nice value (a lower scheduling priority
     than the server's event loop). Set, not added: the process is started from an
-    engine thread and inherits its value (``os.nice`` had made 10 + 10 = 19)."""
+    engine thread and inherits its value (``os.nice`` added to it: 10 + 10, capped at 19)."""
     with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, 0, nice)
 

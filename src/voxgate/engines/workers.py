@@ -8,9 +8,9 @@ Two kinds of fairness apply:
   start from them, which inherit it — get a higher nice value (``speech.nice``, 4), so
   when both cores are busy, the loop's thread still gets a core the moment a frame
   arrives. Not much higher: the nice value weighs the engines against every other
-  program on the machine too, and at 7 or 10 two busy programs on 2 cores left them
-  so little CPU that recognition fell behind the speech and no turn was ever answered
-  (at 4 they get ~30 % of a core each: turns are answered, later). The price is the
+  program on the machine too, and at 10 two busy programs on 2 cores left them so
+  little CPU (~10 % of a core each) that recognition fell behind the speech and no turn
+  was ever answered (at 4, ~30 %: turns are answered, later). The price is the
   relay's tail while engines compute: ``bench speech``, 4 TTS sessions, relay p99
   ~2.0 ms at 4 against ~1.0 ms at 10 (idle ~0.5–1 ms); first audio p95 ~490 against
   ~700 ms, since the bench's own client, a program at nice 0, competes with them too.
