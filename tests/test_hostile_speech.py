@@ -389,7 +389,7 @@ def test_decoders_built_are_the_peak_of_utterances_at_once_not_per_process() -> 
 
     from voxgate.engines.sphinx import SphinxProcesses
 
-    procs = SphinxProcesses(2)  # no process starts: only the lending is exercised
+    procs = SphinxProcesses(2, nice=4)  # no process starts: only the lending is exercised
     rng = random.Random(7)
     lent: list[int] = []
     peak = 0

@@ -48,7 +48,7 @@ class SphinxProcesses:
     (an engine worker, never the event loop) until it returns. A process is started on
     first use, and again after one ended."""
 
-    def __init__(self, processes: int, *, nice: int = 4) -> None:
+    def __init__(self, processes: int, *, nice: int) -> None:
         self._slots: list[ProcessPoolExecutor | None] = [None] * max(1, processes)
         self._lock = threading.Lock()
         self._nice = nice

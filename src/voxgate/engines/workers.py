@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, TypeVar
 
+from voxgate.settings import SpeechSettings
+
 T = TypeVar("T")
 
 log = logging.getLogger("voxgate.engines")
@@ -110,7 +112,7 @@ class EngineWorkers:
     threads: a job stuck in native code does not hold the process at exit.
     """
 
-    def __init__(self, *, threads: int, nice: int = 4) -> None:
+    def __init__(self, *, threads: int, nice: int = SpeechSettings.nice) -> None:
         self.threads = threads
         self.nice = nice
         self._cond = threading.Condition()
